@@ -1,0 +1,3 @@
+from xdpfwd.cli import main
+
+main()

@@ -1,0 +1,258 @@
+"""The xdpfwd command line: parse, call one module, print. Nothing else.
+
+Errors: every XdpfwdError and every usage error becomes one line on stderr,
+"xdpfwd: ...", and the exit status of its class (errors.py); no traceback
+reaches the user.
+"""
+
+import json
+import sys
+from enum import Enum
+from typing import List, Optional
+
+import click
+import typer
+
+from xdpfwd import __version__
+from xdpfwd.errors import XdpfwdError
+
+app = typer.Typer(
+    help="Route IPv4 and IPv6 between interfaces in the kernel's XDP hook.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help, like other networking tools
+    add_completion=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+lab_app = typer.Typer(help="The namespace lab: sendbox -- router -- recvbox.",
+                      no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(lab_app, name="lab")
+
+_options = {"verbose": False}
+
+
+class Mode(str, Enum):
+    auto = "auto"
+    native = "native"
+    skb = "skb"
+
+
+def _version(value: bool):
+    if value:
+        print(f"xdpfwd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the compiler and verifier log."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+):
+    _options["verbose"] = verbose
+
+
+def _json(obj) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=False))
+
+
+def _note(text: str) -> None:
+    print(f"xdpfwd: {text}", file=sys.stderr)
+
+
+@app.command()
+def attach(
+    interfaces: List[str] = typer.Argument(..., metavar="IFACE IFACE...",
+                                           help="The ports to forward between (two or more)."),
+    mode: Mode = typer.Option(Mode.auto, "--mode", "-m",
+                              help="native (driver), skb (generic), or auto: native, else skb."),
+    enable_forwarding: bool = typer.Option(False, "--enable-forwarding",
+                                           help="Turn on the ports' ipv4/ipv6 forwarding sysctls."),
+):
+    """Load the XDP forwarder and attach it to the interfaces.
+
+    Forwarding goes on after the command exits. All or nothing: if one
+    interface fails, none is left attached.
+    """
+    from xdpfwd import datapath
+
+    result = datapath.attach(interfaces, mode.value, enable_forwarding, _options["verbose"])
+    for note in result.notes:
+        _note(note)
+    if result.already:
+        names = ", ".join(result.modes)
+        modes = ", ".join(sorted(set(result.modes.values())))
+        print(f"{names}: already attached (program {result.prog_id}, {modes}); not reattaching")
+        return
+    for name, got in result.modes.items():
+        print(f"{name}: attached program {result.prog_id} in {got} mode")
+
+
+@app.command()
+def detach(
+    interfaces: Optional[List[str]] = typer.Argument(None, metavar="[IFACE...]",
+                                                     help="Default: every interface xdpfwd is on."),
+):
+    """Remove xdpfwd's program; programs of other tools are left alone."""
+    from xdpfwd import datapath
+
+    done = datapath.detach(interfaces or None)
+    if not done:
+        print("nothing to detach: xdpfwd is not attached here")
+    for name in done:
+        print(f"{name}: detached")
+
+
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """Show, per interface, whether xdpfwd is attached, its mode and program id."""
+    from xdpfwd import datapath
+
+    states = datapath.status()
+    if as_json:
+        out = {}
+        for name, s in states.items():
+            out[name] = {"attached": s.attached, "mode": s.mode if s.attached else None,
+                         "prog_id": s.prog_id or None}
+            if s.foreign:
+                out[name]["foreign"] = {"prog_id": s.foreign.prog_id, "name": s.foreign.name}
+        _json({"interfaces": out})
+        return
+    print(f"{'IFACE':<16} {'XDPFWD':<8} {'MODE':<8} {'PROGRAM':<8} NOTE")
+    for name, s in states.items():
+        note = f"foreign program {s.foreign.prog_id} ({s.foreign.name})" if s.foreign else ""
+        attached = "yes" if s.attached else "no"
+        mode = s.mode if s.attached else "-"
+        prog = str(s.prog_id) if s.attached else "-"
+        print(f"{name:<16} {attached:<8} {mode:<8} {prog:<8} {note}".rstrip())
+
+
+@app.command()
+def stats(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """Show the counters of every interface xdpfwd is attached to."""
+    from xdpfwd import datapath
+
+    records = {name: datapath.summarize(c) for name, c in datapath.read_counters().items()}
+    if as_json:
+        _json(records)
+        return
+    if not records:
+        print("no counters: xdpfwd is not attached here")
+        return
+    print(f"{'IFACE':<16} {'RX_PKTS':>12} {'RX_BYTES':>14} {'FWD_PKTS':>12} "
+          f"{'PASS_PKTS':>10} {'DROP_PKTS':>10}")
+    for name, r in records.items():
+        print(f"{name:<16} {r['rx_packets']:>12} {r['rx_bytes']:>14} {r['forwarded_packets']:>12} "
+              f"{r['passed_packets']:>10} {r['dropped_packets']:>10}")
+        reasons = {**r["pass_reasons"], **r["drop_reasons"]}
+        shown = ", ".join(f"{k} {v}" for k, v in reasons.items() if v)
+        if shown:
+            print(f"  {'':<14} not forwarded: {shown}")
+
+
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """Check what xdpfwd needs, and say how to fix what is missing."""
+    from xdpfwd import doctor as checks
+
+    results = checks.run()
+    if as_json:
+        _json([r.as_dict() for r in results])
+    else:
+        for r in results:
+            print(r.line())
+    if any(r.level == "fail" for r in results):
+        raise typer.Exit(1)
+
+
+@lab_app.command("up")
+def lab_up(verbose: bool = typer.Option(False, "--verbose", "-v", help="Print each command.")):
+    """Create the namespaces sendbox, router, recvbox and their links."""
+    from xdpfwd import datapath, lab
+
+    datapath.require_privileges()
+    log: list[str] = []
+    if not lab.up(log):
+        print("lab is already up")
+        return
+    if verbose or _options["verbose"]:
+        print("\n".join(log))
+    print("lab up: sendbox 10.0.10.10 -- 10.0.10.20 [router] 10.0.11.10 -- 10.0.11.20 recvbox")
+    print("        (IPv6 fd00:10::10 -- fd00:10::20 [router] fd00:11::10 -- fd00:11::20)")
+
+
+@lab_app.command("down")
+def lab_down():
+    """Delete the lab's namespaces. Safe to run twice."""
+    from xdpfwd import datapath, lab
+
+    datapath.require_privileges()
+    removed = lab.down()
+    print(f"lab down: removed {', '.join(removed)}" if removed else "lab is not up")
+
+
+@lab_app.command("status")
+def lab_status():
+    """Show the lab's namespaces and addresses."""
+    from xdpfwd import lab
+
+    for host in lab.status():
+        if not host.present:
+            print(f"{host.name}: absent")
+            continue
+        print(f"{host.name}:")
+        for line in host.addresses.splitlines():
+            print(f"  {line}")
+
+
+@lab_app.command("traffic")
+def lab_traffic(
+    count: int = typer.Option(10, "--count", "-c", min=1, help="Datagrams to send."),
+    ipv6: bool = typer.Option(False, "--ipv6", "-6", help="Use IPv6."),
+    reverse: bool = typer.Option(False, "--reverse", "-R", help="recvbox -> sendbox."),
+    size: int = typer.Option(64, "--size", min=4, max=1400, help="UDP payload bytes."),
+):
+    """Send numbered UDP datagrams across the router and report what arrived."""
+    from xdpfwd import datapath, lab, traffic
+
+    datapath.require_privileges()
+    if not lab.is_up():
+        raise XdpfwdError("the lab is not up: run 'xdpfwd lab up' first")
+    src, dst = ("recvbox", "sendbox") if reverse else ("sendbox", "recvbox")
+    d = traffic.send_udp(count, src, dst, 6 if ipv6 else 4, size=size)
+    ttls = ", ".join(str(t) for t in sorted(d.ttls)) or "-"
+    print(f"sent {d.sent} UDP datagrams {src} {d.src} -> {dst} [{d.dst}]:{d.port}")
+    print(f"received {d.received} ({d.unique} distinct, {d.duplicates} duplicates), TTL {ttls}")
+    if not d.exactly_once:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    command = typer.main.get_command(app)
+    try:
+        rc = command.main(prog_name="xdpfwd", standalone_mode=False)
+    except XdpfwdError as e:
+        print(f"xdpfwd: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.Abort:
+        print("xdpfwd: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except click.UsageError as e:
+        print(f"xdpfwd: {e.format_message()}", file=sys.stderr)
+        sys.exit(2)
+    except click.ClickException as e:
+        print(f"xdpfwd: {e.format_message()}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("xdpfwd: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except OSError as e:
+        # A system call refused outside the paths that expect it (a sysctl
+        # not writable, a full disk): still one line, never a traceback.
+        where = f": {e.filename}" if e.filename else ""
+        print(f"xdpfwd: {e.strerror or e}{where}", file=sys.stderr)
+        sys.exit(1)
+    # standalone_mode=False hands back typer.Exit's code instead of exiting.
+    sys.exit(rc if isinstance(rc, int) else 0)

@@ -1,0 +1,375 @@
+"""Attach, detach and inspect the XDP datapath; read its counters.
+
+The kernel is the only record of what is attached: netlink gives each
+interface's program id, the id leads to the program's name and maps, and
+the maps hold the counters. Nothing is pinned and no state file is kept,
+so `status`, `stats` and `detach` work from any new process, also under a
+new `ip netns exec` (which hides /sys/fs/bpf, see lab-findings.md).
+
+An xdpfwd program is recognised by its name (layout.prog_name) and its two
+maps' names; anything else attached to an interface is foreign and is
+never replaced or removed.
+"""
+
+import fcntl
+import os
+import struct
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from xdpfwd import bpfsys, compiler, netlink
+from xdpfwd.errors import Conflict, KernelRefused, PermissionDenied, UsageError, XdpfwdError
+from xdpfwd.layout import layout
+
+MODES = ("auto", "native", "skb")
+FAMILIES = ("ipv4", "ipv6")
+LOCK_PATH = "/run/xdpfwd.lock"
+
+CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF = 12, 21, 39
+
+
+def require_privileges() -> None:
+    """Root, or CAP_NET_ADMIN plus CAP_BPF (or CAP_SYS_ADMIN)."""
+    with open("/proc/self/status") as f:
+        caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    has = lambda cap: bool(caps & (1 << cap))  # noqa: E731
+    if not (has(CAP_NET_ADMIN) and (has(CAP_BPF) or has(CAP_SYS_ADMIN))):
+        raise PermissionDenied("xdpfwd needs root (or CAP_BPF and CAP_NET_ADMIN) for this")
+
+
+@contextmanager
+def exclusive():
+    """One attach or detach at a time on this machine: a second one fails
+    at once instead of interleaving with the first."""
+    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise Conflict("another xdpfwd attach or detach is running; try again when it ends") from None
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Foreign:
+    prog_id: int
+    name: str
+
+
+@dataclass
+class PortState:
+    """One interface as the kernel sees it."""
+
+    name: str
+    index: int
+    mode: str | None = None  # native / skb / ... when any program is attached
+    prog_id: int = 0  # xdpfwd's program, 0 when not ours
+    ports: frozenset[int] = frozenset()  # ifindexes in that program's devmap
+    foreign: Foreign | None = None
+
+    @property
+    def attached(self) -> bool:
+        return self.prog_id != 0
+
+
+@dataclass(frozen=True)
+class OurProgram:
+    prog_id: int
+    stats_map_id: int
+    ports_map_id: int
+
+
+def identify(prog_id: int) -> OurProgram | Foreign:
+    """Tell xdpfwd's program from anyone else's, by name and map names."""
+    lay = layout()
+    with bpfsys.prog_by_id(prog_id) as prog:
+        info = bpfsys.prog_info(prog.fd)
+    maps = {}
+    for map_id in info.map_ids:
+        with bpfsys.map_by_id(map_id) as m:
+            maps[bpfsys.map_info(m.fd).name] = map_id
+    if info.name == lay.prog_name and lay.stats_map in maps and lay.ports_map in maps:
+        return OurProgram(prog_id, maps[lay.stats_map], maps[lay.ports_map])
+    return Foreign(prog_id, info.name)
+
+
+def _ports_of(prog: OurProgram) -> frozenset[int]:
+    with bpfsys.map_by_id(prog.ports_map_id) as m:
+        return frozenset(struct.unpack("=I", k)[0] for k in bpfsys.map_keys(m.fd, 4))
+
+
+def inspect(link: netlink.Link) -> PortState:
+    xdp = bpfsys.xdp_query(link.index)
+    state = PortState(link.name, link.index, mode=xdp.mode)
+    prog_ids = {xdp.prog_id, xdp.drv_prog_id, xdp.skb_prog_id, xdp.hw_prog_id} - {0}
+    for prog_id in sorted(prog_ids):
+        found = identify(prog_id)
+        if isinstance(found, OurProgram):
+            state.prog_id = found.prog_id
+            state.ports = _ports_of(found)
+        else:
+            state.foreign = found
+    if state.attached and xdp.mode == "multi":
+        # Ours in one mode and something else in another: report ours.
+        state.mode = "native" if xdp.drv_prog_id == state.prog_id else "skb"
+    return state
+
+
+def status() -> dict[str, PortState]:
+    """Every interface of this namespace but loopback, by name."""
+    return {l.name: inspect(l) for l in netlink.links().values() if not l.loopback}
+
+
+# -- attach -----------------------------------------------------------------
+
+
+@dataclass
+class AttachResult:
+    prog_id: int
+    modes: dict[str, str]  # interface -> native / skb
+    notes: list[str] = field(default_factory=list)  # fallbacks, warnings
+    already: bool = False
+
+
+def _validate(ifnames: list[str], mode: str) -> list[netlink.Link]:
+    if mode not in MODES:
+        raise UsageError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+    if len(ifnames) < 2:
+        raise UsageError("attach needs at least two interfaces to forward between")
+    if len(set(ifnames)) != len(ifnames):
+        dup = next(n for n in ifnames if ifnames.count(n) > 1)
+        raise UsageError(f"{dup}: the same interface is given twice")
+    if len(ifnames) > layout().max_ports:
+        raise UsageError(f"at most {layout().max_ports} interfaces per program")
+    all_links = netlink.links()
+    chosen = []
+    for name in ifnames:
+        if name not in all_links:
+            raise UsageError(f"{name}: no such interface in this network namespace")
+        link = all_links[name]
+        if link.loopback:
+            raise UsageError(f"{name}: loopback carries no routed traffic; name the router's ports")
+        chosen.append(link)
+    return chosen
+
+
+def _check_forwarding(links: list[netlink.Link], enable: bool) -> list[str]:
+    """bpf_fib_lookup() refuses (FWD_DISABLED) on an interface whose
+    forwarding sysctl is off; say so now rather than pass every packet."""
+    notes = []
+    for link in links:
+        if enable:
+            for fam in FAMILIES:
+                if not netlink.forwarding(fam, link.name):
+                    netlink.set_forwarding(fam, link.name, True)
+                    notes.append(f"{link.name}: set {netlink.sysctl_name(fam, link.name)}=1")
+            continue
+        off = [fam for fam in FAMILIES if not netlink.forwarding(fam, link.name)]
+        if len(off) == len(FAMILIES):
+            names = ", ".join(f"{netlink.sysctl_name(f, link.name)}=0" for f in off)
+            raise KernelRefused(
+                f"{link.name}: forwarding is disabled ({names}); enable it or pass --enable-forwarding"
+            )
+        for fam in off:
+            notes.append(
+                f"{link.name}: {fam} forwarding is off ({netlink.sysctl_name(fam, link.name)}=0): "
+                f"{fam} packets are left to the kernel"
+            )
+    return notes
+
+
+def _already(states: list[PortState], indexes: set[int], mode: str) -> AttachResult | None:
+    """None to go ahead; a result when the same attach is already in place.
+    A leftover half attach of the same ports (a killed controller) is
+    removed here so the attach can start clean."""
+    ours = [s for s in states if s.attached]
+    if not ours:
+        return None
+    for s in ours:
+        if s.ports != indexes:
+            raise Conflict(
+                f"{s.name}: already forwarding with xdpfwd program {s.prog_id} for other "
+                "interfaces; detach it first"
+            )
+    complete = len(ours) == len(states) and len({s.prog_id for s in ours}) == 1
+    if complete:
+        modes = {s.name: s.mode for s in states}
+        if mode != "auto" and any(m != mode for m in modes.values()):
+            raise Conflict(
+                f"already attached in {', '.join(sorted(set(modes.values())))} mode; "
+                "detach first to change the mode"
+            )
+        return AttachResult(ours[0].prog_id, modes, already=True)
+    for s in ours:  # half attached: undo it, then attach anew
+        _detach_one(s)
+    return None
+
+
+def _attach_one(link: netlink.Link, prog_fd: int, mode: str) -> tuple[str, str | None]:
+    """Attach in the mode asked for; auto falls back from native to skb and
+    returns why."""
+    if mode != "auto":
+        bpfsys.xdp_attach(link.index, prog_fd, bpfsys.MODE_FLAGS[mode])
+        return mode, None
+    try:
+        bpfsys.xdp_attach(link.index, prog_fd, bpfsys.XDP_FLAGS_DRV_MODE)
+        return "native", None
+    except bpfsys.BpfError as e:
+        if e.errno == 16:  # EBUSY: something got attached meanwhile
+            raise
+        bpfsys.xdp_attach(link.index, prog_fd, bpfsys.XDP_FLAGS_SKB_MODE)
+        return "skb", str(e).removeprefix("failed to attach the XDP program: ")
+
+
+def attach(ifnames: list[str], mode: str = "auto", enable_forwarding: bool = False,
+           verbose: bool = False) -> AttachResult:
+    links = _validate(ifnames, mode)
+    require_privileges()
+    with exclusive():
+        states = [inspect(l) for l in links]
+        for s in states:
+            if s.foreign:
+                raise Conflict(
+                    f"{s.name}: XDP program {s.foreign.prog_id} ({s.foreign.name}) is attached "
+                    "by another tool; xdpfwd does not replace it"
+                )
+        indexes = {l.index for l in links}
+        done = _already(states, indexes, mode)
+        if done:
+            return done
+        notes = _check_forwarding(links, enable_forwarding)
+        return _load_and_attach(links, mode, verbose, notes)
+
+
+def _load_and_attach(links, mode, verbose, notes) -> AttachResult:
+    lay = layout()
+    ports = bpfsys.map_create(bpfsys.MAP_TYPE_DEVMAP_HASH, lay.ports_map, 4, 4, lay.max_ports)
+    stats = bpfsys.map_create(bpfsys.MAP_TYPE_PERCPU_HASH, lay.stats_map, 4, lay.value_size,
+                              lay.max_ports)
+    zeros = bytes(lay.value_size) * bpfsys.possible_cpus()
+    with ports, stats:
+        for link in links:
+            key = struct.pack("=I", link.index)
+            bpfsys.map_update(ports.fd, key, key)
+            # Counters exist before the first packet: the program never
+            # has to create an entry, and both ports read from the start.
+            bpfsys.map_update(stats.fd, key, zeros, bpfsys.BPF_NOEXIST)
+        program = compiler.load(ports.fd, stats.fd, verbose=verbose)
+    prog_id = bpfsys.prog_info(program.prog_fd).id
+    modes: dict[str, str] = {}
+    try:
+        for link in links:
+            try:
+                got, why = _attach_one(link, program.prog_fd, mode)
+            except bpfsys.BpfError as e:
+                raise KernelRefused(f"{link.name}: {e}") from None
+            modes[link.name] = got
+            if why:
+                notes.append(f"{link.name}: native XDP unavailable ({why}); using skb mode")
+    except XdpfwdError:
+        # All or nothing: undo the interfaces already done.
+        for name in modes:
+            link = next(l for l in links if l.name == name)
+            bpfsys.xdp_detach(link.index, modes[name], program.prog_fd)
+        raise
+    return AttachResult(prog_id, modes, notes)
+
+
+# -- detach -----------------------------------------------------------------
+
+
+def _detach_one(state: PortState) -> None:
+    with bpfsys.prog_by_id(state.prog_id) as prog:
+        # First take the port out of the devmap, so the other ports stop
+        # redirecting into an interface that is about to lose the program.
+        ours = identify(state.prog_id)
+        if isinstance(ours, OurProgram):
+            with bpfsys.map_by_id(ours.ports_map_id) as ports:
+                try:
+                    bpfsys.map_delete(ports.fd, struct.pack("=I", state.index))
+                except bpfsys.BpfError as e:
+                    if e.errno != 2:  # ENOENT: already out
+                        raise
+        bpfsys.xdp_detach(state.index, state.mode or "", prog.fd)
+
+
+def detach(ifnames: list[str] | None = None) -> list[str]:
+    """Detach xdpfwd from the named interfaces, or from all of this
+    namespace. Returns the interfaces detached."""
+    require_privileges()
+    all_links = netlink.links()
+    for name in ifnames or []:
+        if name not in all_links:
+            raise UsageError(f"{name}: no such interface in this network namespace")
+    targets = [all_links[n] for n in ifnames] if ifnames else [
+        l for l in all_links.values() if not l.loopback
+    ]
+    with exclusive():
+        states = [inspect(l) for l in targets]
+        if ifnames:
+            for s in states:
+                if s.foreign and not s.attached:
+                    raise Conflict(
+                        f"{s.name}: XDP program {s.foreign.prog_id} ({s.foreign.name}) was not "
+                        "attached by xdpfwd; not touching it"
+                    )
+        done = []
+        for s in states:
+            if s.attached:
+                _detach_one(s)
+                done.append(s.name)
+        return done
+
+
+# -- counters ---------------------------------------------------------------
+
+
+def read_counters() -> dict[str, dict[str, tuple[int, int]]]:
+    """{interface: {outcome label: (packets, bytes)}} for every interface
+    counted by an xdpfwd program attached in this namespace."""
+    lay = layout()
+    names = netlink.link_names_by_index()
+    seen: set[int] = set()
+    result: dict[str, dict[str, tuple[int, int]]] = {}
+    for state in status().values():
+        if not state.attached or state.prog_id in seen:
+            continue
+        seen.add(state.prog_id)
+        prog = identify(state.prog_id)
+        with bpfsys.map_by_id(prog.stats_map_id) as stats:
+            info = bpfsys.map_info(stats.fd)
+            if info.value_size != lay.value_size:
+                raise XdpfwdError(
+                    f"program {state.prog_id} counts {info.value_size} bytes per interface, this "
+                    f"xdpfwd expects {lay.value_size}: detach and attach with this version"
+                )
+            for key in bpfsys.map_keys(stats.fd, 4):
+                ifindex = struct.unpack("=I", key)[0]
+                values = bpfsys.percpu_values(stats.fd, key, info.value_size)
+                if values is None:
+                    continue
+                name = names.get(ifindex, f"unknown:{ifindex}")
+                result[name] = lay.decode(values)
+    return result
+
+
+def summarize(counts: dict[str, tuple[int, int]]) -> dict:
+    """One interface's outcomes as the `stats --json` record."""
+    lay = layout()
+    out = {k: 0 for k in ("rx_packets", "rx_bytes", "forwarded_packets", "forwarded_bytes",
+                          "passed_packets", "passed_bytes", "dropped_packets", "dropped_bytes")}
+    out["pass_reasons"], out["drop_reasons"] = {}, {}
+    for o in lay.outcomes:
+        packets, nbytes = counts.get(o.label, (0, 0))
+        out["rx_packets"] += packets
+        out["rx_bytes"] += nbytes
+        out[f"{o.kind}_packets"] += packets
+        out[f"{o.kind}_bytes"] += nbytes
+        if o.kind == "passed":
+            out["pass_reasons"][o.label] = packets
+        elif o.kind == "dropped":
+            out["drop_reasons"][o.label] = packets
+    return out

@@ -1,0 +1,42 @@
+"""The project's own errors: typed inside, one line and an exit code outside.
+
+The CLI catches XdpfwdError, prints "xdpfwd: <message>" on stderr and exits
+with the class's code. The codes are part of the interface (README, EXIT
+STATUS); keep them stable.
+"""
+
+
+class XdpfwdError(Exception):
+    """A failure the user can act on. The message is one line."""
+
+    exit_code = 1
+
+
+class UsageError(XdpfwdError):
+    """The command line names something that cannot work (bad interface...)."""
+
+    exit_code = 2
+
+
+class PermissionDenied(XdpfwdError):
+    """Not root, or missing CAP_BPF / CAP_NET_ADMIN."""
+
+    exit_code = 3
+
+
+class MissingDependency(XdpfwdError):
+    """bcc, kernel headers or libbpf are not installed."""
+
+    exit_code = 4
+
+
+class Conflict(XdpfwdError):
+    """Something else holds the interface: a foreign XDP program, another attach."""
+
+    exit_code = 5
+
+
+class KernelRefused(XdpfwdError):
+    """The kernel said no: verifier, driver, MTU, forwarding disabled."""
+
+    exit_code = 6

@@ -1,0 +1,82 @@
+"""The map layout, read from bpf/counters.h: the one description C and Python share.
+
+The header keeps the names of the program and its maps as defines and the
+list of outcomes as an X-macro, X(ENUM, kind, label). This module parses
+exactly those two shapes, so a change to the header reaches user space
+without a second copy to keep in step.
+"""
+
+import re
+import struct
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+BPF_DIR = Path(__file__).with_name("bpf")
+HEADER = BPF_DIR / "counters.h"
+SOURCE = BPF_DIR / "redirect.c"
+
+KINDS = ("forwarded", "passed", "dropped")
+COUNT_FORMAT = "=QQ"  # struct xdpfwd_count: packets, bytes
+COUNT_SIZE = struct.calcsize(COUNT_FORMAT)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    index: int
+    enum: str
+    kind: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Layout:
+    prog_name: str
+    stats_map: str
+    ports_map: str
+    max_ports: int
+    outcomes: tuple[Outcome, ...]
+
+    @property
+    def value_size(self) -> int:
+        """sizeof(struct xdpfwd_counters)."""
+        return COUNT_SIZE * len(self.outcomes)
+
+    def decode(self, per_cpu_values: list[bytes]) -> dict[str, tuple[int, int]]:
+        """Sum per-CPU struct xdpfwd_counters into {label: (packets, bytes)}."""
+        totals = [[0, 0] for _ in self.outcomes]
+        for raw in per_cpu_values:
+            for o in self.outcomes:
+                packets, nbytes = struct.unpack_from(COUNT_FORMAT, raw, o.index * COUNT_SIZE)
+                totals[o.index][0] += packets
+                totals[o.index][1] += nbytes
+        return {o.label: (p, b) for o, (p, b) in zip(self.outcomes, totals)}
+
+
+_DEFINE = re.compile(r"^#define\s+(XDPFWD_\w+)\s+(\w+)\s*$", re.M)
+_OUTCOME = re.compile(r"X\((\w+),\s*(\w+),\s*\"(\w+)\"\)")
+
+
+def parse(text: str) -> Layout:
+    defines = dict(_DEFINE.findall(text))
+    outcomes = tuple(
+        Outcome(i, enum, kind, label)
+        for i, (enum, kind, label) in enumerate(_OUTCOME.findall(text))
+    )
+    for o in outcomes:
+        if o.kind not in KINDS:
+            raise ValueError(f"counters.h: outcome {o.enum} has unknown kind {o.kind!r}")
+    if not outcomes or outcomes[0].kind != "forwarded":
+        raise ValueError("counters.h: the first outcome must be FORWARDED")
+    return Layout(
+        prog_name=defines["XDPFWD_PROG_NAME"],
+        stats_map=defines["XDPFWD_STATS_MAP"],
+        ports_map=defines["XDPFWD_PORTS_MAP"],
+        max_ports=int(defines["XDPFWD_MAX_PORTS"]),
+        outcomes=outcomes,
+    )
+
+
+@cache
+def layout() -> Layout:
+    return parse(HEADER.read_text())
