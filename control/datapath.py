@@ -244,20 +244,27 @@ def attach(ifnames: list[str], mode: str = "auto", enable_forwarding: bool = Fal
         return _load_and_attach(links, mode, verbose, notes)
 
 
-def _load_and_attach(links, mode, verbose, notes) -> AttachResult:
+def load_program(ifindexes: list[int], verbose: bool = False) -> compiler.Program:
+    """Create the two maps for these ports, then compile and load the
+    program against them. Not attached yet."""
     lay = layout()
     ports = bpfsys.map_create(bpfsys.MAP_TYPE_DEVMAP_HASH, lay.ports_map, 4, 4, lay.max_ports)
     stats = bpfsys.map_create(bpfsys.MAP_TYPE_PERCPU_HASH, lay.stats_map, 4, lay.value_size,
                               lay.max_ports)
     zeros = bytes(lay.value_size) * bpfsys.possible_cpus()
     with ports, stats:
-        for link in links:
-            key = struct.pack("=I", link.index)
+        for ifindex in ifindexes:
+            key = struct.pack("=I", ifindex)
             bpfsys.map_update(ports.fd, key, key)
             # Counters exist before the first packet: the program never
             # has to create an entry, and both ports read from the start.
             bpfsys.map_update(stats.fd, key, zeros, bpfsys.BPF_NOEXIST)
-        program = compiler.load(ports.fd, stats.fd, verbose=verbose)
+        # The program holds its own references to the maps from here on.
+        return compiler.load(ports.fd, stats.fd, verbose=verbose)
+
+
+def _load_and_attach(links, mode, verbose, notes) -> AttachResult:
+    program = load_program([l.index for l in links], verbose)
     prog_id = bpfsys.prog_info(program.prog_fd).id
     modes: dict[str, str] = {}
     try:
@@ -327,32 +334,36 @@ def detach(ifnames: list[str] | None = None) -> list[str]:
 # -- counters ---------------------------------------------------------------
 
 
+def program_counters(prog_id: int) -> dict[int, dict[str, tuple[int, int]]]:
+    """{ingress ifindex: {outcome label: (packets, bytes)}} of one program."""
+    lay = layout()
+    prog = identify(prog_id)
+    if not isinstance(prog, OurProgram):
+        raise XdpfwdError(f"program {prog_id} is not xdpfwd's")
+    result = {}
+    with bpfsys.map_by_id(prog.stats_map_id) as stats:
+        info = bpfsys.map_info(stats.fd)
+        if info.value_size != lay.value_size:
+            raise XdpfwdError(
+                f"program {prog_id} counts {info.value_size} bytes per interface, this "
+                f"xdpfwd expects {lay.value_size}: detach and attach with this version"
+            )
+        for key in bpfsys.map_keys(stats.fd, 4):
+            values = bpfsys.percpu_values(stats.fd, key, info.value_size)
+            if values is not None:
+                result[struct.unpack("=I", key)[0]] = lay.decode(values)
+    return result
+
+
 def read_counters() -> dict[str, dict[str, tuple[int, int]]]:
     """{interface: {outcome label: (packets, bytes)}} for every interface
-    counted by an xdpfwd program attached in this namespace."""
-    lay = layout()
+    counted by an xdpfwd program attached in this namespace. An interface
+    that is gone shows as unknown:IFINDEX."""
     names = netlink.link_names_by_index()
-    seen: set[int] = set()
-    result: dict[str, dict[str, tuple[int, int]]] = {}
-    for state in status().values():
-        if not state.attached or state.prog_id in seen:
-            continue
-        seen.add(state.prog_id)
-        prog = identify(state.prog_id)
-        with bpfsys.map_by_id(prog.stats_map_id) as stats:
-            info = bpfsys.map_info(stats.fd)
-            if info.value_size != lay.value_size:
-                raise XdpfwdError(
-                    f"program {state.prog_id} counts {info.value_size} bytes per interface, this "
-                    f"xdpfwd expects {lay.value_size}: detach and attach with this version"
-                )
-            for key in bpfsys.map_keys(stats.fd, 4):
-                ifindex = struct.unpack("=I", key)[0]
-                values = bpfsys.percpu_values(stats.fd, key, info.value_size)
-                if values is None:
-                    continue
-                name = names.get(ifindex, f"unknown:{ifindex}")
-                result[name] = lay.decode(values)
+    result = {}
+    for prog_id in sorted({s.prog_id for s in status().values() if s.attached}):
+        for ifindex, counts in program_counters(prog_id).items():
+            result[names.get(ifindex, f"unknown:{ifindex}")] = counts
     return result
 
 

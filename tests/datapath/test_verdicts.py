@@ -1,0 +1,218 @@
+"""The program's verdicts, without a network: frames built with scapy run
+through the loaded program with BPF_PROG_TEST_RUN, in the router's
+namespace, so bpf_fib_lookup() asks that namespace's real routes and
+neighbours. Each case checks the action, the output bytes and that exactly
+one counter (the expected outcome, on eth1) grew by one.
+"""
+
+import subprocess
+
+import pytest
+from scapy.layers.inet import IP, UDP, IPOption_RR
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
+from scapy.layers.l2 import ARP, Dot1Q, Ether
+
+from xdpfwd import bpfsys, datapath, netlink, netns
+
+XDP_DROP, XDP_PASS, XDP_REDIRECT = 1, 2, 4
+PAYLOAD = b"xdpfwd-test-payload"
+
+
+def ip(*args):
+    proc = subprocess.run(["ip", "-n", "router", *args], capture_output=True, text=True)
+    assert proc.returncode == 0, f"ip -n router {' '.join(args)}: {proc.stderr.strip()}"
+
+
+@pytest.fixture(scope="module")
+def router(lab):
+    """The router's links and neighbours, fixed so that lookups answer the
+    same every run, plus routes that produce each fib result."""
+    macs = {}
+    for ns in ("sendbox", "recvbox"):
+        with netns.entered(ns):
+            macs[ns] = netlink.link("eth0").mac
+    ip("neigh", "replace", "10.0.11.20", "lladdr", macs["recvbox"], "dev", "eth0", "nud", "permanent")
+    ip("neigh", "replace", "fd00:11::20", "lladdr", macs["recvbox"], "dev", "eth0", "nud", "permanent")
+    ip("neigh", "replace", "10.0.10.10", "lladdr", macs["sendbox"], "dev", "eth1", "nud", "permanent")
+    ip("route", "add", "blackhole", "10.0.90.0/24")
+    ip("route", "add", "unreachable", "10.0.91.0/24")
+    ip("route", "add", "prohibit", "10.0.92.0/24")
+    ip("route", "add", "10.0.93.0/24", "via", "10.0.11.20", "mtu", "lock", "1000")
+    # A third interface that is not an xdpfwd port (a veth pair: this
+    # kernel has no dummy driver).
+    ip("link", "add", "spare0", "type", "veth", "peer", "name", "spare1")
+    ip("addr", "add", "10.0.94.1/24", "dev", "spare0")
+    ip("link", "set", "spare0", "up")
+    ip("link", "set", "spare1", "up")
+    ip("neigh", "replace", "10.0.94.2", "lladdr", "02:00:00:00:94:02", "dev", "spare0", "nud", "permanent")
+    try:
+        with netns.entered("router"):
+            links = netlink.links()
+        yield {"links": links, "macs": macs}
+    finally:
+        ip("link", "del", "spare0")
+        for net in ("10.0.90.0/24", "10.0.91.0/24", "10.0.92.0/24", "10.0.93.0/24"):
+            ip("route", "del", net)
+
+
+@pytest.fixture(scope="module")
+def program(router):
+    links = router["links"]
+    with netns.entered("router"):
+        prog = datapath.load_program([links["eth1"].index, links["eth0"].index])
+    prog_id = bpfsys.prog_info(prog.prog_fd).id
+    yield {"prog": prog, "id": prog_id, **router}
+
+
+def counters(program):
+    return datapath.program_counters(program["id"])[program["links"]["eth1"].index]
+
+
+def run_frame(program, frame: bytes):
+    with netns.entered("router"):
+        return bpfsys.test_run(program["prog"].prog_fd, frame, program["links"]["eth1"].index)
+
+
+def to_router(program, l3):
+    """A frame as sendbox would put it on the wire towards the router."""
+    return Ether(src=program["macs"]["sendbox"], dst=program["links"]["eth1"].mac) / l3
+
+
+def v4(dst="10.0.11.20", **kw):
+    return IP(src="10.0.10.10", dst=dst, **kw) / UDP(sport=40000, dport=2152) / PAYLOAD
+
+
+def v6(dst="fd00:11::20", **kw):
+    return IPv6(src="fd00:10::10", dst=dst, **kw) / UDP(sport=40000, dport=2152) / PAYLOAD
+
+
+def check(program, frame, action, outcome):
+    """Run frame; assert the action and that only `outcome` counted it."""
+    raw = bytes(frame)
+    before = counters(program)
+    result = run_frame(program, raw)
+    after = counters(program)
+    assert result.retval == action, f"action {result.retval}, expected {action}"
+    grew = {label: after[label][0] - before[label][0] for label in after
+            if after[label] != before[label]}
+    assert grew == {outcome: 1}, f"counters grew {grew}, expected {outcome} +1"
+    assert after[outcome][1] - before[outcome][1] == len(raw)
+    return result
+
+
+def test_forwards_ipv4_rewriting_macs_ttl_and_checksum(program):
+    frame = to_router(program, v4(ttl=64))
+    out = Ether(check(program, frame, XDP_REDIRECT, "forwarded").data)
+    assert out.dst == program["macs"]["recvbox"]
+    assert out.src == program["links"]["eth0"].mac
+    assert out[IP].ttl == 63
+    sent_checksum = out[IP].chksum
+    del out[IP].chksum
+    assert IP(bytes(out[IP]))[IP].chksum == sent_checksum, "IPv4 header checksum is wrong"
+    assert bytes(out[UDP]) == bytes(frame[UDP]), "the payload changed"
+
+
+def test_forwards_ipv6_decrementing_hop_limit(program):
+    frame = to_router(program, v6(hlim=64))
+    out = Ether(check(program, frame, XDP_REDIRECT, "forwarded").data)
+    assert out.dst == program["macs"]["recvbox"]
+    assert out.src == program["links"]["eth0"].mac
+    assert out[IPv6].hlim == 63
+    assert bytes(out[UDP]) == bytes(frame[UDP])
+
+
+@pytest.mark.parametrize("l3", [v4(ttl=1), v4(ttl=0), v6(hlim=1), v6(hlim=0)],
+                         ids=["ttl1", "ttl0", "hlim1", "hlim0"])
+def test_expiring_ttl_goes_to_the_stack(program, l3):
+    check(program, to_router(program, l3), XDP_PASS, "ttl_exceeded")
+
+
+def test_ttl_2_is_forwarded_with_ttl_1(program):
+    out = Ether(check(program, to_router(program, v4(ttl=2)), XDP_REDIRECT, "forwarded").data)
+    assert out[IP].ttl == 1
+
+
+def test_arp_is_not_ip(program):
+    frame = Ether(src=program["macs"]["sendbox"], dst="ff:ff:ff:ff:ff:ff") / ARP(pdst="10.0.10.20")
+    check(program, frame, XDP_PASS, "multicast")
+    unicast = Ether(src=program["macs"]["sendbox"], dst=program["links"]["eth1"].mac) / ARP(op=2)
+    check(program, unicast, XDP_PASS, "not_ip")
+
+
+def test_vlan_tagged_goes_to_the_stack(program):
+    frame = Ether(src=program["macs"]["sendbox"], dst=program["links"]["eth1"].mac) / Dot1Q(vlan=7) / v4()
+    check(program, frame, XDP_PASS, "vlan")
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: bytes(to_router(p, v4()))[:14 + 12],                  # IPv4 header cut short
+    lambda p: bytes(to_router(p, v6()))[:14 + 30],                  # IPv6 header cut short
+    lambda p: bytes(to_router(p, v4(ihl=4))),                       # IHL below 5
+    lambda p: bytes(to_router(p, v4(len=400))),                     # tot_len past the frame
+    lambda p: bytes(to_router(p, v4(version=6))),                   # version 6 in an IPv4 EtherType
+    lambda p: bytes(to_router(p, v6(plen=400))),                    # payload_len past the frame
+], ids=["short-ipv4", "short-ipv6", "ihl4", "tot_len", "version", "payload_len"])
+def test_malformed_goes_to_the_stack(program, make):
+    check(program, make(program), XDP_PASS, "malformed")
+
+
+def test_multicast_destination_mac(program):
+    frame = Ether(src=program["macs"]["sendbox"], dst="01:00:5e:00:00:fb") / IP(src="10.0.10.10", dst="224.0.0.251") / UDP()
+    check(program, frame, XDP_PASS, "multicast")
+
+
+def test_bad_ipv4_checksum_goes_to_the_stack(program):
+    frame = to_router(program, v4(chksum=0x1234))
+    check(program, frame, XDP_PASS, "bad_checksum")
+
+
+def test_ip_options_go_to_the_stack(program):
+    check(program, to_router(program, v4(options=[IPOption_RR()])), XDP_PASS, "ip_options")
+    hbh = IPv6(src="fd00:10::10", dst="fd00:11::20") / IPv6ExtHdrHopByHop() / UDP() / PAYLOAD
+    check(program, to_router(program, hbh), XDP_PASS, "ip_options")
+
+
+def test_ipv6_link_local_never_crosses(program):
+    check(program, to_router(program, v6(dst="fe80::1")), XDP_PASS, "link_local")
+    ll_src = IPv6(src="fe80::10", dst="fd00:11::20") / UDP() / PAYLOAD
+    check(program, to_router(program, ll_src), XDP_PASS, "link_local")
+
+
+@pytest.mark.parametrize("dst,outcome", [
+    ("10.0.90.1", "fib_blackhole"),
+    ("10.0.91.1", "fib_unreachable"),
+    ("10.0.92.1", "fib_prohibit"),
+    ("10.0.11.10", "fib_not_forwarded"),   # the router's own address
+    ("192.0.2.1", "fib_not_forwarded"),    # no route at all
+    ("10.0.11.99", "fib_no_neighbour"),    # on-link, never resolved
+    ("10.0.94.2", "egress_not_a_port"),    # routed out of spare0
+    ("10.0.10.10", "egress_is_ingress"),   # back out of eth1
+])
+def test_fib_results_go_to_the_stack(program, dst, outcome):
+    check(program, to_router(program, v4(dst=dst)), XDP_PASS, outcome)
+
+
+def test_fragmentation_needed_goes_to_the_stack(program):
+    big = IP(src="10.0.10.10", dst="10.0.93.5") / UDP() / bytes(1200)
+    check(program, to_router(program, big), XDP_PASS, "fib_frag_needed")
+
+
+def test_fragments_are_forwarded(program):
+    # Only addresses are looked up, never ports, so a fragment is routed
+    # like any packet (the kernel does the same without conntrack).
+    frag = IP(src="10.0.10.10", dst="10.0.11.20", flags="MF", frag=0) / UDP() / bytes(64)
+    check(program, to_router(program, frag), XDP_REDIRECT, "forwarded")
+    later = IP(src="10.0.10.10", dst="10.0.11.20", frag=9, proto=17) / bytes(64)
+    check(program, to_router(program, later), XDP_REDIRECT, "forwarded")
+
+
+def test_forwarding_disabled_on_ingress(program):
+    with netns.entered("router"):
+        netlink.set_forwarding("ipv4", "eth1", False)
+    try:
+        check(program, to_router(program, v4()), XDP_PASS, "fib_forwarding_disabled")
+    finally:
+        with netns.entered("router"):
+            netlink.set_forwarding("ipv4", "eth1", True)
+    check(program, to_router(program, v4()), XDP_REDIRECT, "forwarded")
+

@@ -1,0 +1,71 @@
+"""The shared map layout and the counter arithmetic: pure logic."""
+
+import re
+import struct
+
+import pytest
+
+from xdpfwd import datapath
+from xdpfwd.layout import COUNT_SIZE, HEADER, SOURCE, layout, parse
+
+
+def test_header_parses_to_the_program_and_map_names():
+    lay = layout()
+    assert lay.prog_name == "xdpfwd_redirect"
+    assert (lay.stats_map, lay.ports_map) == ("xdpfwd_stats", "xdpfwd_ports")
+    # The kernel keeps 15 characters of a name; longer would not match.
+    assert all(len(n) <= 15 for n in (lay.prog_name, lay.stats_map, lay.ports_map))
+
+
+def test_outcomes_are_unique_and_start_with_forwarded():
+    lay = layout()
+    labels = [o.label for o in lay.outcomes]
+    assert len(labels) == len(set(labels))
+    assert lay.outcomes[0].label == "forwarded"
+    assert [o.index for o in lay.outcomes] == list(range(len(labels)))
+    assert lay.value_size == COUNT_SIZE * len(labels)
+
+
+def test_every_outcome_is_used_by_the_program():
+    # An outcome the C never produces would be a counter that cannot move.
+    source = SOURCE.read_text()
+    for o in layout().outcomes:
+        assert re.search(rf"\b(XDPFWD_)?{o.enum}\b", source), f"{o.enum} unused in redirect.c"
+
+
+def test_unknown_kind_is_refused():
+    text = HEADER.read_text().replace('X(FORWARDED,            forwarded,', 'X(FORWARDED, sideways,')
+    with pytest.raises(ValueError, match="unknown kind"):
+        parse(text)
+
+
+def _value(lay, counts):
+    raw = bytearray(lay.value_size)
+    for label, (packets, nbytes) in counts.items():
+        index = next(o.index for o in lay.outcomes if o.label == label)
+        struct.pack_into("=QQ", raw, index * COUNT_SIZE, packets, nbytes)
+    return bytes(raw)
+
+
+def test_decode_sums_per_cpu_values():
+    lay = layout()
+    cpu0 = _value(lay, {"forwarded": (10, 1000), "ttl_exceeded": (1, 60)})
+    cpu1 = _value(lay, {"forwarded": (5, 500), "redirect_failed": (2, 120)})
+    totals = lay.decode([cpu0, cpu1])
+    assert totals["forwarded"] == (15, 1500)
+    assert totals["ttl_exceeded"] == (1, 60)
+    assert totals["redirect_failed"] == (2, 120)
+    assert totals["not_ip"] == (0, 0)
+
+
+def test_summarize_adds_every_outcome_into_rx_once():
+    counts = {"forwarded": (15, 1500), "ttl_exceeded": (1, 60), "fib_no_neighbour": (3, 180),
+              "redirect_failed": (2, 120)}
+    s = datapath.summarize(counts)
+    assert s["rx_packets"] == 21 and s["rx_bytes"] == 1860
+    assert (s["forwarded_packets"], s["forwarded_bytes"]) == (15, 1500)
+    assert (s["passed_packets"], s["passed_bytes"]) == (4, 240)
+    assert (s["dropped_packets"], s["dropped_bytes"]) == (2, 120)
+    assert s["pass_reasons"]["fib_no_neighbour"] == 3
+    assert s["drop_reasons"] == {"redirect_failed": 2}
+    assert s["rx_packets"] == s["forwarded_packets"] + s["passed_packets"] + s["dropped_packets"]
