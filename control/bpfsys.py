@@ -358,8 +358,15 @@ def xdp_query(ifindex: int) -> XdpState:
     return XdpState(mode, opts.prog_id, opts.drv_prog_id, opts.skb_prog_id, opts.hw_prog_id)
 
 
+def _keep_kernel_messages() -> None:
+    # Loading with bcc resets libbpf's print callback (bcc shares the
+    # library), so claim it again before each netlink call.
+    lib().libbpf_set_print(_collect_log)
+
+
 def xdp_attach(ifindex: int, prog_fd: int, flags: int) -> None:
     """Attach, never replacing what is there (UPDATE_IF_NOEXIST)."""
+    _keep_kernel_messages()
     rc = lib().bpf_xdp_attach(ifindex, prog_fd, flags | XDP_FLAGS_UPDATE_IF_NOEXIST, None)
     _check(rc, "attach the XDP program")
 
@@ -369,6 +376,7 @@ def xdp_detach(ifindex: int, mode: str, expected_prog_fd: int) -> None:
     the kernel checks it atomically (XDP_FLAGS_REPLACE)."""
     opts = _XdpAttachOpts(sz=ctypes.sizeof(_XdpAttachOpts), old_prog_fd=expected_prog_fd)
     flags = MODE_FLAGS.get(mode, 0) | XDP_FLAGS_REPLACE
+    _keep_kernel_messages()
     _check(lib().bpf_xdp_detach(ifindex, flags, ctypes.byref(opts)), "detach the XDP program")
 
 

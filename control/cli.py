@@ -12,9 +12,14 @@ from typing import List, Optional
 
 import click
 import typer
+import typer.core
 
 from xdpfwd import __version__
 from xdpfwd.errors import XdpfwdError
+
+# Plain help like other networking tools: typer escapes "[default: ...]"
+# for rich whenever rich is importable, even with rich_markup_mode=None.
+typer.core.rich = None
 
 app = typer.Typer(
     help="Route IPv4 and IPv6 between interfaces in the kernel's XDP hook.",
