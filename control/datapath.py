@@ -362,7 +362,7 @@ def read_counters() -> dict[str, dict[str, tuple[int, int]]]:
     names = netlink.link_names_by_index()
     result = {}
     for prog_id in sorted({s.prog_id for s in status().values() if s.attached}):
-        for ifindex, counts in program_counters(prog_id).items():
+        for ifindex, counts in sorted(program_counters(prog_id).items()):
             result[names.get(ifindex, f"unknown:{ifindex}")] = counts
     return result
 

@@ -8,10 +8,11 @@ and lab traffic cannot leave the namespaces.
 
 import json
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from xdpfwd import netns
+from xdpfwd import netlink, netns
 from xdpfwd.errors import MissingDependency, XdpfwdError
 
 TOPOLOGY = json.loads(Path(__file__).with_name("lab.json").read_text())
@@ -51,10 +52,28 @@ def up(log: list[str] | None = None) -> bool:
         down(log)  # a half-made lab from an interrupted run: start clean
     try:
         _build(log)
+        _wait_running()
     except BaseException:
         down()
         raise
     return True
+
+
+def _wait_running(timeout: float = 5.0) -> None:
+    """Links come up a moment after `ip link set up`; the lab is ready
+    when every one of them is operationally up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        waiting = []
+        for ns, host in HOSTS.items():
+            with netns.entered(ns):
+                links = netlink.links()
+            waiting += [f"{ns}/{i}" for i in host["interfaces"] if not links[i].running]
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise XdpfwdError(f"lab: {', '.join(waiting)} did not come up")
+        time.sleep(0.05)
 
 
 def _build(log):

@@ -22,6 +22,7 @@ class Link:
     mac: str
     up: bool
     loopback: bool
+    running: bool  # operationally up: carrier, and the peer of a veth up
 
 
 def _iproute():
@@ -41,6 +42,7 @@ def _to_link(msg) -> Link:
         mac=msg.get_attr("IFLA_ADDRESS") or "",
         up=bool(msg["flags"] & IFF_UP),
         loopback=bool(msg["flags"] & IFF_LOOPBACK),
+        running=msg.get_attr("IFLA_OPERSTATE") in ("UP", "UNKNOWN"),
     )
 
 
