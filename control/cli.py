@@ -149,10 +149,10 @@ def stats(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
     for name, r in records.items():
         print(f"{name:<16} {r['rx_packets']:>12} {r['rx_bytes']:>14} {r['forwarded_packets']:>12} "
               f"{r['passed_packets']:>10} {r['dropped_packets']:>10}")
-        reasons = {**r["pass_reasons"], **r["drop_reasons"]}
-        shown = ", ".join(f"{k} {v}" for k, v in reasons.items() if v)
-        if shown:
-            print(f"  {'':<14} not forwarded: {shown}")
+        for kind, key in (("passed", "pass_reasons"), ("dropped", "drop_reasons")):
+            shown = ", ".join(f"{k} {v}" for k, v in r[key].items() if v)
+            if shown:
+                print(f"  {kind}: {shown}")
 
 
 @app.command()

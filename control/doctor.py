@@ -79,7 +79,8 @@ def check_bcc() -> Result:
                       compiler.BCC_HINT)
     where = Path(bcc.__file__).parent
     version = getattr(bcc, "__version__", None)  # not every bcc release has it
-    return Result("bcc", "ok", f"importable ({where})" + (f", version {version}" if version else ""))
+    return Result("bcc", "ok", f"importable ({where})" + (
+        f", version {version}" if version else ""))
 
 
 def major_minor(text: str) -> tuple[int, int] | None:
@@ -122,7 +123,8 @@ def check_btf() -> Result:
     if Path("/sys/kernel/btf/vmlinux").exists():
         return Result("btf", "ok", "/sys/kernel/btf/vmlinux present")
     return Result("btf", "warn",
-                  "/sys/kernel/btf/vmlinux absent; xdpfwd does not need it (it builds from headers)",
+                  "/sys/kernel/btf/vmlinux absent; xdpfwd does not need it "
+                  "(it builds from headers)",
                   "none needed; a kernel with CONFIG_DEBUG_INFO_BTF=y has it")
 
 
