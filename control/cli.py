@@ -40,6 +40,11 @@ class Mode(str, Enum):
     auto = "auto"
     native = "native"
     skb = "skb"
+    afpacket = "afpacket"
+
+
+MODE_HELP = ("native (driver XDP), skb (generic XDP), afpacket (user space), or auto: "
+             "native, else skb, else afpacket where XDP cannot run.")
 
 
 def _version(value: bool):
@@ -65,32 +70,55 @@ def _note(text: str) -> None:
     print(f"xdpfwd: {text}", file=sys.stderr)
 
 
+def _report(result) -> None:
+    for note in result.notes:
+        _note(note)
+    names = ", ".join(result.modes)
+    modes = ", ".join(sorted(set(result.modes.values())))
+    what = f"pid {result.pid}" if result.pid else f"program {result.prog_id}"
+    if result.already:
+        print(f"{names}: already attached ({what}, {modes}); not reattaching")
+        return
+    for name, got in result.modes.items():
+        print(f"{name}: attached {what} in {got} mode")
+
+
 @app.command()
 def attach(
     interfaces: List[str] = typer.Argument(..., metavar="IFACE IFACE...",
                                            help="The ports to forward between (two or more)."),
-    mode: Mode = typer.Option(Mode.auto, "--mode", "-m",
-                              help="native (driver), skb (generic), or auto: native, else skb."),
+    mode: Mode = typer.Option(Mode.auto, "--mode", "-m", help=MODE_HELP),
     enable_forwarding: bool = typer.Option(False, "--enable-forwarding",
                                            help="Turn on the ports' ipv4/ipv6 forwarding sysctls."),
 ):
-    """Load the XDP forwarder and attach it to the interfaces.
+    """Start forwarding between the interfaces, and return.
 
     Forwarding goes on after the command exits. All or nothing: if one
     interface fails, none is left attached.
     """
-    from xdpfwd import datapath
+    from xdpfwd import forwarder
 
-    result = datapath.attach(interfaces, mode.value, enable_forwarding, _options["verbose"])
-    for note in result.notes:
-        _note(note)
-    if result.already:
-        names = ", ".join(result.modes)
-        modes = ", ".join(sorted(set(result.modes.values())))
-        print(f"{names}: already attached (program {result.prog_id}, {modes}); not reattaching")
-        return
-    for name, got in result.modes.items():
-        print(f"{name}: attached program {result.prog_id} in {got} mode")
+    _report(forwarder.attach(interfaces, mode.value, enable_forwarding, _options["verbose"]))
+
+
+@app.command()
+def run(
+    interfaces: List[str] = typer.Argument(..., metavar="IFACE IFACE...",
+                                           help="The ports to forward between (two or more)."),
+    mode: Mode = typer.Option(Mode.auto, "--mode", "-m", help=MODE_HELP),
+    enable_forwarding: bool = typer.Option(False, "--enable-forwarding",
+                                           help="Turn on the ports' ipv4/ipv6 forwarding sysctls."),
+):
+    """Attach, stay in the foreground, detach on SIGTERM or SIGINT (for systemd)."""
+    from xdpfwd import forwarder
+
+    def ready(result):
+        _report(result)
+        sys.stdout.flush()
+
+    code = forwarder.run(interfaces, mode.value, enable_forwarding, _options["verbose"], ready)
+    print("detached")
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -98,10 +126,10 @@ def detach(
     interfaces: Optional[List[str]] = typer.Argument(None, metavar="[IFACE...]",
                                                      help="Default: every interface xdpfwd is on."),
 ):
-    """Remove xdpfwd's program; programs of other tools are left alone."""
-    from xdpfwd import datapath
+    """Stop forwarding; programs of other tools are left alone."""
+    from xdpfwd import forwarder
 
-    done = datapath.detach(interfaces or None)
+    done = forwarder.detach(interfaces or None)
     if not done:
         print("nothing to detach: xdpfwd is not attached here")
     for name in done:
@@ -110,34 +138,41 @@ def detach(
 
 @app.command()
 def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
-    """Show, per interface, whether xdpfwd is attached, its mode and program id."""
-    from xdpfwd import datapath
+    """Show, per interface, whether xdpfwd forwards there, the mode, program or pid."""
+    from xdpfwd import forwarder
 
-    states = datapath.status()
+    states = forwarder.status()
     if as_json:
         out = {}
         for name, s in states.items():
             out[name] = {"attached": s.attached, "mode": s.mode if s.attached else None,
                          "prog_id": s.prog_id or None}
+            if s.afpacket_pid:
+                out[name].update(mode="afpacket", pid=s.afpacket_pid, running=s.afpacket_running)
             if s.foreign:
                 out[name]["foreign"] = {"prog_id": s.foreign.prog_id, "name": s.foreign.name}
         _json({"interfaces": out})
         return
-    print(f"{'IFACE':<16} {'XDPFWD':<8} {'MODE':<8} {'PROGRAM':<8} NOTE")
+    print(f"{'IFACE':<16} {'XDPFWD':<8} {'MODE':<9} {'PROGRAM':<8} NOTE")
     for name, s in states.items():
-        note = f"foreign program {s.foreign.prog_id} ({s.foreign.name})" if s.foreign else ""
+        notes = []
+        if s.foreign:
+            notes.append(f"foreign program {s.foreign.prog_id} ({s.foreign.name})")
+        if s.afpacket_pid:
+            notes.append(f"pid {s.afpacket_pid}" if s.afpacket_running else
+                         f"forwarder pid {s.afpacket_pid} is not running: run detach to clean up")
         attached = "yes" if s.attached else "no"
-        mode = s.mode if s.attached else "-"
-        prog = str(s.prog_id) if s.attached else "-"
-        print(f"{name:<16} {attached:<8} {mode:<8} {prog:<8} {note}".rstrip())
+        mode = s.mode if s.attached or s.afpacket_pid else "-"
+        prog = str(s.prog_id) if s.prog_id else "-"
+        print(f"{name:<16} {attached:<8} {mode:<9} {prog:<8} {'; '.join(notes)}".rstrip())
 
 
 @app.command()
 def stats(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
-    """Show the counters of every interface xdpfwd is attached to."""
-    from xdpfwd import datapath
+    """Show the counters of every interface xdpfwd forwards on."""
+    from xdpfwd import datapath, forwarder
 
-    records = {name: datapath.summarize(c) for name, c in datapath.read_counters().items()}
+    records = {name: datapath.summarize(c) for name, c in forwarder.counters().items()}
     if as_json:
         _json(records)
         return

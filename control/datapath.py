@@ -18,10 +18,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from xdpfwd import bpfsys, compiler, netlink
-from xdpfwd.errors import Conflict, KernelRefused, PermissionDenied, UsageError, XdpfwdError
+from xdpfwd.errors import (Conflict, ForwardingDisabled, KernelRefused, PermissionDenied,
+                           UsageError, XdpfwdError)
 from xdpfwd.layout import layout
 
-MODES = ("auto", "native", "skb")
+MODES = ("auto", "native", "skb", "afpacket")
 FAMILIES = ("ipv4", "ipv6")
 LOCK_PATH = "/run/xdpfwd.lock"
 
@@ -70,9 +71,13 @@ class PortState:
     ports: frozenset[int] = frozenset()  # ifindexes in that program's devmap
     foreign: Foreign | None = None
 
+    afpacket_pid: int = 0  # the AF_PACKET forwarder serving this port
+    afpacket_running: bool = False
+
     @property
     def attached(self) -> bool:
-        return self.prog_id != 0
+        """Forwarded by xdpfwd: its XDP program, or a running AF_PACKET forwarder."""
+        return self.prog_id != 0 or self.afpacket_running
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,7 @@ def inspect(link: netlink.Link) -> PortState:
             state.ports = _ports_of(found)
         else:
             state.foreign = found
-    if state.attached and xdp.mode == "multi":
+    if state.prog_id and xdp.mode == "multi":
         # Ours in one mode and something else in another: report ours.
         state.mode = "native" if xdp.drv_prog_id == state.prog_id else "skb"
     return state
@@ -132,9 +137,10 @@ class AttachResult:
     modes: dict[str, str]  # interface -> native / skb
     notes: list[str] = field(default_factory=list)  # fallbacks, warnings
     already: bool = False
+    pid: int = 0  # the AF_PACKET forwarder's, in afpacket mode
 
 
-def _validate(ifnames: list[str], mode: str) -> list[netlink.Link]:
+def validate(ifnames: list[str], mode: str) -> list[netlink.Link]:
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
     if len(ifnames) < 2:
@@ -156,7 +162,7 @@ def _validate(ifnames: list[str], mode: str) -> list[netlink.Link]:
     return chosen
 
 
-def _check_forwarding(links: list[netlink.Link], enable: bool) -> list[str]:
+def check_forwarding(links: list[netlink.Link], enable: bool) -> list[str]:
     """bpf_fib_lookup() refuses (FWD_DISABLED) on an interface whose
     forwarding sysctl is off; say so now rather than pass every packet."""
     notes = []
@@ -170,7 +176,7 @@ def _check_forwarding(links: list[netlink.Link], enable: bool) -> list[str]:
         off = [fam for fam in FAMILIES if not netlink.forwarding(fam, link.name)]
         if len(off) == len(FAMILIES):
             names = ", ".join(f"{netlink.sysctl_name(f, link.name)}=0" for f in off)
-            raise KernelRefused(
+            raise ForwardingDisabled(
                 f"{link.name}: forwarding is disabled ({names}); enable it or pass --enable-forwarding"
             )
         for fam in off:
@@ -185,7 +191,7 @@ def _already(states: list[PortState], indexes: set[int], mode: str) -> AttachRes
     """None to go ahead; a result when the same attach is already in place.
     A leftover half attach of the same ports (a killed controller) is
     removed here so the attach can start clean."""
-    ours = [s for s in states if s.attached]
+    ours = [s for s in states if s.prog_id]
     if not ours:
         return None
     for s in ours:
@@ -224,24 +230,25 @@ def _attach_one(link: netlink.Link, prog_fd: int, mode: str) -> tuple[str, str |
         return "skb", str(e).removeprefix("failed to attach the XDP program: ")
 
 
-def attach(ifnames: list[str], mode: str = "auto", enable_forwarding: bool = False,
-           verbose: bool = False) -> AttachResult:
-    links = _validate(ifnames, mode)
-    require_privileges()
-    with exclusive():
-        states = [inspect(l) for l in links]
-        for s in states:
-            if s.foreign:
-                raise Conflict(
-                    f"{s.name}: XDP program {s.foreign.prog_id} ({s.foreign.name}) is attached "
-                    "by another tool; xdpfwd does not replace it"
-                )
-        indexes = {l.index for l in links}
-        done = _already(states, indexes, mode)
-        if done:
-            return done
-        notes = _check_forwarding(links, enable_forwarding)
-        return _load_and_attach(links, mode, verbose, notes)
+def refuse_foreign(states: list[PortState]) -> None:
+    for s in states:
+        if s.foreign:
+            raise Conflict(
+                f"{s.name}: XDP program {s.foreign.prog_id} ({s.foreign.name}) is attached "
+                "by another tool; xdpfwd does not replace it"
+            )
+
+
+def attach(links: list[netlink.Link], states: list[PortState], mode: str,
+           enable_forwarding: bool = False, verbose: bool = False) -> AttachResult:
+    """Attach the XDP program (the caller validated, holds the lock and
+    checked for foreign programs: forwarder.attach)."""
+    indexes = {l.index for l in links}
+    done = _already(states, indexes, mode)
+    if done:
+        return done
+    notes = check_forwarding(links, enable_forwarding)
+    return _load_and_attach(links, mode, verbose, notes)
 
 
 def load_program(ifindexes: list[int], verbose: bool = False) -> compiler.Program:
@@ -303,32 +310,15 @@ def _detach_one(state: PortState) -> None:
         bpfsys.xdp_detach(state.index, state.mode or "", prog.fd)
 
 
-def detach(ifnames: list[str] | None = None) -> list[str]:
-    """Detach xdpfwd from the named interfaces, or from all of this
-    namespace. Returns the interfaces detached."""
-    require_privileges()
-    all_links = netlink.links()
-    for name in ifnames or []:
-        if name not in all_links:
-            raise UsageError(f"{name}: no such interface in this network namespace")
-    targets = [all_links[n] for n in ifnames] if ifnames else [
-        l for l in all_links.values() if not l.loopback
-    ]
-    with exclusive():
-        states = [inspect(l) for l in targets]
-        if ifnames:
-            for s in states:
-                if s.foreign and not s.attached:
-                    raise Conflict(
-                        f"{s.name}: XDP program {s.foreign.prog_id} ({s.foreign.name}) was not "
-                        "attached by xdpfwd; not touching it"
-                    )
-        done = []
-        for s in states:
-            if s.attached:
-                _detach_one(s)
-                done.append(s.name)
-        return done
+def detach(states: list[PortState]) -> list[str]:
+    """Detach xdpfwd's program where these states show it (the caller
+    holds the lock). Returns the interfaces detached."""
+    done = []
+    for s in states:
+        if s.prog_id:
+            _detach_one(s)
+            done.append(s.name)
+    return done
 
 
 # -- counters ---------------------------------------------------------------
@@ -361,7 +351,7 @@ def read_counters() -> dict[str, dict[str, tuple[int, int]]]:
     that is gone shows as unknown:IFINDEX."""
     names = netlink.link_names_by_index()
     result = {}
-    for prog_id in sorted({s.prog_id for s in status().values() if s.attached}):
+    for prog_id in sorted({s.prog_id for s in status().values() if s.prog_id}):
         for ifindex, counts in sorted(program_counters(prog_id).items()):
             result[names.get(ifindex, f"unknown:{ifindex}")] = counts
     return result

@@ -154,7 +154,7 @@ def check_forwarding(ifname: str) -> list[Result]:
             results.append(Result("forwarding", "ok", f"{name}=1", interface=ifname))
             continue
         # attach refuses only when every family is off; one off just
-        # leaves that family to the kernel (datapath._check_forwarding).
+        # leaves that family to the kernel (datapath.check_forwarding).
         what = "attach will refuse" if not any(on.values()) else f"{fam} is left to the kernel"
         results.append(Result("forwarding", "warn", f"{name}=0: {what}",
                               f"sysctl -w {name}=1, or attach --enable-forwarding", ifname))

@@ -40,3 +40,7 @@ class KernelRefused(XdpfwdError):
     """The kernel said no: verifier, driver, MTU, forwarding disabled."""
 
     exit_code = 6
+
+
+class ForwardingDisabled(KernelRefused):
+    """The ports' forwarding sysctls are off: the box is not set up to route."""

@@ -1,0 +1,165 @@
+"""attach, detach, status, counters and run across both datapaths: the XDP
+program (datapath.py) and the AF_PACKET forwarder (afpacket/).
+
+The rules that hold in every mode live here: one attach or detach at a
+time, another tool's XDP program is never touched, and an interface is
+served by at most one of the two datapaths.
+"""
+
+import signal
+from contextlib import suppress
+
+from xdpfwd import datapath, netlink
+from xdpfwd.afpacket import process, state
+from xdpfwd.afpacket.service import restore_sysctls, serve
+from xdpfwd.datapath import AttachResult, PortState
+from xdpfwd.errors import (Conflict, ForwardingDisabled, KernelRefused, MissingDependency,
+                           UsageError)
+
+
+def _afpacket(repair: bool) -> state.State | None:
+    """The AF_PACKET forwarder of this namespace. With repair, a recorded
+    forwarder that is no longer running is cleaned up (its sysctls
+    restored) and None returned."""
+    st = state.load()
+    if st and not st.alive and repair:
+        restore_sysctls(st.sysctls)
+        state.remove()
+        return None
+    return st
+
+
+def _prepare(ifnames: list[str], mode: str):
+    links = datapath.validate(ifnames, mode)
+    datapath.require_privileges()
+    return links
+
+
+def _check_free(links, states, mode) -> AttachResult | None:
+    """Refuse what would mix datapaths; an identical afpacket attach is
+    answered as already done."""
+    datapath.refuse_foreign(states)
+    st = _afpacket(repair=True)
+    names = [l.name for l in links]
+    if st:
+        if set(st.ports) == set(names) and mode in ("auto", "afpacket"):
+            return AttachResult(0, {n: "afpacket" for n in st.ports}, already=True, pid=st.pid)
+        raise Conflict(f"the AF_PACKET forwarder (pid {st.pid}) serves "
+                       f"{', '.join(st.ports)}; detach it first")
+    if mode == "afpacket":
+        ours = [s.name for s in states if s.prog_id]
+        if ours:
+            raise Conflict(f"{', '.join(ours)}: xdpfwd's XDP program is attached; detach it first")
+    return None
+
+
+def attach(ifnames: list[str], mode: str = "auto", enable_forwarding: bool = False,
+           verbose: bool = False) -> AttachResult:
+    links = _prepare(ifnames, mode)
+    with datapath.exclusive():
+        states = [datapath.inspect(l) for l in links]
+        done = _check_free(links, states, mode)
+        if done:
+            return done
+        if mode == "afpacket":
+            return _start_afpacket(links, enable_forwarding, [])
+        try:
+            return datapath.attach(links, states, mode, enable_forwarding, verbose)
+        except (MissingDependency, KernelRefused) as e:
+            # Only where XDP itself is unavailable; a router that does not
+            # forward, or a half-attached program, is the user's to fix.
+            if mode != "auto" or isinstance(e, ForwardingDisabled) or any(s.prog_id for s in states):
+                raise
+            return _start_afpacket(links, enable_forwarding, [f"XDP unavailable ({e}); using afpacket"])
+
+
+def _start_afpacket(links, enable_forwarding, notes) -> AttachResult:
+    notes += datapath.check_forwarding(links, enable_forwarding)
+    st = process.start({l.name: l.index for l in links})
+    return AttachResult(0, {n: "afpacket" for n in st.ports}, notes, pid=st.pid)
+
+
+def detach(ifnames: list[str] | None = None) -> list[str]:
+    """Stop xdpfwd on the named interfaces, or everywhere in this namespace.
+    The AF_PACKET forwarder stops as a whole when any of its ports is named."""
+    datapath.require_privileges()
+    all_links = netlink.links()
+    for name in ifnames or []:
+        if name not in all_links:
+            raise UsageError(f"{name}: no such interface in this network namespace")
+    targets = [all_links[n] for n in ifnames] if ifnames else [
+        l for l in all_links.values() if not l.loopback]
+    with datapath.exclusive():
+        states = [datapath.inspect(l) for l in targets]
+        st = _afpacket(repair=False)
+        served = set(st.ports) if st else set()
+        if ifnames:
+            for s in states:
+                if s.foreign and not s.prog_id and s.name not in served:
+                    raise Conflict(f"{s.name}: XDP program {s.foreign.prog_id} ({s.foreign.name}) "
+                                   "was not attached by xdpfwd; not touching it")
+        done = datapath.detach(states)
+        if st and (not ifnames or served & set(ifnames)):
+            process.stop(st)
+            done += [n for n in st.ports if n not in done]
+        return done
+
+
+def status() -> dict[str, PortState]:
+    ports = datapath.status()
+    st = _afpacket(repair=False)
+    if st:
+        running = st.alive
+        for name in st.ports:
+            if name in ports:
+                ports[name].mode = "afpacket"
+                ports[name].afpacket_pid = st.pid
+                ports[name].afpacket_running = running
+    return ports
+
+
+def counters() -> dict[str, dict[str, tuple[int, int]]]:
+    """{interface: {outcome label: (packets, bytes)}}, both datapaths."""
+    result = datapath.read_counters()
+    st = _afpacket(repair=False)
+    if st:
+        names = netlink.link_names_by_index()
+        for ifindex, counts in state.read_counters(st).items():
+            result[names.get(ifindex, f"unknown:{ifindex}")] = counts
+    return result
+
+
+def run(ifnames: list[str], mode: str = "auto", enable_forwarding: bool = False,
+        verbose: bool = False, on_ready=None) -> int:
+    """attach, stay in the foreground until SIGTERM or SIGINT, detach.
+    The AF_PACKET forwarder runs in this very process."""
+    links = _prepare(ifnames, mode)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    with datapath.exclusive():
+        states = [datapath.inspect(l) for l in links]
+        if _check_free(links, states, mode) or any(s.prog_id for s in states):
+            raise Conflict("already attached; `run` would detach it when it stops: detach first")
+        result = None
+        if mode != "afpacket":
+            try:
+                result = datapath.attach(links, states, mode, enable_forwarding, verbose)
+            except (MissingDependency, KernelRefused) as e:
+                if mode != "auto" or isinstance(e, ForwardingDisabled):
+                    raise
+                notes = [f"XDP unavailable ({e}); using afpacket"]
+        else:
+            notes = []
+        if result is None:
+            notes += datapath.check_forwarding(links, enable_forwarding)
+    if result is not None:
+        if on_ready:
+            on_ready(result)
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+        with datapath.exclusive():
+            datapath.detach([datapath.inspect(l) for l in links])
+        return 0
+    ports = {l.name: l.index for l in links}
+    ready = AttachResult(0, {n: "afpacket" for n in ports}, notes)
+    with suppress(KeyboardInterrupt):
+        return serve(ports, on_ready=(lambda: on_ready(ready)) if on_ready else None)
+    return 0
