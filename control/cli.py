@@ -110,11 +110,12 @@ def run(
                                            help="Turn on the ports' ipv4/ipv6 forwarding sysctls."),
 ):
     """Attach, stay in the foreground, detach on SIGTERM or SIGINT (for systemd)."""
-    from xdpfwd import forwarder
+    from xdpfwd import forwarder, systemd
 
     def ready(result):
         _report(result)
         sys.stdout.flush()
+        systemd.notify("READY=1")
 
     code = forwarder.run(interfaces, mode.value, enable_forwarding, _options["verbose"], ready)
     print("detached")

@@ -6,6 +6,7 @@ time, another tool's XDP program is never touched, and an interface is
 served by at most one of the two datapaths.
 """
 
+import os
 import signal
 from contextlib import suppress
 
@@ -159,7 +160,7 @@ def run(ifnames: list[str], mode: str = "auto", enable_forwarding: bool = False,
             datapath.detach([datapath.inspect(l) for l in links])
         return 0
     ports = {l.name: l.index for l in links}
-    ready = AttachResult(0, {n: "afpacket" for n in ports}, notes)
+    ready = AttachResult(0, {n: "afpacket" for n in ports}, notes, pid=os.getpid())
     with suppress(KeyboardInterrupt):
         return serve(ports, on_ready=(lambda: on_ready(ready)) if on_ready else None)
     return 0

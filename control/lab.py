@@ -80,6 +80,9 @@ def _build(log):
     for ns in NAMESPACES:
         _run(["ip", "netns", "add", ns], log)
         _run(["ip", "-n", ns, "link", "set", "lo", "up"], log)
+        # No duplicate address detection in a lab: link-local addresses
+        # are usable at once, and IPv6 neighbour resolution with them.
+        _run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"], log)
     for (ns_a, if_a), (ns_b, if_b) in TOPOLOGY["links"]:
         # Both ends are created inside the namespaces, never in the root one.
         _run(["ip", "-n", ns_a, "link", "add", if_a, "type", "veth",

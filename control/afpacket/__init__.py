@@ -1,0 +1,1 @@
+"""The user-space AF_PACKET forwarder, for hosts where XDP cannot run."""

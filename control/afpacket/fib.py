@@ -1,0 +1,218 @@
+"""Where a packet goes and with which MACs, from the kernel's own tables.
+
+The AF_PACKET forwarder asks this module what bpf_fib_lookup() would answer
+in the XDP path: the egress interface, the next hop and its MAC, or why the
+packet cannot be forwarded (an outcome label from bpf/counters.h). Answers
+come from rtnetlink and are cached per destination; a second netlink socket
+subscribed to every change that can alter an answer drops the cache, so it
+is never stale for longer than the packet loop takes to call poll_events().
+"""
+
+import errno
+import socket
+import time
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+from pyroute2.netlink import NETLINK_ADD_MEMBERSHIP, SOL_NETLINK
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import (
+    RTNLGRP_IPV4_IFADDR,
+    RTNLGRP_IPV4_ROUTE,
+    RTNLGRP_IPV4_RULE,
+    RTNLGRP_IPV6_IFADDR,
+    RTNLGRP_IPV6_ROUTE,
+    RTNLGRP_IPV6_RULE,
+    RTNLGRP_LINK,
+    RTNLGRP_NEIGH,
+)
+from pyroute2.netlink.rtnl import ndmsg
+
+RTN_UNICAST = 1
+# Not in pyroute2's list. Deleting a nexthop object (ip nexthop del) silently
+# removes the routes that use it: observed, no message at all on the route
+# groups, only on this one.
+RTNLGRP_NEXTHOP = 32
+EVENT_GROUPS = (
+    RTNLGRP_LINK, RTNLGRP_NEIGH,
+    RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV6_IFADDR,
+    RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE,
+    # Policy routing rules change answers as much as routes do.
+    RTNLGRP_IPV4_RULE, RTNLGRP_IPV6_RULE,
+    RTNLGRP_NEXTHOP,
+)
+
+# Errors of a destination-only `route get`, as observed on 6.18 for both
+# IPv4 and IPv6 (ip route get, and pyroute2's NetlinkError.code):
+#   blackhole -> EINVAL, unreachable -> EHOSTUNREACH, prohibit -> EACCES
+#   (also for `ip rule ... prohibit`), no route at all -> ENETUNREACH.
+ROUTE_ERRORS = {
+    errno.EINVAL: "fib_blackhole",
+    errno.EHOSTUNREACH: "fib_unreachable",
+    errno.EACCES: "fib_prohibit",
+    errno.ENETUNREACH: "fib_not_forwarded",
+}
+
+# NUD_VALID in include/net/neighbour.h: the states bpf_fib_lookup() accepts.
+NUD_VALID = (ndmsg.NUD_PERMANENT | ndmsg.NUD_NOARP | ndmsg.NUD_REACHABLE
+             | ndmsg.NUD_STALE | ndmsg.NUD_DELAY | ndmsg.NUD_PROBE)
+
+FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
+RESOLVE_INTERVAL = 1.0  # seconds between two resolve() of one next hop
+# A flood of distinct destinations must not grow memory without bound;
+# starting over costs one netlink round trip per destination in use.
+MAX_CACHED = 65536
+
+
+@dataclass(frozen=True)
+class Hop:
+    outcome: str       # a label from counters.h: "forwarded" when the packet can go out,
+                       # else fib_unreachable / fib_blackhole / fib_prohibit / fib_not_forwarded /
+                       # fib_no_neighbour, or fib_other for an error the kernel should not give
+    ifindex: int = 0   # egress interface (also set for fib_no_neighbour)
+    dmac: bytes = b""  # 6 bytes, next hop's MAC (forwarded only)
+    smac: bytes = b""  # 6 bytes, egress interface's MAC (forwarded only)
+    mtu: int = 0       # the route's MTU (RTAX_MTU metric) if set, else the egress link's MTU;
+                       # also set for fib_no_neighbour: like bpf_fib_lookup(), a packet
+                       # too big is fib_frag_needed before any neighbour question
+    nexthop: bytes = b""  # gateway address, or the destination itself when on-link (packed, 4 or 16 bytes)
+
+
+def _mac(text: str | None) -> bytes:
+    # Devices without link-layer addresses (NOARP, tun) report none or "".
+    return bytes.fromhex(text.replace(":", "")) if text else bytes(6)
+
+
+def _packed(text: str) -> bytes:
+    return socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+
+
+class Fib:
+    def __init__(self):
+        # Both sockets belong to the network namespace of the calling thread.
+        # The event socket comes first, so that every change after any of
+        # our answers is waiting in it.
+        self._events = socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+            socket.NETLINK_ROUTE)
+        self._events.bind((0, 0))
+        for group in EVENT_GROUPS:
+            self._events.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+        self._ipr = IPRoute()
+        self._hops: dict[tuple[int, bytes], Hop] = {}
+        self._links: dict[int, tuple[bytes, int]] = {}  # ifindex -> (MAC, MTU)
+        self._resolved: dict[tuple[bytes, int], float] = {}  # (nexthop, ifindex) -> monotonic time
+
+    def lookup(self, family: int, dst: bytes) -> Hop:
+        hop = self._hops.get((family, dst))
+        if hop is None:
+            if len(self._hops) >= MAX_CACHED:
+                self._hops.clear()
+            hop = self._hops[(family, dst)] = self._ask(FAMILIES[family], dst)
+        return hop
+
+    def fileno(self) -> int:
+        return self._events.fileno()
+
+    def poll_events(self) -> int:
+        # Whatever changed, dropping every answer is always right; working out
+        # which ones a change affects is not worth its bugs.
+        events = 0
+        while True:
+            try:
+                self._events.recv(65536)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:
+                    raise
+                # The kernel dropped events it could not queue: unknown
+                # changes, which count as one.
+            # rtnetlink sends each notification as a datagram of its own.
+            events += 1
+        if events:
+            self._hops.clear()
+            self._links.clear()
+        return events
+
+    def resolve(self, hop: Hop) -> None:
+        key = (hop.nexthop, hop.ifindex)
+        now = time.monotonic()
+        if now - self._resolved.get(key, -RESOLVE_INTERVAL) < RESOLVE_INTERVAL:
+            return
+        if len(self._resolved) >= MAX_CACHED:
+            self._resolved = {k: t for k, t in self._resolved.items()
+                              if now - t < RESOLVE_INTERVAL}
+        self._resolved[key] = now
+        family = socket.AF_INET if len(hop.nexthop) == 4 else socket.AF_INET6
+        # NTF_USE makes neigh_add() call neigh_event_send() instead of setting
+        # a state: the kernel starts ARP/ND exactly as for an outgoing packet,
+        # creating the entry if needed (NLM_F_CREATE), and never overwrites a
+        # valid one. pyroute2's neigh() takes the flag as is; state=0 keeps
+        # its default NUD_PERMANENT out, which would make a new entry exempt
+        # from garbage collection.
+        try:
+            self._ipr.neigh("replace", family=family, ifindex=hop.ifindex,
+                            dst=socket.inet_ntop(family, hop.nexthop),
+                            flags=ndmsg.NTF_USE, state=ndmsg.NUD_NONE)
+        except NetlinkError:
+            pass  # a hint only, like a packet that fails to trigger ARP; the next one asks again
+
+    def close(self) -> None:
+        self._ipr.close()
+        self._events.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _ask(self, af: int, dst: bytes) -> Hop:
+        try:
+            return self._route(af, dst)
+        except NetlinkError as e:
+            if e.code in ROUTE_ERRORS:
+                return Hop(ROUTE_ERRORS[e.code])
+            # E.g. the egress link vanished between two requests: its event
+            # is already queued and will drop this answer.
+            return Hop("fib_other")
+
+    def _route(self, af: int, dst: bytes) -> Hop:
+        # Destination only, no iif: the forwarder turns the ports' forwarding
+        # sysctls off, and an input-route lookup would then fail.
+        (route,) = self._ipr.route("get", family=af, dst=socket.inet_ntop(af, dst))
+        if route["type"] != RTN_UNICAST:  # local, broadcast, multicast, anycast, nat
+            return Hop("fib_not_forwarded")
+        ifindex = route.get_attr("RTA_OIF")
+        # RTA_VIA carries a gateway of the other family (IPv4 via inet6).
+        via = route.get_attr("RTA_VIA")
+        gateway = via["addr"] if via else route.get_attr("RTA_GATEWAY")
+        nexthop = _packed(gateway) if gateway else dst
+        smac, link_mtu = self._link(ifindex)
+        metrics = route.get_attr("RTA_METRICS")
+        mtu = (metrics.get_attr("RTAX_MTU") if metrics else None) or link_mtu
+        dmac = self._neighbour(nexthop, ifindex)
+        if dmac is None:
+            return Hop("fib_no_neighbour", ifindex=ifindex, mtu=mtu, nexthop=nexthop)
+        return Hop("forwarded", ifindex, dmac, smac, mtu, nexthop)
+
+    def _neighbour(self, nexthop: bytes, ifindex: int) -> bytes | None:
+        family = socket.AF_INET if len(nexthop) == 4 else socket.AF_INET6
+        try:
+            (neigh,) = self._ipr.neigh("get", family=family, ifindex=ifindex,
+                                       dst=socket.inet_ntop(family, nexthop))
+        except NetlinkError as e:
+            if e.code == errno.ENOENT:
+                return None
+            raise
+        if not neigh["state"] & NUD_VALID:  # INCOMPLETE, FAILED, NONE
+            return None
+        return _mac(neigh.get_attr("NDA_LLADDR"))
+
+    def _link(self, ifindex: int) -> tuple[bytes, int]:
+        link = self._links.get(ifindex)
+        if link is None:
+            (msg,) = self._ipr.link("get", index=ifindex)
+            link = self._links[ifindex] = (_mac(msg.get_attr("IFLA_ADDRESS")), msg.get_attr("IFLA_MTU"))
+        return link

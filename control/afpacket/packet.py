@@ -1,0 +1,108 @@
+"""The AF_PACKET forwarder's decision for one frame: the same checks, in the
+same order, with the same outcomes as bpf/redirect.c.
+
+decide() returns (outcome index, egress ifindex, frame to send or None).
+Only "forwarded" comes with a frame: its MACs rewritten, TTL / hop limit
+decremented and (IPv4) the header checksum updated as the kernel does; the
+rest, Ethernet padding included, is left as it came, as XDP leaves it.
+"""
+
+import struct
+
+from xdpfwd.layout import layout
+
+_IDX = {o.label: o.index for o in layout().outcomes}
+FORWARDED = _IDX["forwarded"]
+NOT_IP, VLAN, MALFORMED = _IDX["not_ip"], _IDX["vlan"], _IDX["malformed"]
+MULTICAST, BAD_CHECKSUM = _IDX["multicast"], _IDX["bad_checksum"]
+IP_OPTIONS, LINK_LOCAL, TTL = _IDX["ip_options"], _IDX["link_local"], _IDX["ttl_exceeded"]
+FRAG_NEEDED, NOT_A_PORT = _IDX["fib_frag_needed"], _IDX["egress_not_a_port"]
+SAME_PORT, NO_NEIGH = _IDX["egress_is_ingress"], _IDX["fib_no_neighbour"]
+REDIRECT_FAILED = _IDX["redirect_failed"]
+OUTCOME_INDEX = _IDX
+
+ETH_IPV4, ETH_IPV6 = b"\x08\x00", b"\x86\xdd"
+ETH_VLAN = (b"\x81\x00", b"\x88\xa8")
+IPPROTO_HOPOPTS = 0
+_WORDS = struct.Struct("!10H")
+
+
+def ipv4_checksum_ok(frame: bytes) -> bool:
+    total = sum(_WORDS.unpack_from(frame, 14))
+    total = (total & 0xFFFF) + (total >> 16)
+    total = (total & 0xFFFF) + (total >> 16)
+    return total == 0xFFFF
+
+
+def decrement_ttl_checksum(check: int) -> int:
+    """The kernel's ip_decrease_ttl() arithmetic on the big-endian value."""
+    check += 0x0100
+    return (check + (check >= 0xFFFF)) & 0xFFFF
+
+
+def decide(frame: bytes, ingress: int, vlan_tagged: bool, fib, ports) -> tuple:
+    """One frame arriving on `ingress`. fib answers lookup(family, dst)
+    with a Hop; ports is the set of ifindexes the forwarder serves."""
+    n = len(frame)
+    if n < 14:
+        return MALFORMED, 0, None
+    if frame[0] & 1:
+        return MULTICAST, 0, None
+    # AF_PACKET hands VLAN frames over untagged, the tag in the metadata.
+    ethertype = frame[12:14]
+    if vlan_tagged or ethertype in ETH_VLAN:
+        return VLAN, 0, None
+
+    if ethertype == ETH_IPV4:
+        if n < 34:
+            return MALFORMED, 0, None
+        vihl = frame[14]
+        total = (frame[16] << 8) | frame[17]
+        if vihl >> 4 != 4 or vihl & 0xF < 5 or total < 20 or 14 + total > n:
+            return MALFORMED, 0, None
+        if vihl & 0xF != 5:
+            return IP_OPTIONS, 0, None
+        if not ipv4_checksum_ok(frame):
+            return BAD_CHECKSUM, 0, None
+        ttl = frame[22]
+        if ttl <= 1:
+            return TTL, 0, None
+        hop = fib.lookup(4, frame[30:34])
+    elif ethertype == ETH_IPV6:
+        if n < 54:
+            return MALFORMED, 0, None
+        payload = (frame[18] << 8) | frame[19]
+        if frame[14] >> 4 != 6 or 54 + payload > n:
+            return MALFORMED, 0, None
+        if frame[20] == IPPROTO_HOPOPTS:
+            return IP_OPTIONS, 0, None
+        if (frame[22] == 0xFE and frame[23] & 0xC0 == 0x80) or \
+                (frame[38] == 0xFE and frame[39] & 0xC0 == 0x80):
+            return LINK_LOCAL, 0, None
+        ttl = frame[21]
+        if ttl <= 1:
+            return TTL, 0, None
+        total = 40 + payload
+        hop = fib.lookup(6, frame[38:54])
+    else:
+        return NOT_IP, 0, None
+
+    # bpf_fib_lookup() checks the MTU once it has a route, before it looks
+    # for the neighbour: FRAG_NEEDED wins over NO_NEIGH there, so here too.
+    if hop.outcome == "forwarded" or hop.outcome == "fib_no_neighbour":
+        if total > hop.mtu:
+            return FRAG_NEEDED, hop.ifindex, None
+    if hop.outcome != "forwarded":
+        return OUTCOME_INDEX[hop.outcome], hop.ifindex, None
+    if hop.ifindex not in ports:
+        return NOT_A_PORT, hop.ifindex, None
+    if hop.ifindex == ingress:
+        return SAME_PORT, hop.ifindex, None
+
+    if ethertype == ETH_IPV4:
+        check = decrement_ttl_checksum((frame[24] << 8) | frame[25])
+        out = b"".join((hop.dmac, hop.smac, frame[12:22], bytes((ttl - 1, frame[23])),
+                        check.to_bytes(2, "big"), frame[26:]))
+    else:
+        out = b"".join((hop.dmac, hop.smac, frame[12:21], bytes((ttl - 1,)), frame[22:]))
+    return FORWARDED, hop.ifindex, out

@@ -1,0 +1,179 @@
+"""AF_PACKET sockets with memory-mapped rings: a TPACKET_V3 receive ring and
+a TPACKET_V2 transmit ring, so that a batch of packets costs one poll()
+and one send() rather than a system call per packet.
+
+Layouts are those of <linux/if_packet.h>; offsets are written out here
+because Python has no binding for them.
+"""
+
+import mmap
+import socket
+import struct
+
+SOL_PACKET = 263
+ETH_P_ALL = 0x0003
+PACKET_RX_RING = 5
+PACKET_VERSION = 10
+PACKET_TX_RING = 13
+PACKET_FANOUT = 18
+PACKET_QDISC_BYPASS = 20
+PACKET_IGNORE_OUTGOING = 23
+TPACKET_V2, TPACKET_V3 = 1, 2
+PACKET_FANOUT_HASH = 0
+
+TP_STATUS_KERNEL = 0
+TP_STATUS_USER = 1
+TP_STATUS_VLAN_VALID = 1 << 4
+TP_STATUS_AVAILABLE = 0
+TP_STATUS_SEND_REQUEST = 1
+TP_STATUS_WRONG_FORMAT = 1 << 2
+
+# struct tpacket_block_desc: version, offset_to_priv, then tpacket_hdr_v1:
+# block_status, num_pkts, offset_to_first_pkt, blk_len, ...
+BLOCK_HDR = struct.Struct("=IIIIII")
+# struct tpacket3_hdr: tp_next_offset, tp_sec, tp_nsec, tp_snaplen, tp_len,
+# tp_status, tp_mac (u16), tp_net (u16)
+PKT3_HDR = struct.Struct("=IIIIIIHH")
+# struct tpacket2_hdr begins tp_status, tp_len; its frame's data starts at
+# TPACKET_ALIGN(sizeof(struct tpacket2_hdr)) = 32 (without PACKET_TX_HAS_OFF).
+TX_DATA_OFFSET = 32
+TX_STATUS_LEN = struct.Struct("=II")
+
+
+def _socket() -> socket.socket:
+    # Protocol 0: the socket receives nothing until bind() names the
+    # interface, so no other interface's frames land in the ring first.
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    sock.setblocking(False)
+    return sock
+
+
+def _bind(sock: socket.socket, ifindex: int, protocol: int) -> None:
+    # Python's AF_PACKET address takes the interface's name.
+    sock.bind((socket.if_indextoname(ifindex), protocol))
+
+
+class RxRing:
+    """Frames received on one interface, a block at a time.
+
+    Joining the fanout group `fanout_id` spreads flows (by hash) over every
+    socket in the group: one per worker process. PACKET_IGNORE_OUTGOING
+    keeps the forwarder's own transmitted frames (and the stack's) out.
+    """
+
+    def __init__(self, ifindex: int, fanout_id: int | None = None, block_size: int = 1 << 17,
+                 block_nr: int = 32, frame_size: int = 2048, timeout_ms: int = 1):
+        self.sock = _socket()
+        s = self.sock
+        s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
+        s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        frame_nr = block_size * block_nr // frame_size
+        # tpacket_req3; the timeout hands a part-filled block over after
+        # timeout_ms, so a lone ping is not held back.
+        req = struct.pack("=7I", block_size, block_nr, frame_size, frame_nr, timeout_ms, 0, 0)
+        s.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
+        self.map = mmap.mmap(s.fileno(), block_size * block_nr, mmap.MAP_SHARED,
+                             mmap.PROT_READ | mmap.PROT_WRITE)
+        _bind(s, ifindex, ETH_P_ALL)
+        if fanout_id is not None:
+            s.setsockopt(SOL_PACKET, PACKET_FANOUT, (fanout_id & 0xFFFF) | (PACKET_FANOUT_HASH << 16))
+        self.ifindex = ifindex
+        self.block_size = block_size
+        self.block_nr = block_nr
+        self.next_block = 0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def blocks(self):
+        """Yield (frames, release) for each block the kernel has handed over;
+        frames is a list of (bytes, vlan_tagged). Call release() when done so
+        the kernel can refill the block."""
+        m = self.map
+        while True:
+            base = self.next_block * self.block_size
+            _, _, status, num, first, _ = BLOCK_HDR.unpack_from(m, base)
+            if not status & TP_STATUS_USER:
+                return
+            frames = []
+            off = base + first
+            for _ in range(num):
+                nxt, _, _, snaplen, _, pstatus, mac, _ = PKT3_HDR.unpack_from(m, off)
+                start = off + mac
+                frames.append((m[start:start + snaplen], bool(pstatus & TP_STATUS_VLAN_VALID)))
+                off += nxt
+            yield frames
+            struct.pack_into("=I", m, base + 8, TP_STATUS_KERNEL)
+            self.next_block = (self.next_block + 1) % self.block_nr
+
+    def close(self) -> None:
+        self.map.close()
+        self.sock.close()
+
+
+class TxRing:
+    """Frames to send on one interface: queue() fills ring slots, flush()
+    hands all queued frames to the kernel with one send().
+
+    PACKET_QDISC_BYPASS: a forwarder's frames need no qdisc of their own;
+    the driver's queue is enough (as for XDP_REDIRECT).
+    """
+
+    def __init__(self, ifindex: int, frame_size: int = 2048, frame_nr: int = 1024):
+        self.sock = _socket()
+        s = self.sock
+        s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
+        s.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+        block_size = 1 << 16
+        req = struct.pack("=4I", block_size, frame_size * frame_nr // block_size, frame_size, frame_nr)
+        s.setsockopt(SOL_PACKET, PACKET_TX_RING, req)
+        self.map = mmap.mmap(s.fileno(), frame_size * frame_nr, mmap.MAP_SHARED,
+                             mmap.PROT_READ | mmap.PROT_WRITE)
+        # Protocol 0: a sending socket must not also queue every received
+        # frame; the kernel takes each sent frame's protocol from its header.
+        _bind(s, ifindex, 0)
+        self.ifindex = ifindex
+        self.frame_size = frame_size
+        self.frame_nr = frame_nr
+        self.max_len = frame_size - TX_DATA_OFFSET
+        self.next = 0
+        self.queued = 0
+
+    def queue(self, frame: bytes) -> bool:
+        """Put one frame in the ring; False when the ring is full (the
+        kernel has not sent the earlier frames yet) or the frame too long."""
+        n = len(frame)
+        if n > self.max_len:
+            return False
+        off = self.next * self.frame_size
+        m = self.map
+        status = struct.unpack_from("=I", m, off)[0]
+        if status != TP_STATUS_AVAILABLE and status != TP_STATUS_WRONG_FORMAT:
+            self.flush()
+            status = struct.unpack_from("=I", m, off)[0]
+            if status != TP_STATUS_AVAILABLE and status != TP_STATUS_WRONG_FORMAT:
+                return False
+        m[off + TX_DATA_OFFSET:off + TX_DATA_OFFSET + n] = frame
+        # Length first, status last: the kernel reads a slot only once its
+        # status says SEND_REQUEST, and only during send().
+        TX_STATUS_LEN.pack_into(m, off, TP_STATUS_SEND_REQUEST, n)
+        self.next = (self.next + 1) % self.frame_nr
+        self.queued += 1
+        return True
+
+    def flush(self) -> None:
+        if not self.queued:
+            return
+        try:
+            self.sock.send(b"")
+        except (BlockingIOError, InterruptedError):
+            pass  # frames stay queued; the next flush sends them
+        self.queued = 0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.flush()
+        self.map.close()
+        self.sock.close()

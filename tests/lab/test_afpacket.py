@@ -1,0 +1,198 @@
+"""The AF_PACKET forwarder in the lab, through the real CLI: forwarding both
+ways, exactly once, counted; the sysctls it changes and puts back; the
+background process it starts and stops; `run` in the foreground."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from helpers import XDPFWD, run, xdpfwd
+from xdpfwd import traffic
+
+SENDBOX_V4, RECVBOX_V4 = "10.0.10.10", "10.0.11.20"
+SENDBOX_V6, RECVBOX_V6 = "fd00:10::10", "fd00:11::20"
+SYSCTLS = ["net.ipv4.conf.eth1.forwarding", "net.ipv4.conf.eth0.forwarding",
+           "net.ipv6.conf.all.forwarding", "net.ipv6.conf.eth1.forwarding",
+           "net.ipv6.conf.eth0.forwarding"]
+
+
+def sysctls():
+    return {k: run(["sysctl", "-n", k], check=True).stdout.strip() for k in SYSCTLS}
+
+
+def status():
+    proc = xdpfwd("status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)["interfaces"]
+
+
+def stats():
+    proc = xdpfwd("stats", "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def worker_pids(pid):
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+@pytest.fixture(scope="module")
+def afpacket(lab):
+    xdpfwd("detach")
+    before = sysctls()
+    proc = xdpfwd("attach", "eth1", "eth0", "--mode", "afpacket")
+    assert proc.returncode == 0, proc.stderr
+    pid = status()["eth1"]["pid"]
+    try:
+        yield {"pid": pid, "sysctls": before, "attach": proc}
+    finally:
+        xdpfwd("detach")
+
+
+def test_attach_returns_and_status_shows_afpacket_and_pid(afpacket):
+    assert re.search(r"eth1: attached pid \d+ in afpacket mode", afpacket["attach"].stdout)
+    st = status()
+    for port in ("eth1", "eth0"):
+        assert st[port]["attached"] and st[port]["mode"] == "afpacket"
+        assert st[port]["pid"] == afpacket["pid"] and st[port]["running"] is True
+    assert alive(afpacket["pid"])
+    assert len(worker_pids(afpacket["pid"])) == os.cpu_count()
+
+
+def test_the_kernel_no_longer_forwards_the_ports(afpacket):
+    now = sysctls()
+    assert now["net.ipv4.conf.eth1.forwarding"] == "0"
+    assert now["net.ipv4.conf.eth0.forwarding"] == "0"
+    assert now["net.ipv6.conf.all.forwarding"] == "0"
+    assert afpacket["sysctls"]["net.ipv4.conf.eth1.forwarding"] == "1"
+
+
+@pytest.mark.parametrize("ns,dst", [("sendbox", RECVBOX_V4), ("sendbox", RECVBOX_V6),
+                                    ("recvbox", SENDBOX_V4), ("recvbox", SENDBOX_V6)])
+def test_ping_crosses_with_ttl_63_and_no_duplicates(afpacket, ns, dst):
+    proc = run(["ping", "-c", "5", "-i", "0.2", "-W", "2", dst], ns=ns)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    replies = [line for line in proc.stdout.splitlines() if "bytes from" in line]
+    assert len(replies) == 5, proc.stdout
+    assert all(re.search(r"ttl=63\b", line) for line in replies), proc.stdout
+    assert "DUP!" not in proc.stdout
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("src,dst,ingress", [("sendbox", "recvbox", "eth1"),
+                                              ("recvbox", "sendbox", "eth0")])
+def test_udp_arrives_exactly_once_with_ttl_63_and_is_counted(afpacket, family, src, dst, ingress):
+    count = 300
+    traffic.send_udp(3, src, dst, family)  # neighbours resolved before counting
+    before = stats()
+    delivery = traffic.send_udp(count, src, dst, family, timeout=3)
+    time.sleep(0.3)  # workers publish counters after each batch
+    after = stats()
+    assert delivery.exactly_once, f"{delivery.unique}/{count} distinct, {delivery.duplicates} dup"
+    assert delivery.ttls == {63}
+    grew = after[ingress]["forwarded_packets"] - before[ingress]["forwarded_packets"]
+    assert grew == count
+
+
+def test_counters_add_up(afpacket):
+    for record in stats().values():
+        assert record["rx_packets"] == (record["forwarded_packets"] + record["passed_packets"]
+                                        + record["dropped_packets"])
+
+
+def test_attach_again_is_a_no_op(afpacket):
+    proc = xdpfwd("attach", "eth1", "eth0", "--mode", "afpacket")
+    assert proc.returncode == 0 and "already attached" in proc.stdout
+    proc = xdpfwd("attach", "eth1", "eth0", "--mode", "native")
+    assert proc.returncode == 5 and "AF_PACKET forwarder" in proc.stderr
+
+
+def test_detach_stops_every_process_and_restores_the_sysctls(lab):
+    xdpfwd("detach")
+    before = sysctls()
+    assert xdpfwd("attach", "eth1", "eth0", "--mode", "afpacket").returncode == 0
+    pid = status()["eth1"]["pid"]
+    workers = worker_pids(pid)
+    assert workers
+    proc = xdpfwd("detach")
+    assert proc.returncode == 0 and "eth1: detached" in proc.stdout
+    assert not alive(pid) and not any(alive(w) for w in workers)
+    assert sysctls() == before
+    assert not status()["eth1"]["attached"]
+
+
+def test_auto_falls_back_to_afpacket_where_bcc_is_missing(lab, tmp_path):
+    xdpfwd("detach")
+    fake = tmp_path / "bcc"
+    fake.mkdir()
+    (fake / "__init__.py").write_text('raise ImportError("hidden by the test")\n')
+    proc = xdpfwd("attach", "eth1", "eth0", env={"PYTHONPATH": str(tmp_path)})
+    try:
+        assert proc.returncode == 0, proc.stderr
+        notes = proc.stderr.strip().splitlines()
+        assert any("XDP unavailable (bcc is not importable" in n and "using afpacket" in n
+                   for n in notes), proc.stderr
+        assert status()["eth1"]["mode"] == "afpacket"
+        delivery = traffic.send_udp(50, family=4, timeout=3)
+        assert delivery.exactly_once and delivery.ttls == {63}
+    finally:
+        xdpfwd("detach")
+
+
+def test_a_foreign_xdp_program_is_an_error_not_a_fallback(lab):
+    from xdpfwd import bpfsys, compiler, netlink, netns
+
+    xdpfwd("detach")
+    bcc = compiler.import_bcc()
+    bpf = bcc.BPF(text=b"int foreign_pass(struct xdp_md *ctx) { return XDP_PASS; }")
+    fn = bpf.load_func(b"foreign_pass", bcc.BPF.XDP)
+    with netns.entered("router"):
+        eth0 = netlink.link("eth0").index
+        bpfsys.xdp_attach(eth0, fn.fd, bpfsys.XDP_FLAGS_SKB_MODE)
+    try:
+        for mode in ("auto", "afpacket"):
+            proc = xdpfwd("attach", "eth1", "eth0", "--mode", mode)
+            assert proc.returncode == 5 and "foreign_pass" in proc.stderr, (mode, proc.stderr)
+            assert not status()["eth1"]["attached"]
+    finally:
+        with netns.entered("router"):
+            bpfsys.xdp_detach(eth0, "skb", fn.fd)
+
+
+@pytest.mark.parametrize("mode", ["afpacket", "native"])
+def test_run_forwards_then_exits_cleanly_on_sigterm(lab, mode):
+    xdpfwd("detach")
+    before = sysctls()
+    proc = subprocess.Popen(["ip", "netns", "exec", "router", XDPFWD, "run", "eth1", "eth0",
+                             "--mode", mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        line = proc.stdout.readline()
+        assert f"in {mode} mode" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+        assert status()["eth1"]["attached"]
+        delivery = traffic.send_udp(50, family=6, timeout=3)
+        assert delivery.exactly_once and delivery.ttls == {63}
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert not status()["eth1"]["attached"]
+    assert sysctls() == before
