@@ -60,11 +60,14 @@ struct xdpfwd_count {
 	__u64 bytes;
 };
 
-/* Value of the per-CPU hash XDPFWD_STATS_MAP, keyed by the ingress
- * ifindex (__u32). User space creates the entries at attach time.
+/* Value of the per-CPU hash XDPFWD_STATS_MAP, keyed by ifindex (__u32).
+ * outcome[] counts what arrived on that port, one outcome per packet;
+ * transmitted counts what was redirected out of it (its egress side).
+ * User space creates the entries at attach time.
  * XDPFWD_PORTS_MAP is a DEVMAP_HASH, ifindex (__u32) -> ifindex (__u32). */
 struct xdpfwd_counters {
 	struct xdpfwd_count outcome[XDPFWD_N_OUTCOMES];
+	struct xdpfwd_count transmitted;
 };
 
 #endif /* XDPFWD_COUNTERS_H */

@@ -98,7 +98,7 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	__u32 ifindex = ctx->ingress_ifindex;
 	__u64 bytes = data_end - data;
-	struct xdpfwd_counters *stats;
+	struct xdpfwd_counters *stats, *egress;
 	struct bpf_fib_lookup fib = {};
 	struct ethhdr *eth = data;
 	struct ipv6hdr *ip6h;
@@ -209,5 +209,11 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 		 * in progress). The frame is already rewritten, so the stack
 		 * must not see it: drop, and count it. */
 		return count(stats, XDPFWD_DROP_REDIRECT_FAILED, bytes, XDP_DROP);
+
+	egress = bpf_map_lookup_elem(XDPFWD_STATS, &fib.ifindex);
+	if (egress) {
+		egress->transmitted.packets++;
+		egress->transmitted.bytes += bytes;
+	}
 	return count(stats, XDPFWD_FORWARDED, bytes, XDP_REDIRECT);
 }

@@ -180,11 +180,11 @@ def stats(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
     if not records:
         print("no counters: xdpfwd is not attached here")
         return
-    print(f"{'IFACE':<16} {'RX_PKTS':>12} {'RX_BYTES':>14} {'FWD_PKTS':>12} "
-          f"{'PASS_PKTS':>10} {'DROP_PKTS':>10}")
+    print(f"{'IFACE':<10} {'RX_PKTS':>11} {'RX_BYTES':>13} {'FWD_PKTS':>11} "
+          f"{'PASS_PKTS':>9} {'DROP_PKTS':>9} {'TX_PKTS':>11}")
     for name, r in records.items():
-        print(f"{name:<16} {r['rx_packets']:>12} {r['rx_bytes']:>14} {r['forwarded_packets']:>12} "
-              f"{r['passed_packets']:>10} {r['dropped_packets']:>10}")
+        print(f"{name:<10} {r['rx_packets']:>11} {r['rx_bytes']:>13} {r['forwarded_packets']:>11} "
+              f"{r['passed_packets']:>9} {r['dropped_packets']:>9} {r['tx_packets']:>11}")
         for kind, key in (("passed", "pass_reasons"), ("dropped", "drop_reasons")):
             shown = ", ".join(f"{k} {v}" for k, v in r[key].items() if v)
             if shown:

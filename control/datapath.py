@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from xdpfwd import bpfsys, compiler, netlink
 from xdpfwd.errors import (Conflict, ForwardingDisabled, KernelRefused, PermissionDenied,
                            UsageError, XdpfwdError)
-from xdpfwd.layout import layout
+from xdpfwd.layout import TRANSMITTED, layout
 
 MODES = ("auto", "native", "skb", "afpacket")
 FAMILIES = ("ipv4", "ipv6")
@@ -362,6 +362,7 @@ def summarize(counts: dict[str, tuple[int, int]]) -> dict:
     lay = layout()
     out = {k: 0 for k in ("rx_packets", "rx_bytes", "forwarded_packets", "forwarded_bytes",
                           "passed_packets", "passed_bytes", "dropped_packets", "dropped_bytes")}
+    out["tx_packets"], out["tx_bytes"] = counts.get(TRANSMITTED, (0, 0))
     out["pass_reasons"], out["drop_reasons"] = {}, {}
     for o in lay.outcomes:
         packets, nbytes = counts.get(o.label, (0, 0))

@@ -17,6 +17,7 @@ HEADER = BPF_DIR / "counters.h"
 SOURCE = BPF_DIR / "redirect.c"
 
 KINDS = ("forwarded", "passed", "dropped")
+TRANSMITTED = "transmitted"  # not an outcome: the egress count of a port
 COUNT_FORMAT = "=QQ"  # struct xdpfwd_count: packets, bytes
 COUNT_SIZE = struct.calcsize(COUNT_FORMAT)
 
@@ -39,18 +40,26 @@ class Layout:
 
     @property
     def value_size(self) -> int:
-        """sizeof(struct xdpfwd_counters)."""
-        return COUNT_SIZE * len(self.outcomes)
+        """sizeof(struct xdpfwd_counters): the outcomes, then transmitted."""
+        return COUNT_SIZE * (len(self.outcomes) + 1)
+
+    @property
+    def transmitted_index(self) -> int:
+        """Where `transmitted` sits, counted in struct xdpfwd_count."""
+        return len(self.outcomes)
 
     def decode(self, per_cpu_values: list[bytes]) -> dict[str, tuple[int, int]]:
-        """Sum per-CPU struct xdpfwd_counters into {label: (packets, bytes)}."""
-        totals = [[0, 0] for _ in self.outcomes]
+        """Sum per-CPU struct xdpfwd_counters into {label: (packets, bytes)},
+        with TRANSMITTED for the egress side."""
+        slots = len(self.outcomes) + 1
+        totals = [[0, 0] for _ in range(slots)]
         for raw in per_cpu_values:
-            for o in self.outcomes:
-                packets, nbytes = struct.unpack_from(COUNT_FORMAT, raw, o.index * COUNT_SIZE)
-                totals[o.index][0] += packets
-                totals[o.index][1] += nbytes
-        return {o.label: (p, b) for o, (p, b) in zip(self.outcomes, totals)}
+            for i in range(slots):
+                packets, nbytes = struct.unpack_from(COUNT_FORMAT, raw, i * COUNT_SIZE)
+                totals[i][0] += packets
+                totals[i][1] += nbytes
+        labels = [o.label for o in self.outcomes] + [TRANSMITTED]
+        return {label: (p, b) for label, (p, b) in zip(labels, totals)}
 
 
 _DEFINE = re.compile(r"^#define\s+(XDPFWD_\w+)\s+(\w+)\s*$", re.M)

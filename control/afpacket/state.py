@@ -82,7 +82,7 @@ def counters_path() -> Path:
 
 
 def _slots(workers: int, ports: int) -> int:
-    return workers * ports * len(layout().outcomes) * 2
+    return workers * ports * layout().value_size // 8
 
 
 def create_counters(workers: int, ports: int) -> None:
@@ -103,7 +103,7 @@ class WorkerCounters:
     """
 
     def __init__(self, worker: int, workers: int, ports: int):
-        self.size = ports * len(layout().outcomes) * 2
+        self.size = ports * layout().value_size // 8
         self._file = open(counters_path(), "r+b")
         self._map = mmap.mmap(self._file.fileno(), _slots(workers, ports) * 8)
         self._shared = (ctypes.c_uint64 * self.size).from_buffer(self._map, worker * self.size * 8)

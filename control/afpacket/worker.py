@@ -26,7 +26,9 @@ class Worker:
     def __init__(self, ports: list[int], worker: int, workers: int, fanout_base: int):
         self.ports = ports
         self.portset = frozenset(ports)
-        self.slot = {ifindex: i * len(layout().outcomes) * 2 for i, ifindex in enumerate(ports)}
+        lay = layout()
+        self.slot = {ifindex: i * lay.value_size // 8 for i, ifindex in enumerate(ports)}
+        self.tx_word = 2 * lay.transmitted_index
         self.fib = Fib()
         self.rx = [RxRing(ifindex, fanout_id=fanout_base + i) for i, ifindex in enumerate(ports)]
         self.tx = {ifindex: TxRing(ifindex) for ifindex in ports}
@@ -46,7 +48,11 @@ class Worker:
     def _handle(self, frame: bytes, ingress: int, vlan: bool, since: float | None = None) -> None:
         outcome, egress, out = packet.decide(frame, ingress, vlan, self.fib, self.portset)
         if outcome == packet.FORWARDED:
-            if not self.tx[egress].queue(out):
+            if self.tx[egress].queue(out):
+                local = self.counters.local
+                local[self.slot[egress] + self.tx_word] += 1
+                local[self.slot[egress] + self.tx_word + 1] += len(out)
+            else:
                 outcome = packet.REDIRECT_FAILED
         elif outcome == packet.NO_NEIGH and self._hold(frame, ingress, vlan, since):
             return  # counted once it leaves the queue

@@ -106,6 +106,8 @@ def test_udp_arrives_exactly_once_with_ttl_63_and_is_counted(afpacket, family, s
     assert delivery.ttls == {63}
     grew = after[ingress]["forwarded_packets"] - before[ingress]["forwarded_packets"]
     assert grew == count
+    egress = "eth0" if ingress == "eth1" else "eth1"
+    assert after[egress]["tx_packets"] - before[egress]["tx_packets"] == count
 
 
 def test_counters_add_up(afpacket):

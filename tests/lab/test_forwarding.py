@@ -74,6 +74,8 @@ def test_udp_arrives_exactly_once_with_ttl_63_and_is_counted(mode, family, src, 
     assert delivery.ttls == {63}
     grew = after[ingress]["forwarded_packets"] - before[ingress]["forwarded_packets"]
     assert grew == count
+    egress = "eth0" if ingress == "eth1" else "eth1"
+    assert after[egress]["tx_packets"] - before[egress]["tx_packets"] == count
     # The lab's own chatter (ND, MLD) may pass meanwhile, but no datagram
     # went to the stack for want of a route or neighbour.
     for reason, n in after[ingress]["pass_reasons"].items():

@@ -23,7 +23,7 @@ def test_outcomes_are_unique_and_start_with_forwarded():
     assert len(labels) == len(set(labels))
     assert lay.outcomes[0].label == "forwarded"
     assert [o.index for o in lay.outcomes] == list(range(len(labels)))
-    assert lay.value_size == COUNT_SIZE * len(labels)
+    assert lay.value_size == COUNT_SIZE * (len(labels) + 1)  # + transmitted
 
 
 def test_every_outcome_is_used_by_the_program():
@@ -42,7 +42,8 @@ def test_unknown_kind_is_refused():
 def _value(lay, counts):
     raw = bytearray(lay.value_size)
     for label, (packets, nbytes) in counts.items():
-        index = next(o.index for o in lay.outcomes if o.label == label)
+        index = lay.transmitted_index if label == "transmitted" else \
+            next(o.index for o in lay.outcomes if o.label == label)
         struct.pack_into("=QQ", raw, index * COUNT_SIZE, packets, nbytes)
     return bytes(raw)
 
@@ -50,8 +51,9 @@ def _value(lay, counts):
 def test_decode_sums_per_cpu_values():
     lay = layout()
     cpu0 = _value(lay, {"forwarded": (10, 1000), "ttl_exceeded": (1, 60)})
-    cpu1 = _value(lay, {"forwarded": (5, 500), "redirect_failed": (2, 120)})
+    cpu1 = _value(lay, {"forwarded": (5, 500), "redirect_failed": (2, 120), "transmitted": (7, 70)})
     totals = lay.decode([cpu0, cpu1])
+    assert totals["transmitted"] == (7, 70)
     assert totals["forwarded"] == (15, 1500)
     assert totals["ttl_exceeded"] == (1, 60)
     assert totals["redirect_failed"] == (2, 120)
@@ -60,8 +62,9 @@ def test_decode_sums_per_cpu_values():
 
 def test_summarize_adds_every_outcome_into_rx_once():
     counts = {"forwarded": (15, 1500), "ttl_exceeded": (1, 60), "fib_no_neighbour": (3, 180),
-              "redirect_failed": (2, 120)}
+              "redirect_failed": (2, 120), "transmitted": (9, 900)}
     s = datapath.summarize(counts)
+    assert (s["tx_packets"], s["tx_bytes"]) == (9, 900)
     assert s["rx_packets"] == 21 and s["rx_bytes"] == 1860
     assert (s["forwarded_packets"], s["forwarded_bytes"]) == (15, 1500)
     assert (s["passed_packets"], s["passed_bytes"]) == (4, 240)
