@@ -108,12 +108,26 @@ def run(
     mode: Mode = typer.Option(Mode.auto, "--mode", "-m", help=MODE_HELP),
     enable_forwarding: bool = typer.Option(False, "--enable-forwarding",
                                            help="Turn on the ports' ipv4/ipv6 forwarding sysctls."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", metavar="HOST:PORT",
+                                          help="Also serve /metrics there (as `exporter`)."),
+    tls_cert: Optional[str] = typer.Option(None, "--tls-cert", metavar="FILE",
+                                           help="Serve the metrics over HTTPS with this certificate."),
+    tls_key: Optional[str] = typer.Option(None, "--tls-key", metavar="FILE",
+                                          help="The certificate's private key (PEM)."),
 ):
     """Attach, stay in the foreground, detach on SIGTERM or SIGINT (for systemd)."""
     from xdpfwd import forwarder, systemd
 
+    if metrics:
+        from xdpfwd.exporter import server
+
+        server.parse_listen(metrics)  # a typo fails before anything is attached
+
     def ready(result):
         _report(result)
+        if metrics:
+            server.start(metrics, tls_cert, tls_key)
+            print(f"serving {'https' if tls_cert else 'http'}://{metrics}/metrics")
         sys.stdout.flush()
         systemd.notify("READY=1")
 
@@ -169,10 +183,23 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
 
 
 @app.command()
-def stats(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+def stats(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    watch: bool = typer.Option(False, "--watch", "-w",
+                               help="Packets/s and bits/s per outcome, every second, until Ctrl-C."),
+    interval: float = typer.Option(1.0, "--interval", min=0.1, help="Seconds between --watch frames."),
+):
     """Show the counters of every interface xdpfwd forwards on."""
     from xdpfwd import datapath, forwarder
 
+    if watch:
+        from xdpfwd import watch as live
+
+        try:
+            live.watch(forwarder.counters, interval, tty=sys.stdout.isatty())
+        except KeyboardInterrupt:  # the way to stop watching: not an error
+            print()
+        return
     records = {name: datapath.summarize(c) for name, c in forwarder.counters().items()}
     if as_json:
         _json(records)
@@ -189,6 +216,25 @@ def stats(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
             shown = ", ".join(f"{k} {v}" for k, v in r[key].items() if v)
             if shown:
                 print(f"  {kind}: {shown}")
+
+
+@app.command()
+def exporter(
+    listen: str = typer.Option("127.0.0.1:10420", "--listen", "-l", metavar="HOST:PORT",
+                               help="Where to serve /metrics. Loopback unless told otherwise."),
+    tls_cert: Optional[str] = typer.Option(None, "--tls-cert", metavar="FILE",
+                                           help="Serve HTTPS with this certificate (PEM)."),
+    tls_key: Optional[str] = typer.Option(None, "--tls-key", metavar="FILE",
+                                          help="The certificate's private key (PEM)."),
+):
+    """Serve xdpfwd's counters to Prometheus, read from the kernel at scrape time."""
+    from xdpfwd.exporter import server
+
+    def ready():
+        scheme = "https" if tls_cert else "http"
+        print(f"serving {scheme}://{listen}/metrics", flush=True)
+
+    server.serve_forever(listen, tls_cert, tls_key, on_ready=ready)
 
 
 @app.command()

@@ -153,11 +153,13 @@ def run(ifnames: list[str], mode: str = "auto", enable_forwarding: bool = False,
         if result is None:
             notes += datapath.check_forwarding(links, enable_forwarding)
     if result is not None:
-        if on_ready:
-            on_ready(result)
-        signal.sigwait({signal.SIGTERM, signal.SIGINT})
-        with datapath.exclusive():
-            datapath.detach([datapath.inspect(l) for l in links])
+        try:
+            if on_ready:
+                on_ready(result)
+            signal.sigwait({signal.SIGTERM, signal.SIGINT})
+        finally:  # also when on_ready fails: nothing stays attached
+            with datapath.exclusive():
+                datapath.detach([datapath.inspect(l) for l in links])
         return 0
     ports = {l.name: l.index for l in links}
     ready = AttachResult(0, {n: "afpacket" for n in ports}, notes, pid=os.getpid())

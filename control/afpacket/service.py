@@ -154,15 +154,15 @@ def serve(ports: dict[str, int], on_ready=None, workers: int | None = None) -> i
         state.remove()
         raise
     log(f"forwarding between {' '.join(names)} with {workers} workers")
-    if on_ready:
-        on_ready()
-    return _supervise(st, pids, ifindexes, fanout_base, signals)
+    return _supervise(st, pids, ifindexes, fanout_base, signals, on_ready)
 
 
-def _supervise(st, pids, ifindexes, fanout_base, signals) -> int:
+def _supervise(st, pids, ifindexes, fanout_base, signals, on_ready) -> int:
     restarts: list[float] = []
     code = 0
     try:
+        if on_ready:
+            on_ready()  # inside the try: if it fails, everything is undone
         while True:
             sig = signal.sigwait(signals)
             if sig != signal.SIGCHLD:

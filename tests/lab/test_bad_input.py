@@ -25,6 +25,12 @@ MISTAKES = [
     (["frobnicate"], 2, "frobnicate"),
     (["lab", "traffic", "--count", "0"], 2, "--count"),
     (["lab", "traffic", "--size", "2"], 2, "--size"),
+    (["exporter", "--listen", "nonsense:port"], 2, "--listen"),
+    (["exporter", "--listen", "127.0.0.1:99999"], 2, "1 to 65535"),
+    (["exporter", "--listen", "router.example:10420"], 2, "IP address"),
+    (["exporter", "--tls-cert", "/nonexistent.pem"], 2, "both --tls-cert and --tls-key"),
+    (["run", "eth1", "eth0", "--metrics", "127.0.0.1:http"], 2, "1 to 65535"),
+    (["attach", "eth1", "eth0", "--mode", "xdp"], 2, "xdp"),
 ]
 
 

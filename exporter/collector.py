@@ -1,0 +1,94 @@
+"""Prometheus metric families built fresh at each scrape from a reader's
+Snapshot (the reader is injected, so tests feed it fixtures).
+
+Naming follows Prometheus practice: one `xdpfwd_` prefix, `_total`
+counters in base units, receive and transmit as separate metrics, label
+values from a fixed set (devices, outcome reasons), an `_up` gauge and the
+exporter's own health. Per-CPU and per-worker values arrive summed.
+"""
+
+import time
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from xdpfwd import __version__
+from xdpfwd.layout import TRANSMITTED, layout
+
+KIND_HELP = {
+    "forwarded": "arrived on the device and were forwarded",
+    "passed": "arrived on the device and were left to the kernel's stack, by reason",
+    "dropped": "arrived on the device and were dropped, by reason",
+}
+
+
+class XdpfwdCollector(Collector):
+    def __init__(self, reader):
+        self.reader = reader
+        self.scrape_errors = 0  # cumulative: a counter
+
+    def collect(self):
+        start = time.perf_counter()
+        try:
+            snap = self.reader.read()
+        except Exception:  # a scrape must answer whatever happens
+            snap = None
+        if snap is None:
+            self.scrape_errors += 1
+            devices, counters = [], {}
+        else:
+            self.scrape_errors += snap.errors
+            devices, counters = snap.devices, snap.counters
+
+        yield GaugeMetricFamily("xdpfwd_up", "Whether xdpfwd forwards in this network namespace.",
+                                value=1 if devices else 0)
+        info = GaugeMetricFamily("xdpfwd_device_info", "A device xdpfwd forwards on, with its mode.",
+                                 labels=["device", "mode", "prog_id"])
+        for d in devices:
+            info.add_metric([d.name, d.mode, str(d.prog_id) if d.prog_id else ""], 1)
+        yield info
+        yield from self._counters(counters)
+
+        build = GaugeMetricFamily("xdpfwd_exporter_build_info", "The exporter's version.",
+                                  labels=["version"])
+        build.add_metric([__version__], 1)
+        yield build
+        yield CounterMetricFamily("xdpfwd_exporter_scrape_errors",
+                                  "Kernel maps or forwarder state the exporter could not read.",
+                                  value=self.scrape_errors)
+        yield GaugeMetricFamily("xdpfwd_exporter_scrape_duration_seconds",
+                                "Time this scrape took to read the counters.",
+                                value=time.perf_counter() - start)
+
+    @staticmethod
+    def _counters(counters):
+        lay = layout()
+        families = {}
+
+        def family(name, help_text, labels):
+            if name not in families:
+                families[name] = CounterMetricFamily(name, help_text, labels=labels)
+            return families[name]
+
+        for unit in ("packets", "bytes"):
+            family(f"xdpfwd_receive_{unit}", f"All {unit} that arrived on the device.", ["device"])
+            family(f"xdpfwd_transmit_{unit}", f"{unit.capitalize()} forwarded out of the device.",
+                   ["device"])
+            for kind, text in KIND_HELP.items():
+                labels = ["device"] if kind == "forwarded" else ["device", "reason"]
+                family(f"xdpfwd_{kind}_{unit}", f"{unit.capitalize()} that {text}.", labels)
+
+        for device, counts in sorted(counters.items()):
+            received = [0, 0]
+            for o in lay.outcomes:
+                packets, nbytes = counts.get(o.label, (0, 0))
+                received[0] += packets
+                received[1] += nbytes
+                for unit, value in (("packets", packets), ("bytes", nbytes)):
+                    labels = [device] if o.kind == "forwarded" else [device, o.label]
+                    families[f"xdpfwd_{o.kind}_{unit}"].add_metric(labels, value)
+            sent = counts.get(TRANSMITTED, (0, 0))
+            for i, unit in enumerate(("packets", "bytes")):
+                families[f"xdpfwd_receive_{unit}"].add_metric([device], received[i])
+                families[f"xdpfwd_transmit_{unit}"].add_metric([device], sent[i])
+        yield from families.values()
