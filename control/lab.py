@@ -7,6 +7,7 @@ and lab traffic cannot leave the namespaces.
 """
 
 import json
+import os
 import subprocess
 import time
 from dataclasses import dataclass
@@ -17,9 +18,18 @@ from xdpfwd.errors import MissingDependency, XdpfwdError
 
 TOPOLOGY = json.loads(Path(__file__).with_name("lab.json").read_text())
 HOSTS: dict = TOPOLOGY["hosts"]
-NAMESPACES = tuple(HOSTS)
 ROUTER = TOPOLOGY["router"]
 UDP_PORT = TOPOLOGY["udp_port"]
+# A second lab beside the first (the benchmark's) gets its own namespaces.
+PREFIX = os.environ.get("XDPFWD_LAB_PREFIX", "")
+
+
+def ns(host: str) -> str:
+    """The network namespace of a lab host."""
+    return PREFIX + host
+
+
+NAMESPACES = tuple(ns(h) for h in HOSTS)
 
 
 def address(host: str, ifname: str = "eth0", family: int = 4) -> str:
@@ -41,14 +51,14 @@ def _run(args: list[str], log: list[str] | None) -> None:
 
 
 def is_up() -> bool:
-    return all(netns.exists(ns) for ns in NAMESPACES)
+    return all(netns.exists(n) for n in NAMESPACES)
 
 
 def up(log: list[str] | None = None) -> bool:
     """Create the lab. False when it was already complete."""
     if is_up():
         return False
-    if any(netns.exists(ns) for ns in NAMESPACES):
+    if any(netns.exists(n) for n in NAMESPACES):
         down(log)  # a half-made lab from an interrupted run: start clean
     try:
         _build(log)
@@ -65,10 +75,10 @@ def _wait_running(timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         waiting = []
-        for ns, host in HOSTS.items():
-            with netns.entered(ns):
+        for name, host in HOSTS.items():
+            with netns.entered(ns(name)):
                 links = netlink.links()
-            waiting += [f"{ns}/{i}" for i in host["interfaces"] if not links[i].running]
+            waiting += [f"{ns(name)}/{i}" for i in host["interfaces"] if not links[i].running]
         if not waiting:
             return
         if time.monotonic() > deadline:
@@ -77,45 +87,47 @@ def _wait_running(timeout: float = 5.0) -> None:
 
 
 def _build(log):
-    for ns in NAMESPACES:
-        _run(["ip", "netns", "add", ns], log)
-        _run(["ip", "-n", ns, "link", "set", "lo", "up"], log)
+    for name in HOSTS:
+        _run(["ip", "netns", "add", ns(name)], log)
+        _run(["ip", "-n", ns(name), "link", "set", "lo", "up"], log)
         # No duplicate address detection in a lab: link-local addresses
         # are usable at once, and IPv6 neighbour resolution with them.
-        _run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"], log)
-    for (ns_a, if_a), (ns_b, if_b) in TOPOLOGY["links"]:
+        _run(["ip", "netns", "exec", ns(name), "sysctl", "-qw",
+              "net.ipv6.conf.default.accept_dad=0"], log)
+    for (host_a, if_a), (host_b, if_b) in TOPOLOGY["links"]:
         # Both ends are created inside the namespaces, never in the root one.
-        _run(["ip", "-n", ns_a, "link", "add", if_a, "type", "veth",
-              "peer", "name", if_b, "netns", ns_b], log)
-    for ns, host in HOSTS.items():
+        _run(["ip", "-n", ns(host_a), "link", "add", if_a, "type", "veth",
+              "peer", "name", if_b, "netns", ns(host_b)], log)
+    for name, host in HOSTS.items():
+        n = ns(name)
         for ifname, addrs in host["interfaces"].items():
             for addr in addrs:
                 extra = ["nodad"] if ":" in addr else []  # usable at once
-                _run(["ip", "-n", ns, "addr", "add", addr, "dev", ifname, *extra], log)
-            _run(["ip", "-n", ns, "link", "set", ifname, "up"], log)
+                _run(["ip", "-n", n, "addr", "add", addr, "dev", ifname, *extra], log)
+            _run(["ip", "-n", n, "link", "set", ifname, "up"], log)
         for dst, via in host["routes"]:
-            _run(["ip", "-n", ns, "route", "add", dst, "via", via], log)
-        if ns == ROUTER:
+            _run(["ip", "-n", n, "route", "add", dst, "via", via], log)
+        if name == ROUTER:
             # A router forwards; xdpfwd checks this before it attaches.
-            _run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"], log)
-            _run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], log)
+            _run(["ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv4.ip_forward=1"], log)
+            _run(["ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], log)
         else:
             # A frame XDP-redirected into a veth is dropped unless the peer
             # has an XDP program or GRO (lab-findings.md). And veth leaves
             # UDP/TCP checksums to "hardware" that a redirected frame never
             # meets: the hosts compute them themselves, as a NIC would.
             for ifname in host["interfaces"]:
-                _run(["ip", "netns", "exec", ns, "ethtool", "-K", ifname, "gro", "on", "tx", "off"], log)
+                _run(["ip", "netns", "exec", n, "ethtool", "-K", ifname, "gro", "on", "tx", "off"], log)
 
 
 def down(log: list[str] | None = None) -> list[str]:
     """Delete the lab's namespaces (their veths go with them). Safe to
     repeat; returns the namespaces removed."""
     removed = []
-    for ns in NAMESPACES:
-        if netns.exists(ns):
-            _run(["ip", "netns", "del", ns], log)
-            removed.append(ns)
+    for name in NAMESPACES:
+        if netns.exists(name):
+            _run(["ip", "netns", "del", name], log)
+            removed.append(name)
     return removed
 
 
@@ -128,12 +140,12 @@ class HostStatus:
 
 def status() -> list[HostStatus]:
     result = []
-    for ns in NAMESPACES:
-        if not netns.exists(ns):
-            result.append(HostStatus(ns, False, ""))
+    for name in NAMESPACES:
+        if not netns.exists(name):
+            result.append(HostStatus(name, False, ""))
             continue
-        out = subprocess.run(["ip", "-n", ns, "-br", "addr", "show"],
+        out = subprocess.run(["ip", "-n", name, "-br", "addr", "show"],
                              capture_output=True, text=True).stdout
         lines = [line for line in out.splitlines() if not line.startswith("lo ")]
-        result.append(HostStatus(ns, True, "\n".join(lines)))
+        result.append(HostStatus(name, True, "\n".join(lines)))
     return result

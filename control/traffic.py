@@ -55,7 +55,7 @@ class Delivery:
 
 def _receiver(ns: str, family: int, addr: str, port: int) -> socket.socket:
     af = socket.AF_INET6 if family == 6 else socket.AF_INET
-    with netns.entered(ns):
+    with netns.entered(lab.ns(ns)):
         sock = socket.socket(af, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     if family == 6:
@@ -81,7 +81,7 @@ def send_udp(count: int, src: str = "sendbox", dst: str = "recvbox", family: int
     dst_addr = lab.address(dst, family=family)
     rx = _receiver(dst, family, dst_addr, port)
     af = rx.family
-    with netns.entered(src):
+    with netns.entered(lab.ns(src)):
         tx = socket.socket(af, socket.SOCK_DGRAM)
     result = Delivery(count, lab.address(src, family=family), dst_addr, port)
     pad = bytes(max(0, size - SEQ.size))
