@@ -6,10 +6,14 @@ never skipped.
 
 import os
 
-import pytest
+# The tests build their own lab beside any lab a person has up (which
+# keeps the names sendbox, router, recvbox). Set before xdpfwd.lab loads.
+os.environ.setdefault("XDPFWD_LAB_PREFIX", "xt-")
 
-from helpers import xdpfwd
-from xdpfwd import lab as labmod
+import pytest  # noqa: E402
+
+from helpers import xdpfwd  # noqa: E402
+from xdpfwd import lab as labmod  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):

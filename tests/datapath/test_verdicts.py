@@ -12,6 +12,8 @@ from scapy.layers.inet import IP, UDP, IPOption_RR
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
+from helpers import inside
+from xdpfwd import lab
 from xdpfwd import bpfsys, datapath, netlink, netns
 
 XDP_DROP, XDP_PASS, XDP_REDIRECT = 1, 2, 4
@@ -19,8 +21,8 @@ PAYLOAD = b"xdpfwd-test-payload"
 
 
 def ip(*args):
-    proc = subprocess.run(["ip", "-n", "router", *args], capture_output=True, text=True)
-    assert proc.returncode == 0, f"ip -n router {' '.join(args)}: {proc.stderr.strip()}"
+    proc = subprocess.run(["ip", "-n", lab.ns("router"), *args], capture_output=True, text=True)
+    assert proc.returncode == 0, f"ip -n {lab.ns('router')} {' '.join(args)}: {proc.stderr.strip()}"
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,7 @@ def router(lab):
     same every run, plus routes that produce each fib result."""
     macs = {}
     for ns in ("sendbox", "recvbox"):
-        with netns.entered(ns):
+        with inside(ns):
             macs[ns] = netlink.link("eth0").mac
     ip("neigh", "replace", "10.0.11.20", "lladdr", macs["recvbox"], "dev", "eth0", "nud", "permanent")
     ip("neigh", "replace", "fd00:11::20", "lladdr", macs["recvbox"], "dev", "eth0", "nud", "permanent")
@@ -46,7 +48,7 @@ def router(lab):
     ip("link", "set", "spare1", "up")
     ip("neigh", "replace", "10.0.94.2", "lladdr", "02:00:00:00:94:02", "dev", "spare0", "nud", "permanent")
     try:
-        with netns.entered("router"):
+        with inside("router"):
             links = netlink.links()
         yield {"links": links, "macs": macs}
     finally:
@@ -58,7 +60,7 @@ def router(lab):
 @pytest.fixture(scope="module")
 def program(router):
     links = router["links"]
-    with netns.entered("router"):
+    with inside("router"):
         prog = datapath.load_program([links["eth1"].index, links["eth0"].index])
     prog_id = bpfsys.prog_info(prog.prog_fd).id
     yield {"prog": prog, "id": prog_id, **router}
@@ -69,7 +71,7 @@ def counters(program):
 
 
 def run_frame(program, frame: bytes):
-    with netns.entered("router"):
+    with inside("router"):
         return bpfsys.test_run(program["prog"].prog_fd, frame, program["links"]["eth1"].index)
 
 
@@ -211,12 +213,12 @@ def test_fragments_are_forwarded(program):
 
 
 def test_forwarding_disabled_on_ingress(program):
-    with netns.entered("router"):
+    with inside("router"):
         netlink.set_forwarding("ipv4", "eth1", False)
     try:
         check(program, to_router(program, v4()), XDP_PASS, "fib_forwarding_disabled")
     finally:
-        with netns.entered("router"):
+        with inside("router"):
             netlink.set_forwarding("ipv4", "eth1", True)
     check(program, to_router(program, v4()), XDP_REDIRECT, "forwarded")
 

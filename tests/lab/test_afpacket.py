@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from helpers import XDPFWD, run, xdpfwd
+from helpers import XDPFWD, inside, run, xdpfwd
+from xdpfwd import lab
 from xdpfwd import traffic
 
 SENDBOX_V4, RECVBOX_V4 = "10.0.10.10", "10.0.11.20"
@@ -162,7 +163,7 @@ def test_a_foreign_xdp_program_is_an_error_not_a_fallback(lab):
     bcc = compiler.import_bcc()
     bpf = bcc.BPF(text=b"int foreign_pass(struct xdp_md *ctx) { return XDP_PASS; }")
     fn = bpf.load_func(b"foreign_pass", bcc.BPF.XDP)
-    with netns.entered("router"):
+    with inside("router"):
         eth0 = netlink.link("eth0").index
         bpfsys.xdp_attach(eth0, fn.fd, bpfsys.XDP_FLAGS_SKB_MODE)
     try:
@@ -171,7 +172,7 @@ def test_a_foreign_xdp_program_is_an_error_not_a_fallback(lab):
             assert proc.returncode == 5 and "foreign_pass" in proc.stderr, (mode, proc.stderr)
             assert not status()["eth1"]["attached"]
     finally:
-        with netns.entered("router"):
+        with inside("router"):
             bpfsys.xdp_detach(eth0, "skb", fn.fd)
 
 
@@ -179,7 +180,7 @@ def test_a_foreign_xdp_program_is_an_error_not_a_fallback(lab):
 def test_run_forwards_then_exits_cleanly_on_sigterm(lab, mode):
     xdpfwd("detach")
     before = sysctls()
-    proc = subprocess.Popen(["ip", "netns", "exec", "router", XDPFWD, "run", "eth1", "eth0",
+    proc = subprocess.Popen(["ip", "netns", "exec", lab.ns("router"), XDPFWD, "run", "eth1", "eth0",
                              "--mode", mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:

@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-from helpers import XDPFWD, run, xdpfwd
+from helpers import XDPFWD, inside, run, xdpfwd
+from xdpfwd import lab
 from xdpfwd import bpfsys, compiler, netlink, netns
 
 
@@ -90,14 +91,14 @@ def foreign(clean):
     bcc = compiler.import_bcc()
     bpf = bcc.BPF(text=b"int foreign_pass(struct xdp_md *ctx) { return XDP_PASS; }")
     fn = bpf.load_func(b"foreign_pass", bcc.BPF.XDP)
-    with netns.entered("router"):
+    with inside("router"):
         eth0 = netlink.link("eth0").index
         bpfsys.xdp_attach(eth0, fn.fd, bpfsys.XDP_FLAGS_SKB_MODE)
     prog_id = bpfsys.prog_info(fn.fd).id
     try:
         yield prog_id
     finally:
-        with netns.entered("router"):
+        with inside("router"):
             bpfsys.xdp_detach(eth0, "skb", fn.fd)
 
 
@@ -175,7 +176,7 @@ def test_status_and_stats_work_from_a_new_netns_exec_without_bpffs(clean):
 
 
 def test_concurrent_attaches_one_wins(clean):
-    cmd = ["ip", "netns", "exec", "router", XDPFWD, "attach", "eth1", "eth0"]
+    cmd = ["ip", "netns", "exec", lab.ns("router"), XDPFWD, "attach", "eth1", "eth0"]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     results = [(p.wait(timeout=60), *p.communicate()) for p in procs]

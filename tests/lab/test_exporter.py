@@ -11,13 +11,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import XDPFWD, run, xdpfwd
+from xdpfwd import lab
 from xdpfwd import traffic
 
 LISTEN = "127.0.0.1:10420"
 
 
 def start_in_router(args, wait_for: str, timeout: float = 15.0) -> subprocess.Popen:
-    proc = subprocess.Popen(["ip", "netns", "exec", "router", *args], stdout=subprocess.PIPE,
+    proc = subprocess.Popen(["ip", "netns", "exec", lab.ns("router"), *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -153,7 +154,7 @@ def prometheus(lab, tmp_path):
         "scrape_configs:\n  - job_name: xdpfwd\n    static_configs:\n"
         f"      - targets: ['{LISTEN}']\n")
     proc = subprocess.Popen(
-        ["ip", "netns", "exec", "router", "prometheus", f"--config.file={config}",
+        ["ip", "netns", "exec", lab.ns("router"), "prometheus", f"--config.file={config}",
          f"--storage.tsdb.path={tmp_path / 'data'}", "--web.listen-address=127.0.0.1:19090"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
