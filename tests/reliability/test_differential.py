@@ -1,0 +1,140 @@
+"""Both datapaths against the reference model, frame by frame.
+
+The XDP program runs each generated frame through BPF_PROG_TEST_RUN in
+the router's namespace (its real routes and neighbours); the AF_PACKET
+packet function runs it with the real netlink Fib of that namespace; the
+model reads the same namespace's tables with `ip -j` and decides from the
+spec. Action, outcome (which counter grew) and output bytes must agree.
+
+`make test` runs a fixed-seed set (XDPFWD_DIFF_FRAMES, default 4000);
+`make soak` runs 100 000. A mismatch prints the frame in hex.
+"""
+
+import os
+import struct
+import subprocess
+
+import pytest
+
+from frames import FrameGenerator
+from helpers import inside
+from model import decide as model_decide
+from model import read_tables
+from xdpfwd import bpfsys, datapath, lab, netlink
+from xdpfwd.afpacket import packet
+from xdpfwd.afpacket.fib import Fib
+from xdpfwd.layout import layout
+
+FRAMES = int(os.environ.get("XDPFWD_DIFF_FRAMES", "4000"))
+SEED = int(os.environ.get("XDPFWD_DIFF_SEED", "20261127"))
+ACTIONS = {1: "drop", 2: "pass", 4: "redirect"}
+LABEL = {o.index: o.label for o in layout().outcomes}
+
+
+def ip(*args, ns="router"):
+    proc = subprocess.run(["ip", "-n", lab.ns(ns), *args], capture_output=True, text=True)
+    assert proc.returncode == 0, f"ip {' '.join(args)}: {proc.stderr.strip()}"
+
+
+def mac_of(host, ifname="eth0"):
+    with inside(host):
+        return netlink.link(ifname).mac
+
+
+@pytest.fixture(scope="module")
+def router(lab):
+    recv, send = mac_of("recvbox"), mac_of("sendbox")
+    for addr, mac, dev in (("10.0.11.20", recv, "eth0"), ("fd00:11::20", recv, "eth0"),
+                           ("10.0.10.10", send, "eth1"), ("fd00:10::10", send, "eth1")):
+        ip("neigh", "replace", addr, "lladdr", mac, "dev", dev, "nud", "permanent")
+    routes = [("blackhole", "10.0.90.0/24"), ("unreachable", "10.0.91.0/24"),
+              ("prohibit", "10.0.92.0/24"), ("blackhole", "fd00:90::/64"),
+              ("unreachable", "fd00:91::/64"), ("prohibit", "fd00:92::/64")]
+    for kind, net in routes:
+        ip("route", "add", kind, net)
+    ip("route", "add", "10.0.93.0/24", "via", "10.0.11.20", "mtu", "lock", "1000")
+    ip("route", "add", "fd00:93::/64", "via", "fd00:11::20", "mtu", "lock", "1300")
+    ip("link", "add", "spare0", "type", "veth", "peer", "name", "spare1")
+    ip("addr", "add", "10.0.94.1/24", "dev", "spare0")
+    ip("link", "set", "spare0", "up")
+    ip("link", "set", "spare1", "up")
+    ip("neigh", "replace", "10.0.94.2", "lladdr", "02:00:00:00:94:02", "dev", "spare0", "nud", "permanent")
+    try:
+        with inside("router"):
+            links = netlink.links()
+        yield links
+    finally:
+        ip("link", "del", "spare0")
+        for _, net in routes + [(None, "10.0.93.0/24"), (None, "fd00:93::/64")]:
+            ip("route", "del", net)
+
+
+@pytest.fixture(scope="module")
+def datapaths(router):
+    ports = [router["eth1"].index, router["eth0"].index]
+    with inside("router"):
+        prog = datapath.load_program(ports)
+        fib = Fib()
+    prog_id = bpfsys.prog_info(prog.prog_fd).id
+    ours = datapath.identify(prog_id)
+    stats = bpfsys.map_by_id(ours.stats_map_id)
+    tables = read_tables(lab.ns("router"), set(ports))
+    yield {"prog": prog, "fib": fib, "stats": stats, "tables": tables, "ports": ports, "links": router}
+    stats.close()
+    fib.close()
+
+
+def xdp_outcome(stats_fd, ingress, before):
+    lay = layout()
+    after = lay.decode(bpfsys.percpu_values(stats_fd, struct.pack("=I", ingress), lay.value_size))
+    grew = [label for label in after if label != "transmitted" and after[label] != before[label]]
+    return grew, after
+
+
+def describe(frame, ingress, **sides):
+    lines = [f"frame ({len(frame)} bytes, ingress {ingress}): {frame.hex()}"]
+    lines += [f"  {name}: {value}" for name, value in sides.items()]
+    return "\n".join(lines)
+
+
+def test_datapaths_agree_with_the_model(datapaths):
+    d = datapaths
+    lay = layout()
+    eth1, eth0 = d["ports"]
+    gen = FrameGenerator(SEED, bytes.fromhex(d["links"]["eth1"].mac.replace(":", "")),
+                         [bytes.fromhex("020000000099")])
+    mismatches, seen = [], {}
+    counts = {eth1: lay.decode(bpfsys.percpu_values(d["stats"].fd, struct.pack("=I", eth1), lay.value_size)),
+              eth0: lay.decode(bpfsys.percpu_values(d["stats"].fd, struct.pack("=I", eth0), lay.value_size))}
+    portset = frozenset(d["ports"])
+    with inside("router"):
+        for i in range(FRAMES):
+            frame = gen.frame()
+            ingress = eth1 if gen.r.random() < 0.8 else eth0
+            want = model_decide(frame, ingress, d["tables"])
+            seen[want.outcome] = seen.get(want.outcome, 0) + 1
+
+            run = bpfsys.test_run(d["prog"].prog_fd, frame, ingress)
+            grew, counts[ingress] = xdp_outcome(d["stats"].fd, ingress, counts[ingress])
+            xdp = (ACTIONS.get(run.retval, run.retval), grew)
+            xdp_out = run.data if run.retval == 4 else None
+            if xdp != (want.action, [want.outcome]) or (xdp_out or None) != want.frame or \
+                    (run.retval != 4 and run.data != frame):
+                mismatches.append(describe(frame, ingress, model=want, xdp=xdp, xdp_out=run.data.hex()))
+
+            outcome, egress, out = packet.decide(frame, ingress, False, d["fib"], portset)
+            if (LABEL[outcome], out) != (want.outcome, want.frame) or \
+                    (out is not None and egress != want.egress):
+                mismatches.append(describe(frame, ingress, model=want,
+                                           afpacket=(LABEL[outcome], egress, out and out.hex())))
+            if len(mismatches) >= 5:
+                break
+    assert not mismatches, f"seed {SEED}, after {i + 1} frames:\n" + "\n".join(mismatches)
+    # The generator must reach every branch the lab can produce, or the
+    # agreement says little.
+    expected = {o.label for o in lay.outcomes} - {
+        "fib_forwarding_disabled",  # needs the sysctl off: test_verdicts covers it
+        "fib_unsupported_lwt", "fib_other", "redirect_failed",  # not producible here
+    }
+    if FRAMES >= 2000:
+        assert expected <= set(seen), f"never produced: {sorted(expected - set(seen))}"
