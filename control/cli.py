@@ -297,7 +297,9 @@ def lab_traffic(
     count: int = typer.Option(10, "--count", "-c", min=1, help="Datagrams to send."),
     ipv6: bool = typer.Option(False, "--ipv6", "-6", help="Use IPv6."),
     reverse: bool = typer.Option(False, "--reverse", "-R", help="recvbox -> sendbox."),
-    size: int = typer.Option(64, "--size", min=4, max=1400, help="UDP payload bytes."),
+    size: int = typer.Option(64, "--size", min=6, max=1400, help="UDP payload bytes."),
+    flows: int = typer.Option(1, "--flows", min=1, max=1000, help="Source ports to spread over."),
+    rate: Optional[float] = typer.Option(None, "--rate", min=1, help="Datagrams per second at most."),
 ):
     """Send numbered UDP datagrams across the router and report what arrived."""
     from xdpfwd import datapath, lab, traffic
@@ -306,10 +308,12 @@ def lab_traffic(
     if not lab.is_up():
         raise XdpfwdError("the lab is not up: run 'xdpfwd lab up' first")
     src, dst = ("recvbox", "sendbox") if reverse else ("sendbox", "recvbox")
-    d = traffic.send_udp(count, src, dst, 6 if ipv6 else 4, size=size)
+    d = traffic.send_udp(count, src, dst, 6 if ipv6 else 4, size=size, flows=flows, rate=rate)
     ttls = ", ".join(str(t) for t in sorted(d.ttls)) or "-"
-    print(f"sent {d.sent} UDP datagrams {src} {d.src} -> {dst} [{d.dst}]:{d.port}")
-    print(f"received {d.received} ({d.unique} distinct, {d.duplicates} duplicates), TTL {ttls}")
+    over = f" over {flows} flows" if flows > 1 else ""
+    print(f"sent {d.sent} UDP datagrams{over} {src} {d.src} -> {dst} [{d.dst}]:{d.port}")
+    order = "in order" if d.in_order else "REORDERED"
+    print(f"received {d.received} ({d.unique} distinct, {d.duplicates} duplicates, {order}), TTL {ttls}")
     if not d.exactly_once:
         raise typer.Exit(1)
 

@@ -17,7 +17,7 @@ import struct
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from xdpfwd import bpfsys, compiler, netlink
+from xdpfwd import bpfsys, compiler, failpoints, netlink
 from xdpfwd.errors import (Conflict, ForwardingDisabled, KernelRefused, PermissionDenied,
                            UsageError, XdpfwdError)
 from xdpfwd.layout import TRANSMITTED, layout
@@ -189,18 +189,21 @@ def check_forwarding(links: list[netlink.Link], enable: bool) -> list[str]:
 
 def _already(states: list[PortState], indexes: set[int], mode: str) -> AttachResult | None:
     """None to go ahead; a result when the same attach is already in place.
-    A leftover half attach of the same ports (a killed controller) is
-    removed here so the attach can start clean."""
+    A leftover half attach of the same ports (a killed controller, or a
+    port deleted and created again under a new ifindex) is removed here so
+    the attach can start clean."""
     ours = [s for s in states if s.prog_id]
     if not ours:
         return None
+    existing = set(netlink.link_names_by_index())
     for s in ours:
-        if s.ports != indexes:
+        if not (s.ports & existing) <= indexes:
             raise Conflict(
                 f"{s.name}: already forwarding with xdpfwd program {s.prog_id} for other "
                 "interfaces; detach it first"
             )
-    complete = len(ours) == len(states) and len({s.prog_id for s in ours}) == 1
+    complete = (len(ours) == len(states) and len({s.prog_id for s in ours}) == 1
+                and ours[0].ports == indexes)
     if complete:
         modes = {s.name: s.mode for s in states}
         if mode != "auto" and any(m != mode for m in modes.values()):
@@ -276,6 +279,7 @@ def _load_and_attach(links, mode, verbose, notes) -> AttachResult:
     modes: dict[str, str] = {}
     try:
         for link in links:
+            failpoints.hit("attach:before" if not modes else "attach:between")
             try:
                 got, why = _attach_one(link, program.prog_fd, mode)
             except bpfsys.BpfError as e:
@@ -289,6 +293,7 @@ def _load_and_attach(links, mode, verbose, notes) -> AttachResult:
             link = next(l for l in links if l.name == name)
             bpfsys.xdp_detach(link.index, modes[name], program.prog_fd)
         raise
+    failpoints.hit("attach:after")
     return AttachResult(prog_id, modes, notes)
 
 

@@ -1,22 +1,24 @@
 """Numbered UDP datagrams between two lab hosts, with the TTL they arrive with.
 
-Each datagram carries its sequence number, so the receiver can tell lost
-from duplicated from reordered; the IP TTL (IPv6 hop limit) of each comes
-from the IP_RECVTTL / IPV6_RECVHOPLIMIT control messages. Both sockets are
-opened inside the lab's namespaces (netns.entered), then used from here.
+Each datagram carries its flow and sequence number, so the receiver can
+tell lost from duplicated from reordered; a flow is one sending socket
+(one source port). The IP TTL (IPv6 hop limit) of each comes from the
+IP_RECVTTL / IPV6_RECVHOPLIMIT control messages. Both ends are opened
+inside the lab's namespaces (netns.entered), then used from here.
 """
 
 import select
 import socket
 import struct
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 from xdpfwd import lab, netns
 
 IP_TTL, IP_RECVTTL = 2, 12
 IPV6_RECVHOPLIMIT, IPV6_HOPLIMIT = 51, 52
-SEQ = struct.Struct("!I")
+HEADER = struct.Struct("!HI")  # flow, sequence number
 
 
 @dataclass
@@ -25,7 +27,8 @@ class Delivery:
     src: str
     dst: str
     port: int
-    arrivals: list[tuple[int, int]] = field(default_factory=list)  # (seq, ttl)
+    flows: int = 1
+    arrivals: list[tuple[int, int, int]] = field(default_factory=list)  # (flow, seq, ttl)
 
     @property
     def received(self) -> int:
@@ -33,7 +36,7 @@ class Delivery:
 
     @property
     def unique(self) -> int:
-        return len({seq for seq, _ in self.arrivals})
+        return len({(flow, seq) for flow, seq, _ in self.arrivals})
 
     @property
     def duplicates(self) -> int:
@@ -41,21 +44,34 @@ class Delivery:
 
     @property
     def ttls(self) -> set[int]:
-        return {ttl for _, ttl in self.arrivals}
+        return {ttl for _, _, ttl in self.arrivals}
+
+    def _per_flow(self) -> dict[int, list[int]]:
+        seqs = defaultdict(list)
+        for flow, seq, _ in self.arrivals:
+            seqs[flow].append(seq)
+        return seqs
 
     @property
     def in_order(self) -> bool:
-        seqs = [seq for seq, _ in self.arrivals]
-        return seqs == sorted(seqs)
+        """Within each flow, every datagram arrived after the ones before it."""
+        return all(s == sorted(s) for s in self._per_flow().values())
 
     @property
     def exactly_once(self) -> bool:
-        return sorted(seq for seq, _ in self.arrivals) == list(range(self.sent))
+        """Every datagram sent arrived, and none twice. Datagram i went out
+        on flow i % flows as that flow's number i // flows."""
+        per_flow = self._per_flow()
+        for flow in range(self.flows):
+            expected = len(range(flow, self.sent, self.flows))
+            if sorted(per_flow.get(flow, [])) != list(range(expected)):
+                return False
+        return set(per_flow) <= set(range(self.flows))
 
 
-def _receiver(ns: str, family: int, addr: str, port: int) -> socket.socket:
+def _receiver(host: str, family: int, addr: str, port: int) -> socket.socket:
     af = socket.AF_INET6 if family == 6 else socket.AF_INET
-    with netns.entered(lab.ns(ns)):
+    with netns.entered(lab.ns(host)):
         sock = socket.socket(af, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     if family == 6:
@@ -74,36 +90,45 @@ def _ttl(ancdata) -> int:
 
 
 def send_udp(count: int, src: str = "sendbox", dst: str = "recvbox", family: int = 4,
-             port: int = lab.UDP_PORT, size: int = 64, gap: float = 0.0,
+             port: int = lab.UDP_PORT, size: int = 64, flows: int = 1, rate: float | None = None,
              timeout: float = 1.0) -> Delivery:
-    """Send `count` numbered datagrams from lab host src to dst and collect
-    what arrives. `size` is the UDP payload length (at least 4)."""
+    """Send `count` numbered datagrams from lab host src to dst over
+    `flows` source ports, at most `rate` per second (None: as fast as the
+    receiver keeps up), and collect what arrives. `size` is the UDP
+    payload length (at least 6)."""
     dst_addr = lab.address(dst, family=family)
     rx = _receiver(dst, family, dst_addr, port)
-    af = rx.family
     with netns.entered(lab.ns(src)):
-        tx = socket.socket(af, socket.SOCK_DGRAM)
-    result = Delivery(count, lab.address(src, family=family), dst_addr, port)
-    pad = bytes(max(0, size - SEQ.size))
+        txs = [socket.socket(rx.family, socket.SOCK_DGRAM) for _ in range(flows)]
+    result = Delivery(count, lab.address(src, family=family), dst_addr, port, flows)
+    pad = bytes(max(0, size - HEADER.size))
+    start = time.monotonic()
     try:
-        for seq in range(count):
-            tx.sendto(SEQ.pack(seq) + pad, (dst_addr, port))
+        for i in range(count):
+            flow = i % flows
+            txs[flow].sendto(HEADER.pack(flow, i // flows) + pad, (dst_addr, port))
             _drain(rx, result, 0)
-            if gap:
-                time.sleep(gap)
+            if rate:
+                ahead = start + (i + 1) / rate - time.monotonic()
+                if ahead > 0:
+                    _drain(rx, result, ahead)
         deadline = time.monotonic() + timeout
         while result.unique < count and time.monotonic() < deadline:
             _drain(rx, result, deadline - time.monotonic())
         _drain(rx, result, 0.05)  # a duplicate may trail the last original
     finally:
-        tx.close()
+        for tx in txs:
+            tx.close()
         rx.close()
     return result
 
 
 def _drain(rx: socket.socket, result: Delivery, wait: float) -> None:
-    while select.select([rx], [], [], max(wait, 0))[0]:
+    """Read what has arrived; wait up to `wait` seconds for the first."""
+    deadline = time.monotonic() + wait
+    while select.select([rx], [], [], max(0.0, deadline - time.monotonic()))[0]:
         data, anc, _, _ = rx.recvmsg(2048, socket.CMSG_SPACE(4))
-        if len(data) >= SEQ.size:
-            result.arrivals.append((SEQ.unpack_from(data)[0], _ttl(anc)))
-        wait = 0
+        if len(data) >= HEADER.size:
+            flow, seq = HEADER.unpack_from(data)
+            result.arrivals.append((flow, seq, _ttl(anc)))
+        deadline = 0  # then only what is already there

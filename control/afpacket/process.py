@@ -21,7 +21,9 @@ def start(ports: dict[str, int]) -> state.State:
     r, w = os.pipe()
     d = state.namespace_dir()
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    logfile = os.fdopen(os.open(d / "afpacket.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
+    fd = os.open(d / "afpacket.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)  # also a log left by an older version
+    logfile = os.fdopen(fd, "ab")
     args = [sys.executable, "-m", state.SERVICE_MODULE, "--ready-fd", str(w),
             *(f"{name}={index}" for name, index in ports.items())]
     proc = subprocess.Popen(args, pass_fds=[w], stdin=subprocess.DEVNULL, stdout=logfile,
