@@ -8,7 +8,7 @@ reaches the user.
 import json
 import sys
 from enum import Enum
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import click
 import typer
@@ -45,6 +45,17 @@ class Mode(str, Enum):
 
 MODE_HELP = ("native (driver XDP), skb (generic XDP), afpacket (user space), or auto: "
              "native, else skb, else afpacket where XDP cannot run.")
+
+# Parameters that attach, run and exporter share, declared once.
+Ports = Annotated[List[str], typer.Argument(metavar="IFACE IFACE...",
+                                            help="The ports to forward between (two or more).")]
+ModeOption = Annotated[Mode, typer.Option("--mode", "-m", help=MODE_HELP)]
+EnableForwarding = Annotated[bool, typer.Option("--enable-forwarding",
+                                                help="Turn on the ports' ipv4/ipv6 forwarding sysctls.")]
+TlsCert = Annotated[Optional[str], typer.Option("--tls-cert", metavar="FILE",
+                                                help="Serve the metrics over HTTPS with this certificate.")]
+TlsKey = Annotated[Optional[str], typer.Option("--tls-key", metavar="FILE",
+                                               help="The certificate's private key (PEM).")]
 
 
 def _version(value: bool):
@@ -84,13 +95,7 @@ def _report(result) -> None:
 
 
 @app.command()
-def attach(
-    interfaces: List[str] = typer.Argument(..., metavar="IFACE IFACE...",
-                                           help="The ports to forward between (two or more)."),
-    mode: Mode = typer.Option(Mode.auto, "--mode", "-m", help=MODE_HELP),
-    enable_forwarding: bool = typer.Option(False, "--enable-forwarding",
-                                           help="Turn on the ports' ipv4/ipv6 forwarding sysctls."),
-):
+def attach(interfaces: Ports, mode: ModeOption = Mode.auto, enable_forwarding: EnableForwarding = False):
     """Start forwarding between the interfaces, and return.
 
     Forwarding goes on after the command exits. All or nothing: if one
@@ -103,17 +108,13 @@ def attach(
 
 @app.command()
 def run(
-    interfaces: List[str] = typer.Argument(..., metavar="IFACE IFACE...",
-                                           help="The ports to forward between (two or more)."),
-    mode: Mode = typer.Option(Mode.auto, "--mode", "-m", help=MODE_HELP),
-    enable_forwarding: bool = typer.Option(False, "--enable-forwarding",
-                                           help="Turn on the ports' ipv4/ipv6 forwarding sysctls."),
-    metrics: Optional[str] = typer.Option(None, "--metrics", metavar="HOST:PORT",
-                                          help="Also serve /metrics there (as `exporter`)."),
-    tls_cert: Optional[str] = typer.Option(None, "--tls-cert", metavar="FILE",
-                                           help="Serve the metrics over HTTPS with this certificate."),
-    tls_key: Optional[str] = typer.Option(None, "--tls-key", metavar="FILE",
-                                          help="The certificate's private key (PEM)."),
+    interfaces: Ports,
+    mode: ModeOption = Mode.auto,
+    enable_forwarding: EnableForwarding = False,
+    metrics: Annotated[Optional[str], typer.Option(
+        "--metrics", metavar="HOST:PORT", help="Also serve /metrics there (as `exporter`).")] = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ):
     """Attach, stay in the foreground, detach on SIGTERM or SIGINT (for systemd)."""
     from xdpfwd import forwarder, systemd
@@ -222,10 +223,8 @@ def stats(
 def exporter(
     listen: str = typer.Option("127.0.0.1:10420", "--listen", "-l", metavar="HOST:PORT",
                                help="Where to serve /metrics. Loopback unless told otherwise."),
-    tls_cert: Optional[str] = typer.Option(None, "--tls-cert", metavar="FILE",
-                                           help="Serve HTTPS with this certificate (PEM)."),
-    tls_key: Optional[str] = typer.Option(None, "--tls-key", metavar="FILE",
-                                          help="The certificate's private key (PEM)."),
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ):
     """Serve xdpfwd's counters to Prometheus, read from the kernel at scrape time."""
     from xdpfwd.exporter import server

@@ -3,9 +3,10 @@
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
-from xdpfwd import lab, netns
+from xdpfwd import bpfsys, compiler, lab, netlink, netns
 
 XDPFWD = str(Path(sys.executable).with_name("xdpfwd"))
 
@@ -29,3 +30,75 @@ def run(args, ns: str | None = "router", env=None, check=False, timeout=60):
 
 def xdpfwd(*args, ns="router", **kw):
     return run([XDPFWD, *args], ns=ns, **kw)
+
+
+def router_ip(*args):
+    """`ip -n ROUTER ...`, failing the test with ip's own message."""
+    proc = subprocess.run(["ip", "-n", lab.ns("router"), *args], capture_output=True, text=True)
+    assert proc.returncode == 0, f"ip -n {lab.ns('router')} {' '.join(args)}: {proc.stderr.strip()}"
+
+
+# Routes that make the router's FIB answer every kind of result.
+SPECIAL_ROUTES = [("blackhole", "10.0.90.0/24"), ("unreachable", "10.0.91.0/24"),
+                  ("prohibit", "10.0.92.0/24"), ("blackhole", "fd00:90::/64"),
+                  ("unreachable", "fd00:91::/64"), ("prohibit", "fd00:92::/64")]
+MTU_ROUTES = [("10.0.93.0/24", "10.0.11.20", "1000"), ("fd00:93::/64", "fd00:11::20", "1300")]
+
+
+@contextmanager
+def router_with_every_route():
+    """The lab router with fixed (permanent) neighbours, a route of every
+    type, routes with a small MTU, and a third interface (spare0, a veth:
+    this kernel has no dummy driver) that is not an xdpfwd port. Yields
+    {"links": router's links, "macs": {"sendbox": mac, "recvbox": mac}}."""
+    macs = {}
+    for host in ("sendbox", "recvbox"):
+        with inside(host):
+            macs[host] = netlink.link("eth0").mac
+    for addr, host, dev in (("10.0.11.20", "recvbox", "eth0"), ("fd00:11::20", "recvbox", "eth0"),
+                            ("10.0.10.10", "sendbox", "eth1"), ("fd00:10::10", "sendbox", "eth1")):
+        router_ip("neigh", "replace", addr, "lladdr", macs[host], "dev", dev, "nud", "permanent")
+    for kind, net in SPECIAL_ROUTES:
+        router_ip("route", "add", kind, net)
+    for net, via, mtu in MTU_ROUTES:
+        router_ip("route", "add", net, "via", via, "mtu", "lock", mtu)
+    router_ip("link", "add", "spare0", "type", "veth", "peer", "name", "spare1")
+    router_ip("addr", "add", "10.0.94.1/24", "dev", "spare0")
+    router_ip("link", "set", "spare0", "up")
+    router_ip("link", "set", "spare1", "up")
+    router_ip("neigh", "replace", "10.0.94.2", "lladdr", "02:00:00:00:94:02", "dev", "spare0",
+              "nud", "permanent")
+    try:
+        with inside("router"):
+            links = netlink.links()
+        yield {"links": links, "macs": macs}
+    finally:
+        router_ip("link", "del", "spare0")
+        for net in [n for _, n in SPECIAL_ROUTES] + [n for n, _, _ in MTU_ROUTES]:
+            router_ip("route", "del", net)
+
+
+@contextmanager
+def foreign_program(ifname: str):
+    """Another tool's XDP program, `foreign_pass`, on the router's ifname
+    (skb mode); yields its program id."""
+    bcc = compiler.import_bcc()
+    bpf = bcc.BPF(text=b"int foreign_pass(struct xdp_md *ctx) { return XDP_PASS; }")
+    fn = bpf.load_func(b"foreign_pass", bcc.BPF.XDP)
+    with inside("router"):
+        index = netlink.link(ifname).index
+        bpfsys.xdp_attach(index, fn.fd, bpfsys.XDP_FLAGS_SKB_MODE)
+    try:
+        yield bpfsys.prog_info(fn.fd).id
+    finally:
+        with inside("router"):
+            bpfsys.xdp_detach(index, "skb", fn.fd)
+
+
+def without_bcc(tmp_path) -> dict:
+    """Environment for a subprocess whose Python cannot import bcc, as on a
+    host without python3-bpfcc: a package of that name that refuses."""
+    fake = tmp_path / "bcc"
+    fake.mkdir()
+    (fake / "__init__.py").write_text('raise ImportError("hidden by the test")\n')
+    return {"PYTHONPATH": str(tmp_path)}

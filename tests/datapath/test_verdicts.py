@@ -5,56 +5,22 @@ neighbours. Each case checks the action, the output bytes and that exactly
 one counter (the expected outcome, on eth1) grew by one.
 """
 
-import subprocess
-
 import pytest
 from scapy.layers.inet import IP, UDP, IPOption_RR
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
-from helpers import inside
-from xdpfwd import lab
-from xdpfwd import bpfsys, datapath, netlink, netns
+from helpers import inside, router_with_every_route
+from xdpfwd import bpfsys, datapath, netlink
 
 XDP_DROP, XDP_PASS, XDP_REDIRECT = 1, 2, 4
 PAYLOAD = b"xdpfwd-test-payload"
 
 
-def ip(*args):
-    proc = subprocess.run(["ip", "-n", lab.ns("router"), *args], capture_output=True, text=True)
-    assert proc.returncode == 0, f"ip -n {lab.ns('router')} {' '.join(args)}: {proc.stderr.strip()}"
-
-
 @pytest.fixture(scope="module")
 def router(lab):
-    """The router's links and neighbours, fixed so that lookups answer the
-    same every run, plus routes that produce each fib result."""
-    macs = {}
-    for ns in ("sendbox", "recvbox"):
-        with inside(ns):
-            macs[ns] = netlink.link("eth0").mac
-    ip("neigh", "replace", "10.0.11.20", "lladdr", macs["recvbox"], "dev", "eth0", "nud", "permanent")
-    ip("neigh", "replace", "fd00:11::20", "lladdr", macs["recvbox"], "dev", "eth0", "nud", "permanent")
-    ip("neigh", "replace", "10.0.10.10", "lladdr", macs["sendbox"], "dev", "eth1", "nud", "permanent")
-    ip("route", "add", "blackhole", "10.0.90.0/24")
-    ip("route", "add", "unreachable", "10.0.91.0/24")
-    ip("route", "add", "prohibit", "10.0.92.0/24")
-    ip("route", "add", "10.0.93.0/24", "via", "10.0.11.20", "mtu", "lock", "1000")
-    # A third interface that is not an xdpfwd port (a veth pair: this
-    # kernel has no dummy driver).
-    ip("link", "add", "spare0", "type", "veth", "peer", "name", "spare1")
-    ip("addr", "add", "10.0.94.1/24", "dev", "spare0")
-    ip("link", "set", "spare0", "up")
-    ip("link", "set", "spare1", "up")
-    ip("neigh", "replace", "10.0.94.2", "lladdr", "02:00:00:00:94:02", "dev", "spare0", "nud", "permanent")
-    try:
-        with inside("router"):
-            links = netlink.links()
-        yield {"links": links, "macs": macs}
-    finally:
-        ip("link", "del", "spare0")
-        for net in ("10.0.90.0/24", "10.0.91.0/24", "10.0.92.0/24", "10.0.93.0/24"):
-            ip("route", "del", net)
+    with router_with_every_route() as r:
+        yield r
 
 
 @pytest.fixture(scope="module")

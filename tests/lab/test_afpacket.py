@@ -11,9 +11,8 @@ import time
 
 import pytest
 
-from helpers import XDPFWD, inside, run, xdpfwd
-from xdpfwd import lab
-from xdpfwd import traffic
+from helpers import XDPFWD, run, without_bcc, xdpfwd
+from xdpfwd import lab, traffic
 
 SENDBOX_V4, RECVBOX_V4 = "10.0.10.10", "10.0.11.20"
 SENDBOX_V6, RECVBOX_V6 = "fd00:10::10", "fd00:11::20"
@@ -140,10 +139,7 @@ def test_detach_stops_every_process_and_restores_the_sysctls(lab):
 
 def test_auto_falls_back_to_afpacket_where_bcc_is_missing(lab, tmp_path):
     xdpfwd("detach")
-    fake = tmp_path / "bcc"
-    fake.mkdir()
-    (fake / "__init__.py").write_text('raise ImportError("hidden by the test")\n')
-    proc = xdpfwd("attach", "eth1", "eth0", env={"PYTHONPATH": str(tmp_path)})
+    proc = xdpfwd("attach", "eth1", "eth0", env=without_bcc(tmp_path))
     try:
         assert proc.returncode == 0, proc.stderr
         notes = proc.stderr.strip().splitlines()
@@ -151,29 +147,10 @@ def test_auto_falls_back_to_afpacket_where_bcc_is_missing(lab, tmp_path):
                    for n in notes), proc.stderr
         assert status()["eth1"]["mode"] == "afpacket"
         delivery = traffic.send_udp(50, family=4, timeout=3)
-        assert delivery.exactly_once and delivery.ttls == {63}
+        assert delivery.exactly_once and delivery.ttls == {63}, (
+            delivery.sent, delivery.unique, delivery.duplicates, delivery.ttls)
     finally:
         xdpfwd("detach")
-
-
-def test_a_foreign_xdp_program_is_an_error_not_a_fallback(lab):
-    from xdpfwd import bpfsys, compiler, netlink, netns
-
-    xdpfwd("detach")
-    bcc = compiler.import_bcc()
-    bpf = bcc.BPF(text=b"int foreign_pass(struct xdp_md *ctx) { return XDP_PASS; }")
-    fn = bpf.load_func(b"foreign_pass", bcc.BPF.XDP)
-    with inside("router"):
-        eth0 = netlink.link("eth0").index
-        bpfsys.xdp_attach(eth0, fn.fd, bpfsys.XDP_FLAGS_SKB_MODE)
-    try:
-        for mode in ("auto", "afpacket"):
-            proc = xdpfwd("attach", "eth1", "eth0", "--mode", mode)
-            assert proc.returncode == 5 and "foreign_pass" in proc.stderr, (mode, proc.stderr)
-            assert not status()["eth1"]["attached"]
-    finally:
-        with inside("router"):
-            bpfsys.xdp_detach(eth0, "skb", fn.fd)
 
 
 @pytest.mark.parametrize("mode", ["afpacket", "native"])
@@ -188,7 +165,8 @@ def test_run_forwards_then_exits_cleanly_on_sigterm(lab, mode):
         assert f"in {mode} mode" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
         assert status()["eth1"]["attached"]
         delivery = traffic.send_udp(50, family=6, timeout=3)
-        assert delivery.exactly_once and delivery.ttls == {63}
+        assert delivery.exactly_once and delivery.ttls == {63}, (
+            delivery.sent, delivery.unique, delivery.duplicates, delivery.ttls)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=20)
     finally:

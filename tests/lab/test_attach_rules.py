@@ -6,9 +6,8 @@ import subprocess
 
 import pytest
 
-from helpers import XDPFWD, inside, run, xdpfwd
+from helpers import XDPFWD, foreign_program, run, xdpfwd
 from xdpfwd import lab
-from xdpfwd import bpfsys, compiler, netlink, netns
 
 
 def status():
@@ -88,18 +87,8 @@ def test_detaching_one_port_removes_it_from_the_other_ports_devmap(clean):
 @pytest.fixture
 def foreign(clean):
     """Another tool's XDP program on the router's eth0."""
-    bcc = compiler.import_bcc()
-    bpf = bcc.BPF(text=b"int foreign_pass(struct xdp_md *ctx) { return XDP_PASS; }")
-    fn = bpf.load_func(b"foreign_pass", bcc.BPF.XDP)
-    with inside("router"):
-        eth0 = netlink.link("eth0").index
-        bpfsys.xdp_attach(eth0, fn.fd, bpfsys.XDP_FLAGS_SKB_MODE)
-    prog_id = bpfsys.prog_info(fn.fd).id
-    try:
+    with foreign_program("eth0") as prog_id:
         yield prog_id
-    finally:
-        with inside("router"):
-            bpfsys.xdp_detach(eth0, "skb", fn.fd)
 
 
 def test_a_foreign_program_is_never_replaced(foreign):

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from helpers import XDPFWD, run, xdpfwd
+from helpers import XDPFWD, run, without_bcc, xdpfwd
 
 NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--inh-caps=-all"]
 
@@ -67,14 +67,12 @@ def test_not_root_is_refused(router, args):
 
 
 def test_bcc_missing_is_a_clear_error(router, tmp_path):
-    fake = tmp_path / "bcc"
-    fake.mkdir()
-    (fake / "__init__.py").write_text('raise ImportError("hidden by the test")\n')
-    proc = xdpfwd("attach", "eth1", "eth0", "--mode", "native", env={"PYTHONPATH": str(tmp_path)})
+    env = without_bcc(tmp_path)
+    proc = xdpfwd("attach", "eth1", "eth0", "--mode", "native", env=env)
     assert_one_line(proc, 4, "bcc is not importable")
     # Everything that does not load a program still works without bcc.
     for args in (["status"], ["stats"], ["detach"], ["--help"], ["attach", "--help"]):
-        ok = xdpfwd(*args, env={"PYTHONPATH": str(tmp_path)})
+        ok = xdpfwd(*args, env=env)
         assert ok.returncode == 0, (args, ok.stderr)
 
 

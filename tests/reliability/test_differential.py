@@ -12,12 +12,11 @@ spec. Action, outcome (which counter grew) and output bytes must agree.
 
 import os
 import struct
-import subprocess
 
 import pytest
 
 from frames import FrameGenerator
-from helpers import inside
+from helpers import inside, router_with_every_route
 from model import decide as model_decide
 from model import read_tables
 from xdpfwd import bpfsys, datapath, lab, netlink
@@ -31,42 +30,10 @@ ACTIONS = {1: "drop", 2: "pass", 4: "redirect"}
 LABEL = {o.index: o.label for o in layout().outcomes}
 
 
-def ip(*args, ns="router"):
-    proc = subprocess.run(["ip", "-n", lab.ns(ns), *args], capture_output=True, text=True)
-    assert proc.returncode == 0, f"ip {' '.join(args)}: {proc.stderr.strip()}"
-
-
-def mac_of(host, ifname="eth0"):
-    with inside(host):
-        return netlink.link(ifname).mac
-
-
 @pytest.fixture(scope="module")
 def router(lab):
-    recv, send = mac_of("recvbox"), mac_of("sendbox")
-    for addr, mac, dev in (("10.0.11.20", recv, "eth0"), ("fd00:11::20", recv, "eth0"),
-                           ("10.0.10.10", send, "eth1"), ("fd00:10::10", send, "eth1")):
-        ip("neigh", "replace", addr, "lladdr", mac, "dev", dev, "nud", "permanent")
-    routes = [("blackhole", "10.0.90.0/24"), ("unreachable", "10.0.91.0/24"),
-              ("prohibit", "10.0.92.0/24"), ("blackhole", "fd00:90::/64"),
-              ("unreachable", "fd00:91::/64"), ("prohibit", "fd00:92::/64")]
-    for kind, net in routes:
-        ip("route", "add", kind, net)
-    ip("route", "add", "10.0.93.0/24", "via", "10.0.11.20", "mtu", "lock", "1000")
-    ip("route", "add", "fd00:93::/64", "via", "fd00:11::20", "mtu", "lock", "1300")
-    ip("link", "add", "spare0", "type", "veth", "peer", "name", "spare1")
-    ip("addr", "add", "10.0.94.1/24", "dev", "spare0")
-    ip("link", "set", "spare0", "up")
-    ip("link", "set", "spare1", "up")
-    ip("neigh", "replace", "10.0.94.2", "lladdr", "02:00:00:00:94:02", "dev", "spare0", "nud", "permanent")
-    try:
-        with inside("router"):
-            links = netlink.links()
-        yield links
-    finally:
-        ip("link", "del", "spare0")
-        for _, net in routes + [(None, "10.0.93.0/24"), (None, "fd00:93::/64")]:
-            ip("route", "del", net)
+    with router_with_every_route() as r:
+        yield r["links"]
 
 
 @pytest.fixture(scope="module")

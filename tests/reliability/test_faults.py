@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from helpers import XDPFWD, inside, run, xdpfwd
-from xdpfwd import bpfsys, compiler, lab, netlink, traffic
+from helpers import XDPFWD, foreign_program, run, xdpfwd
+from xdpfwd import lab, traffic
 
 
 def status():
@@ -167,18 +167,8 @@ def test_exporter_restarted_under_load(clean):
 
 @pytest.fixture
 def foreign(clean):
-    bcc = compiler.import_bcc()
-    bpf = bcc.BPF(text=b"int foreign_pass(struct xdp_md *ctx) { return XDP_PASS; }")
-    fn = bpf.load_func(b"foreign_pass", bcc.BPF.XDP)
-    with inside("router"):
-        eth1 = netlink.link("eth1").index
-        bpfsys.xdp_attach(eth1, fn.fd, bpfsys.XDP_FLAGS_SKB_MODE)
-    prog_id = bpfsys.prog_info(fn.fd).id
-    try:
+    with foreign_program("eth1") as prog_id:
         yield prog_id
-    finally:
-        with inside("router"):
-            bpfsys.xdp_detach(eth1, "skb", fn.fd)
 
 
 @pytest.mark.parametrize("mode", ["auto", "native", "skb", "afpacket"])
