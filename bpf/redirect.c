@@ -87,6 +87,16 @@ static __always_inline int ipv4_csum_ok(struct iphdr *iph)
 	return sum == 0xFFFF;
 }
 
+/* A 16-bit length the verifier knows is at most 0xFFFF. Older verifiers
+ * (Debian's 6.1 and 6.12) lose the bound of bpf_ntohs()'s result and
+ * refuse "math between pkt pointer and register with unbounded min
+ * value"; a mask the compiler cannot drop restores it. */
+static __always_inline __u64 u16_bounded(__u64 v)
+{
+	asm volatile("%0 &= 0xffff" : "+r"(v));
+	return v;
+}
+
 static __always_inline int ipv6_link_local(const struct in6_addr *a)
 {
 	return (a->s6_addr[0] == 0xFE) && ((a->s6_addr[1] & 0xC0) == 0x80);
@@ -123,7 +133,7 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 		if ((void *)(iph + 1) > data_end)
 			return PASS(PASS_MALFORMED);
 		if (iph->version != 4 || iph->ihl < 5 ||
-		    (void *)iph + bpf_ntohs(iph->tot_len) > data_end ||
+		    (void *)iph + u16_bounded(bpf_ntohs(iph->tot_len)) > data_end ||
 		    bpf_ntohs(iph->tot_len) < sizeof(*iph))
 			return PASS(PASS_MALFORMED);
 		/* Options (record route, source route...) are processed by
@@ -147,7 +157,7 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 		if ((void *)(ip6h + 1) > data_end)
 			return PASS(PASS_MALFORMED);
 		if (ip6h->version != 6 ||
-		    (void *)(ip6h + 1) + bpf_ntohs(ip6h->payload_len) > data_end)
+		    (void *)(ip6h + 1) + u16_bounded(bpf_ntohs(ip6h->payload_len)) > data_end)
 			return PASS(PASS_MALFORMED);
 		/* Hop-by-hop options must be read by every router on the way
 		 * (a payload_len of 0 with a jumbogram option among them). */

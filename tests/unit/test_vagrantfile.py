@@ -1,0 +1,72 @@
+"""The Vagrant lab's Vagrantfile: `vagrant validate` passes, and its
+addresses come from control/lab.json (which the namespace lab reads too),
+not from the Vagrantfile itself."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+VAGRANT = ROOT / "vagrant"
+LAB = json.loads((ROOT / "control" / "lab.json").read_text())
+
+
+def _vagrant(tmp_path, *args, env=None):
+    # Fails, never skips, without vagrant: scripts/setup installs it.
+    assert shutil.which("vagrant"), "vagrant is not installed (scripts/setup installs Debian's vagrant)"
+    # Vagrant's state goes to the test's directory, not to vagrant/.vagrant.
+    e = dict(os.environ, VAGRANT_HOME=str(tmp_path / "vagrant.d"), VAGRANT_CHECKPOINT_DISABLE="1",
+             VAGRANT_DOTFILE_PATH=str(tmp_path / "dot-vagrant"))
+    e.update(env or {})
+    return subprocess.run(["vagrant", *args], cwd=VAGRANT, env=e, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_vagrant_validate(tmp_path):
+    p = _vagrant(tmp_path, "validate")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "validated successfully" in p.stdout
+
+
+def test_vagrant_validate_e1000(tmp_path):
+    p = _vagrant(tmp_path, "validate", env={"XDPFWD_VM_NIC": "e1000"})
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_vagrant_refuses_an_unknown_nic_model(tmp_path):
+    p = _vagrant(tmp_path, "validate", env={"XDPFWD_VM_NIC": "rtl8139"})
+    assert p.returncode != 0
+    assert "virtio or e1000" in p.stdout + p.stderr
+
+
+def test_no_address_written_twice():
+    """Every lab address lives in lab.json; none is repeated in vagrant/."""
+    addresses = {a.split("/")[0] for h in LAB["hosts"].values()
+                 for addrs in h["interfaces"].values() for a in addrs}
+    prefixes = {r[0] for h in LAB["hosts"].values() for r in h["routes"]}
+    files = []
+    for d, dirs, names in os.walk(VAGRANT):
+        # Not the image cache (build/), Vagrant's state, nor the README's examples.
+        dirs[:] = [x for x in dirs if x not in ("build", ".vagrant", "__pycache__")]
+        files += [Path(d, n) for n in names if not n.endswith(".md")]
+    assert VAGRANT / "Vagrantfile" in files
+    for f in files:
+        text = f.read_text(errors="replace")
+        for a in sorted(addresses | prefixes):
+            assert not re.search(rf"(?<![\w:.]){re.escape(a)}(?![\w:])", text), f"{f}: {a}"
+        assert not re.search(r"\b10\.0\.1[01]\.\d+", text), f"{f}: a lab address"
+
+
+def test_vagrantfile_defines_the_lab_machines(tmp_path):
+    """The machines Vagrant sees are lab.json's hosts (vagrant status works
+    without a provider: it only reads the Vagrantfile and local state)."""
+    p = _vagrant(tmp_path, "status", "--machine-readable")
+    names = {line.split(",")[1] for line in p.stdout.splitlines()
+             if line.count(",") >= 3 and line.split(",")[2] == "state"}
+    assert p.returncode == 0 or names, p.stdout + p.stderr
+    assert names == set(LAB["hosts"]), p.stdout + p.stderr
