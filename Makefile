@@ -1,5 +1,5 @@
 # xdpfwd. Run as root on Debian 12; every target sets up what it needs.
-.PHONY: setup demo test unit clean
+.PHONY: setup demo test bench soak vm-lab clean
 
 setup:
 	@scripts/setup
@@ -10,6 +10,28 @@ demo: setup
 # The whole suite: pure logic, BPF_PROG_TEST_RUN verdicts and the lab.
 test: setup
 	.venv/bin/pytest
+
+# The benchmark (bench/): kernel forwarding, xdpfwd native/skb/afpacket, a
+# naive AF_PACKET loop and an XDP drop ceiling, interleaved, in a lab of
+# its own (namespaces bench-*). QUICK=1: 2 rounds, 64 B, 1 flow, < 2 min.
+# Prints the table, writes bench/results/latest.{md,json}, ends with TARGET lines.
+bench: setup
+	XDPFWD_LAB_PREFIX=bench- .venv/bin/python -m bench \
+		$(if $(filter 1 yes true,$(QUICK)),--quick) \
+		--command "make bench$(if $(filter 1 yes true,$(QUICK)), QUICK=1)"
+
+# The VM lab booted here: a Debian image built once (vagrant/build/), three
+# VMs under qemu (TCG; VM_ACCEL=kvm where KVM works), native XDP on
+# virtio_net, the end-to-end check, everything torn down. Takes minutes,
+# so not part of `make test`. See vagrant/README.md.
+vm-lab: setup
+	vagrant/qemu/vm-lab
+
+# The long reliability runs: every mode under minutes of numbered traffic,
+# and the differential test on 100 000 generated frames.
+soak: setup
+	XDPFWD_SOAK_SECONDS=120 XDPFWD_DIFF_FRAMES=100000 .venv/bin/pytest \
+		tests/reliability/test_soak.py tests/reliability/test_differential.py
 
 clean:
 	rm -rf .venv build *.egg-info
