@@ -1,0 +1,1 @@
+"""The benchmark: `make bench` (see run.py). Not part of the installed package."""

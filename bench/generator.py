@@ -1,0 +1,136 @@
+"""The traffic generator: generator.c run by BPF_PROG_TEST_RUN in live-frame
+mode inside sendbox, on a CPU of its own, feeding the router's CPU through
+a CPUMAP (the C file says how and why).
+
+Why not trafgen: on veth the whole chain runs in the sender's softirq, so
+trafgen shares its CPU with the router; and moving the router's work to the
+other CPU (RPS, threaded NAPI) lets skbs queue up, trafgen's socket runs
+out of send buffer and trafgen aborts ("Flushing TX_RING failed: Resource
+temporarily unavailable") unless it may raise the machine's socket-memory
+sysctls. This generator needs no socket and no sysctl, and it offers more
+than 1 Mpps of 64-byte frames from one CPU.
+"""
+
+import ctypes
+import os
+import signal
+import struct
+import threading
+
+from xdpfwd import bpfsys, netlink, netns
+
+from bench import frames
+from bench.xdpprog import compile_bpf
+
+MAP_TYPE_CPUMAP = 16
+ATTACH_XDP_CPUMAP = 35        # enum bpf_attach_type BPF_XDP_CPUMAP
+TEST_XDP_LIVE_FRAMES = 1 << 1  # BPF_F_TEST_XDP_LIVE_FRAMES
+CPUMAP_QUEUE = 2048            # frames queued towards the router's CPU
+BATCH = 64                     # frames per test-run batch (the kernel's default)
+REPEAT = 2**31 - 1             # until stopped by a signal
+STOP_SIGNAL = signal.SIGUSR1
+
+
+class _TestRunOpts(ctypes.Structure):
+    """libbpf 1.1's struct bpf_test_run_opts (as xdpfwd.bpfsys has it; the
+    live-frame flag and batch size are what this module adds)."""
+
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("data_in", ctypes.c_void_p),
+        ("data_out", ctypes.c_void_p),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_void_p),
+        ("ctx_out", ctypes.c_void_p),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("repeat", ctypes.c_int),
+        ("duration", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
+class Generator:
+    """Sends `traffic` from ns/ifname to the router's eth1, from gen_cpu.
+    The transmit, and so the router's receive, happens on router_cpu, or
+    on gen_cpu itself after receive_on(gen_cpu)."""
+
+    def __init__(self, ns: str, ifname: str, traffic: frames.Traffic, dmac: bytes, smac: bytes,
+                 src: bytes, dst: bytes, gen_cpu: int, router_cpu: int):
+        with netns.entered(ns):
+            ifindex = netlink.link(ifname).index
+        # The UDP checksum stays 0 here: with many flows the program
+        # rewrites the source port, and 0 means "none" for IPv4.
+        self.frame = frames.frame(dmac, smac, src, dst, frames.BASE_SRC_PORT, traffic.size,
+                                  udp_checksum=False)
+        head = self.frame[: frames.HEADER_BYTES]
+        words = struct.unpack("=5QH", head)  # as the CPU reads them
+        self.cpumap = bpfsys.map_create(MAP_TYPE_CPUMAP, "bench_cpumap", 4, 8, os.cpu_count())
+        cflags = [f"-DGENERATOR_HDR{i}={w:#x}ULL" for i, w in enumerate(words[:5])]
+        cflags += [f"-DGENERATOR_HDR5={words[5]:#x}", f"-DGENERATOR_FLOWS={traffic.flows}",
+                   f"-DGENERATOR_BASE_PORT={frames.BASE_SRC_PORT}",
+                   f"-DGENERATOR_IFINDEX={ifindex}", f"-DGENERATOR_CPU={gen_cpu}",
+                   f"-DGENERATOR_CPUMAP_FD={self.cpumap.fd}"]
+        self.bpf, (self.fd, hop_fd) = compile_bpf(
+            "generator.c", [("bench_generator", -1), ("bench_generator_hop", ATTACH_XDP_CPUMAP)],
+            cflags)
+        bpfsys.map_update(self.cpumap.fd, struct.pack("=I", router_cpu),
+                          struct.pack("=Ii", CPUMAP_QUEUE, hop_fd))
+        self.table = self.bpf.get_table("bench_generator_count")
+        self.target = self.bpf.get_table("bench_generator_target")
+        self.ns, self.gen_cpu, self.router_cpu = ns, gen_cpu, router_cpu
+        self.receive_on(router_cpu)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.error: str | None = None
+        signal.signal(STOP_SIGNAL, lambda *_: None)  # only to interrupt the test run
+
+    def _run(self) -> None:
+        os.sched_setaffinity(0, {self.gen_cpu})  # this thread only
+        data = ctypes.create_string_buffer(self.frame, len(self.frame))
+        opts = _TestRunOpts(
+            sz=ctypes.sizeof(_TestRunOpts), data_in=ctypes.addressof(data),
+            data_size_in=len(self.frame), repeat=REPEAT, flags=TEST_XDP_LIVE_FRAMES,
+            batch_size=BATCH)
+        with netns.entered(self.ns):
+            while not self._stopping:
+                rc = bpfsys.lib().bpf_prog_test_run_opts(self.fd, ctypes.byref(opts))
+                err = ctypes.get_errno()
+                if rc < 0 and err != 4 and not self._stopping:  # 4: EINTR, our stop
+                    self.error = f"test run failed: {os.strerror(err)}"
+                    return
+
+    def start(self) -> None:
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="bench-generator", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._stopping = True
+        while self._thread.is_alive():
+            signal.pthread_kill(self._thread.ident, STOP_SIGNAL)
+            self._thread.join(0.05)
+        self._thread = None
+        if self.error:
+            raise RuntimeError(f"generator: {self.error}")
+
+    def receive_on(self, cpu: int) -> None:
+        """The CPU the router receives on: router_cpu (through the CPUMAP),
+        or gen_cpu (transmitted right where it is generated)."""
+        if cpu not in (self.gen_cpu, self.router_cpu):
+            raise ValueError(f"the generator feeds CPU {self.gen_cpu} or {self.router_cpu}")
+        self.target[ctypes.c_int(0)] = ctypes.c_uint32(cpu)
+
+    def count(self) -> int:
+        """Frames generated since the program was loaded."""
+        return int(self.table.sum(ctypes.c_int(0)).value)
+
+    def close(self) -> None:
+        self.stop()
+        self.cpumap.close()

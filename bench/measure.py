@@ -1,0 +1,81 @@
+"""One measurement: a row is in place, the generator sends one kind of
+traffic for a fixed time, and every counter is read at both ends of the
+window (after a short warm-up, so queues and caches are in steady state).
+"""
+
+import time
+from dataclasses import asdict, dataclass
+
+from bench import cpu
+from bench.frames import Traffic
+from bench.rows import Row
+from bench.testbed import GENERATOR_CPU, ROUTER_CPU, Testbed
+
+WARMUP = 0.25  # seconds of traffic before the window opens
+
+
+@dataclass
+class Sample:
+    row: str
+    traffic: str
+    round: int
+    seconds: float        # the window
+    offered: int          # frames the generator made
+    entered: int          # frames sendbox's eth0 put into the router
+    handled: int          # delivered at the sink (the ceiling row: dropped by it)
+    router_cpu_s: float   # busy time of the router's CPU
+    router_task_s: float  # CPU time of the router's work: its processes and kernel threads
+    generator_cpu_s: float
+    foreign_cpu_s: float  # other people's processes, any CPU
+    prog_ns: int          # the row's XDP program: run time and runs (bpf_stats)
+    prog_runs: int
+    sink_ns: int          # the sink's own run time and runs
+    sink_runs: int
+    process_cpu_s: float  # the row's user-space forwarder processes
+    receive_cpu: int      # where the router received: ROUTER_CPU, or the generator's
+    split: bool           # received on the generator's CPU, forwarded on the router's
+    bpf_stats: bool       # a window with kernel.bpf_stats_enabled=1, for run times only
+    retried: int = 0      # measured again because other people's load was high
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _read(bed: Testbed, row: Row, gen, ours: set[int], router_tasks: list[int]):
+    snap = cpu.snapshot(ours, router_tasks)
+    handled = bed.ceiling.count() if row.counts_at == "ceiling" else bed.sink.count()
+    return (snap, gen.count(), bed.link_sent(), handled, row.prog_stats(), bed.sink.run_stats())
+
+
+def measure(bed: Testbed, row: Row, traffic: Traffic, rnd: int, seconds: float,
+            bpf_stats: bool = False) -> Sample:
+    """bpf_stats: time the XDP programs (kernel.bpf_stats_enabled=1) in this
+    window. Their clock reads cost every program on the path, so windows
+    that count packets run without."""
+    gen = bed.generators[traffic]
+    gen.receive_on(row.receive_cpu)
+    ours = cpu.namespace_inodes(bed.namespaces)
+    kthreads = cpu.kernel_threads(ROUTER_CPU)
+    bed.bpf_stats(bpf_stats)
+    gen.start()
+    try:
+        time.sleep(WARMUP)
+        a = _read(bed, row, gen, ours, row.pids + kthreads)
+        time.sleep(seconds)
+        b = _read(bed, row, gen, ours, row.pids + kthreads)
+    finally:
+        gen.stop()
+        bed.bpf_stats(False)
+    (sa, ga, la, ha, pa, ka), (sb, gb, lb, hb, pb, kb) = a, b
+    return Sample(
+        row=row.key, traffic=traffic.key, round=rnd, seconds=sb.when - sa.when,
+        offered=gb - ga, entered=lb - la, handled=hb - ha,
+        router_cpu_s=cpu.busy_seconds(sa, sb, ROUTER_CPU),
+        generator_cpu_s=cpu.busy_seconds(sa, sb, GENERATOR_CPU),
+        foreign_cpu_s=cpu.foreign_seconds(sa, sb),
+        prog_ns=pb[0] - pa[0], prog_runs=pb[1] - pa[1],
+        sink_ns=kb[0] - ka[0], sink_runs=kb[1] - ka[1],
+        router_task_s=cpu.task_seconds(sa, sb),
+        process_cpu_s=cpu.task_seconds(sa, sb, row.pids),
+        receive_cpu=row.receive_cpu, split=row.receive_cpu != ROUTER_CPU, bpf_stats=bpf_stats,
+    )

@@ -1,0 +1,487 @@
+"""The benchmark's arithmetic and its tables: pure functions of the samples,
+no kernel needed (tests/unit/test_bench_report.py).
+
+Ratios are paired: each round's row is compared with the same round's
+kernel (or ceiling, or naive) row, and the median of those ratios is
+reported, so drift of the machine between rounds cancels out. What is
+compared depends on what limited the rows (decide()): delivered packets/s
+when the router did; packets per second of the router's own CPU time when
+other people's processes took part of the machine; forwarding cost per
+packet above the ceiling when the generator did.
+"""
+
+import statistics
+from dataclasses import dataclass, field
+
+# The targets of issue 5 and of the AF_PACKET fallback issue, all measured
+# with 64-byte UDP, one flow: (name, row, against, goal).
+RATIO_TARGETS = [
+    ("xdp_native_vs_kernel", "xdp_native", "kernel", 2.0),
+    ("xdp_native_vs_ceiling", "xdp_native", "ceiling", 0.7),
+    ("afpacket_vs_kernel", "afpacket", "kernel", 0.8),
+    ("afpacket_vs_naive", "afpacket", "naive", 2.0),
+]
+TARGET_TRAFFIC = "64B-1flow"
+EXPORTER_SCRAPE_GOAL_MS = 10
+EXPORTER_RSS_GOAL_MB = 60
+
+# A row is limited by the router, not the generator, when the generator
+# offered at least this many times what the row handled: the rest was
+# dropped because the router could not take it. (The router's CPU is
+# usually saturated then, but need not be: a forwarder that sleeps while
+# its queue overflows is still the bottleneck.)
+OFFERED_MIN = 1.2
+# Other people's processes may use this much of a CPU in a window before
+# the window counts as disturbed (and is measured again while time allows).
+FOREIGN_LIMIT = 0.05
+
+
+# -- statistics ---------------------------------------------------------------
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def spread(values: list[float]) -> tuple[float, float] | None:
+    return (min(values), max(values)) if values else None
+
+
+def rate(packets: int, seconds: float) -> float:
+    return packets / seconds if seconds > 0 else 0.0
+
+
+def cost_ns(cpu_seconds: float, packets: int) -> float | None:
+    """CPU nanoseconds per packet; None when nothing was handled."""
+    return cpu_seconds * 1e9 / packets if packets > 0 else None
+
+
+def above(cost: float | None, ceiling: float | None) -> float | None:
+    """A row's cost beyond the ceiling's: what forwarding adds to merely
+    receiving (and dropping) the packet on the router's CPU."""
+    if cost is None or ceiling is None:
+        return None
+    return cost - ceiling
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or not b:
+        return None
+    return a / b
+
+
+def paired(per_round_a: dict[int, float], per_round_b: dict[int, float]) -> list[float]:
+    """a/b for every round that has both."""
+    out = []
+    for r in sorted(per_round_a.keys() & per_round_b.keys()):
+        q = ratio(per_round_a[r], per_round_b[r])
+        if q is not None:
+            out.append(q)
+    return out
+
+
+# -- the summary of one (traffic, row) ------------------------------------------
+
+
+@dataclass
+class RowSummary:
+    row: str
+    label: str
+    split: bool = False  # received on the generator's CPU (the user-space rows)
+    pps: dict[int, float] = field(default_factory=dict)   # round -> handled packets/s
+    cost: dict[int, float] = field(default_factory=dict)  # round -> router CPU ns per packet
+    loss: list[float] = field(default_factory=list)       # share of what entered, never arrived
+    prog_ns: list[float] = field(default_factory=list)    # the row's XDP program, ns per run
+    sink_ns: list[float] = field(default_factory=list)    # the sink's program, ns per run
+    process_ns: list[float] = field(default_factory=list)  # forwarder processes, ns per packet
+    busy: list[float] = field(default_factory=list)       # router CPU busy share
+    offered: list[float] = field(default_factory=list)    # packets/s the generator made
+    offered_over_handled: list[float] = field(default_factory=list)
+    foreign: list[float] = field(default_factory=list)    # other people's share of a CPU
+    retried: int = 0
+
+    @property
+    def pps_median(self) -> float | None:
+        return median(list(self.pps.values()))
+
+    @property
+    def pps_spread(self) -> tuple[float, float] | None:
+        return spread(list(self.pps.values()))
+
+    @property
+    def cost_median(self) -> float | None:
+        return median(list(self.cost.values()))
+
+    @property
+    def router_bound(self) -> bool:
+        return bool(self.offered_over_handled) and min(self.offered_over_handled) >= OFFERED_MIN
+
+
+def summarize_row(row: str, label: str, samples: list[dict]) -> RowSummary:
+    """Packets and CPU from the ordinary windows; the XDP program's run
+    time only from the windows with bpf_stats on (whose clock reads would
+    slow every packet of the others)."""
+    s = RowSummary(row, label, split=any(x.get("split") for x in samples))
+    for x in samples:
+        if x.get("bpf_stats"):
+            if x["prog_runs"] > 0:
+                s.prog_ns.append(x["prog_ns"] / x["prog_runs"])
+            if x["sink_runs"] > 0:
+                s.sink_ns.append(x["sink_ns"] / x["sink_runs"])
+            continue
+        secs = x["seconds"]
+        s.pps[x["round"]] = rate(x["handled"], secs)
+        c = cost_ns(x["router_task_s"], x["handled"])
+        if c is not None:
+            s.cost[x["round"]] = c
+        if row != "ceiling" and x["entered"] > 0:
+            s.loss.append(max(0, x["entered"] - x["handled"]) / x["entered"])
+        p = cost_ns(x["process_cpu_s"], x["handled"]) if x["process_cpu_s"] > 0 else None
+        if p is not None:
+            s.process_ns.append(p)
+        s.busy.append(x["router_cpu_s"] / secs if secs > 0 else 0.0)
+        s.offered.append(rate(x["offered"], secs))
+        s.offered_over_handled.append(x["offered"] / x["handled"] if x["handled"] else float("inf"))
+        s.foreign.append(x["foreign_cpu_s"] / secs if secs > 0 else 0.0)
+        s.retried += x.get("retried", 0)
+    return s
+
+
+@dataclass
+class TrafficSummary:
+    traffic: str
+    label: str
+    rows: dict[str, RowSummary]
+
+    by: str = "pps"  # the figure that decides this traffic's ratios (decide())
+
+    def vs(self, row: str, against: str, by: str | None = None) -> list[float]:
+        """Per-round ratios of row to against:
+        "pps": delivered packets/s, row over against;
+        "cpu": packets per second of router CPU time the row's work used,
+               row over against (against's cost per packet over row's);
+        "cost": against's forwarding cost above the ceiling over row's (how
+               many times cheaper row forwards; against "ceiling": the
+               ceiling's whole cost over row's)."""
+        by = by or self.by
+        a, b = self.rows.get(row), self.rows.get(against)
+        if a is None or b is None:
+            return []
+        if by == "pps":
+            return paired(a.pps, b.pps)
+        if by == "cpu":
+            return paired(b.cost, a.cost)
+        ceiling = self.rows.get("ceiling")
+        if ceiling is None:
+            return []
+        if against == "ceiling":  # the ceiling's cost over the row's cost
+            return paired(ceiling.cost, a.cost)
+        over_a, over_b = self.forwarding_cost(row), self.forwarding_cost(against)
+        return paired({r: v for r, v in over_b.items() if v > 0},
+                      {r: v for r, v in over_a.items() if v > 0})
+
+    def forwarding_cost(self, row: str) -> dict[int, float]:
+        """Per round, what forwarding costs the router's CPU per packet: the
+        row's cost above the ceiling's; for a split row its whole cost (its
+        receive runs on the generator's CPU: there is nothing to take off)."""
+        a, ceiling = self.rows.get(row), self.rows.get("ceiling")
+        if a is None or row == "ceiling":
+            return {}
+        if a.split:
+            return dict(a.cost)
+        if ceiling is None:
+            return {}
+        return {r: v for r, c in a.cost.items() if (v := above(c, ceiling.cost.get(r))) is not None}
+
+    def above_ceiling(self, row: str) -> list[float]:
+        a = self.rows.get(row)
+        if a is None or a.split:
+            return []
+        return [v for _, v in sorted(self.forwarding_cost(row).items())]
+
+    @property
+    def router_bound(self) -> bool:
+        """Every row but the ceiling was limited by the router's CPU."""
+        forwarders = [s for k, s in self.rows.items() if k != "ceiling"]
+        return bool(forwarders) and all(s.router_bound for s in forwarders)
+
+    @property
+    def disturbed(self) -> int:
+        """Windows in which other people's processes took more than
+        FOREIGN_LIMIT of a CPU."""
+        return sum(f > FOREIGN_LIMIT for s in self.rows.values() for f in s.foreign)
+
+
+def summarize(samples: list[dict], labels: dict[str, str], traffic_labels: dict[str, str]
+              ) -> list[TrafficSummary]:
+    out = []
+    for t, tlabel in traffic_labels.items():
+        rows = {}
+        for key, label in labels.items():
+            mine = [x for x in samples if x["traffic"] == t and x["row"] == key]
+            if mine:
+                rows[key] = summarize_row(key, label, mine)
+        out.append(TrafficSummary(t, tlabel, rows))
+    return out
+
+
+# -- targets --------------------------------------------------------------------
+
+
+def target_line(name: str, value: float | None, goal: float, unit: str = "x",
+                at_most: bool = False) -> str:
+    """`TARGET name 2.31x (goal >= 2.0x): met`, the form scripts read."""
+    if unit == "x":
+        shown = "n/a" if value is None else f"{value:.2f}x"
+        goal_text = f"{goal:.1f}x"
+    else:
+        shown = "n/a" if value is None else f"{value:.1f}{unit}"
+        goal_text = f"{goal:g}{unit}"
+    if value is None:
+        met = False
+    else:
+        met = value <= goal if at_most else value >= goal
+    op = "<=" if at_most else ">="
+    return f"TARGET {name} {shown} (goal {op} {goal_text}): {'met' if met else 'not met'}"
+
+
+def ratio_targets(summary: TrafficSummary | None, by: str) -> list[tuple[str, float | None, float]]:
+    out = []
+    for name, row, against, goal in RATIO_TARGETS:
+        values = summary.vs(row, against, by) if summary else []
+        out.append((name, median(values), goal))
+    return out
+
+
+def decide(summary: TrafficSummary | None) -> tuple[str, str]:
+    """Which figure decides the ratios (and the targets), and why, in one
+    sentence; also sets summary.by."""
+    if summary is None:
+        return "cost", "no measurement of the target traffic"
+    forwarders = [s for k, s in summary.rows.items() if k != "ceiling"]
+    if not summary.router_bound:
+        slow = [s.row for s in forwarders if not s.router_bound]
+        summary.by = "cost"
+        return "cost", (
+            f"cost per packet decides: the generator offered less than {OFFERED_MIN}x what "
+            f"{', '.join(slow)} delivered in some windows, so delivered packets/s says more about "
+            "the generator than about the forwarder; ratios are forwarding costs above the "
+            "ceiling (the kernel's cost over the row's)")
+    busy = min(min(s.busy) for s in forwarders)
+    margin = min(min(s.offered_over_handled) for s in forwarders)
+    bound = (f"in every window of every forwarding row the generator offered at least "
+             f"{margin:.1f}x what the row delivered (the router's CPU {busy:.0%} busy or more), "
+             "so the forwarder, not the generator, set the rate")
+    if summary.disturbed:
+        summary.by = "cpu"
+        total = sum(len(s.foreign) for s in summary.rows.values())
+        return "cpu", (
+            f"packets per second of router CPU decides (delivered packets over the CPU time the "
+            f"router's work used; on a machine of its own that is delivered packets/s): {bound}, "
+            f"but other people's processes took part of the machine in {summary.disturbed} of "
+            f"{total} windows, which lowers delivered packets/s and not this")
+    summary.by = "pps"
+    return "pps", f"delivered packets/s decides: {bound}"
+
+
+# -- tables ---------------------------------------------------------------------
+
+
+def si(value: float | None) -> str:
+    if value is None:
+        return "—"
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{unit}" if unit == "M" else f"{value / scale:.0f}{unit}"
+    return f"{value:.0f}"
+
+
+def _num(value: float | None, fmt: str = "{:.0f}") -> str:
+    return "—" if value is None else fmt.format(value)
+
+
+def _pct(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.0%}" if value >= 0.01 or value == 0 else f"{value:.2%}"
+
+
+def traffic_table(summary: TrafficSummary) -> list[str]:
+    head = ("| path | delivered pps | min–max | vs kernel | of ceiling | lost in router "
+            "| router CPU ns/pkt | above ceiling ns/pkt | XDP prog ns/pkt | process CPU ns/pkt |")
+    lines = [head, "| --- |" + " ---: |" * 9]
+    for key, s in summary.rows.items():
+        lo_hi = s.pps_spread
+        vs_kernel = median(summary.vs(key, "kernel"))  # by the figure that decides
+        of_ceiling = median(summary.vs(key, "ceiling"))
+        lines.append(
+            f"| {s.label}{' †' if s.split else ''} | {si(s.pps_median)} | "
+            f"{si(lo_hi[0]) + '–' + si(lo_hi[1]) if lo_hi else '—'} | "
+            f"{_num(vs_kernel, '{:.2f}x')} | {_num(of_ceiling, '{:.2f}')} | "
+            f"{_pct(median(s.loss)) if key != 'ceiling' else '(all dropped)'} | "
+            f"{_num(s.cost_median)} | {_num(median(summary.above_ceiling(key)))} | "
+            f"{_num(median(s.prog_ns))} | {_num(median(s.process_ns))} |")
+    return lines
+
+
+def control_table(cp: dict) -> list[str]:
+    lines = ["| step | median | min–max | n |", "| --- | ---: | ---: | ---: |"]
+    for label, values, unit in cp["rows"]:
+        if not values:
+            lines.append(f"| {label} | — | — | 0 |")
+            continue
+        lo, hi = spread(values)
+        scale = 1000 if unit == "s->ms" else 1  # attach and detach are timed in seconds
+        fmt = {"s->ms": "{:.0f} ms", "ms": "{:.2f} ms", "MB": "{:.1f} MB"}[unit]
+        lines.append(f"| {label} | {fmt.format(median(values) * scale)} | "
+                     f"{fmt.format(lo * scale)}–{fmt.format(hi * scale)} | {len(values)} |")
+    return lines
+
+
+SETUP = (
+    "the namespace lab (`xdpfwd lab up`, namespaces bench-sendbox, bench-router, "
+    "bench-recvbox), veth links. **Generator**: an XDP program run by BPF_PROG_TEST_RUN in "
+    "live-frame mode in sendbox on CPU 0; it hands each frame through a CPUMAP to CPU 1, "
+    "where it is transmitted into the router's eth1. A veth delivers on the CPU that "
+    "transmits, so all of the router's work (and recvbox's) runs on CPU 1, and the generator "
+    "never shares a CPU with it. User-space forwarders are pinned to CPU 1 too. **Sink**: an "
+    "XDP program on recvbox's eth0 counts and drops IPv4/UDP, passes ARP. GRO is on on the "
+    "router's eth1 (veth needs NAPI there to accept redirected frames). The XDP programs' "
+    "run times come from separate 1-second windows with kernel.bpf_stats_enabled=1 (first "
+    "round); every other window runs with it off, since its clock reads slow every XDP "
+    "program on the path")
+
+BY_TEXT = {
+    "pps": "delivered packets/s",
+    "cpu": "packets per second of router CPU (other people's processes disturbed some windows)",
+    "cost": "forwarding cost per packet above the ceiling (the generator limited some rows)",
+}
+
+SPLIT_NOTE = (
+    "† The user-space rows run on the router's CPU alone (pinned) while their receive path "
+    "(veth, the packet socket's copy into its ring, the kernel dropping its own copy) runs on "
+    "the generator's CPU: sharing one CPU with a receive path flooded far beyond what they "
+    "take, they would get only the scheduler's share of it. Their router CPU ns/pkt leaves the "
+    "receive out, so it is not comparable with the ceiling's, and no ceiling is subtracted.")
+
+COLUMNS = [
+    ("delivered pps", "packets/s counted by the sink on recvbox (the ceiling row: dropped by "
+                      "its program on the router's eth1); median over rounds"),
+    ("vs kernel, of ceiling", "this row over kernel forwarding, and over the ceiling, in the "
+                              "same round, by the figure that decides (said under each table); "
+                              "median of the rounds"),
+    ("lost in router", "frames that sendbox's eth0 put into the router but the sink never saw. "
+                       "What the router's CPU cannot take never gets that far: it is dropped "
+                       "at the CPUMAP between generator and router, as a NIC drops at a full "
+                       "RX ring"),
+    ("router CPU ns/pkt", "CPU time of the router's work per packet: on the router's CPU, "
+                          "the CPUMAP thread (in whose context the router's softirqs run), "
+                          "ksoftirqd and the forwarder's processes (/proc/PID/stat; other "
+                          "people's processes on that CPU are not counted). It includes "
+                          "feeding the router (CPUMAP thread, veth transmit) and recvbox's "
+                          "sink, which run on that CPU too"),
+    ("above ceiling ns/pkt", "router CPU ns/pkt minus the ceiling's, same round: the cost of "
+                             "forwarding (plus recvbox's receive and sink) beyond receiving "
+                             "and dropping"),
+    ("XDP prog ns/pkt", "the row's XDP program alone: run_time_ns / run_cnt from "
+                        "kernel.bpf_stats_enabled (includes the stats' own clock reads)"),
+    ("process CPU ns/pkt", "user+system time of the forwarder's processes (afpacket "
+                           "supervisor and workers, naive loop) per packet, softirq work "
+                           "done in their context included"),
+]
+
+
+def _notes(summary: TrafficSummary) -> str:
+    rows = summary.rows.values()
+    offered = [o for r in rows for o in r.offered]
+    busy = [b for r in rows for b in r.busy]
+    foreign = [f for r in rows for f in r.foreign]
+    sink = [n for r in rows for n in r.sink_ns]
+    retried = sum(r.retried for r in rows)
+    parts = []
+    cheaper = [f"{r.label.removeprefix('xdpfwd ')} {q:.2f}x" for k, r in summary.rows.items()
+               if k not in ("kernel", "ceiling")
+               and (q := median(summary.vs(k, "kernel", by="cost"))) is not None]
+    if cheaper:
+        parts.append("forwarding cost per packet, kernel's over the row's (above the ceiling; "
+                     "† rows: their whole router-CPU cost): " + ", ".join(cheaper))
+    if sink:
+        parts.append(f"the sink's own program: {median(sink):.0f} ns/pkt")
+    if offered:
+        parts.append(f"the generator offered {si(min(offered))}–{si(max(offered))} pps")
+    if busy:
+        parts.append(f"router CPU busy {min(busy):.0%}–{max(busy):.0%}")
+    if foreign:
+        parts.append(f"other people's processes took up to {_share(max(foreign))} of a CPU in a "
+                     "window" + (f" ({retried} window(s) measured again)" if retried else ""))
+    return "; ".join(parts) + "."
+
+
+def _share(cpus: float) -> str:
+    """A share of a CPU. The estimate counts a process that ends in a window
+    with its whole life's CPU time, so it can exceed what the machine has."""
+    return f"{cpus:.0%}" if cpus <= 2 else "over 200%"
+
+
+def _disturbed(summaries: list[TrafficSummary]) -> str:
+    """A warning when other people's processes took more than
+    FOREIGN_LIMIT of a CPU in some windows, or an empty string."""
+    shares = [f for s in summaries for r in s.rows.values() for f in r.foreign]
+    bad = [f for f in shares if f > FOREIGN_LIMIT]
+    if not bad:
+        return ""
+    return (f"other people's processes took more than {FOREIGN_LIMIT:.0%} of a CPU in "
+            f"{len(bad)} of {len(shares)} windows (up to {_share(max(bad))}; this machine is "
+            "shared): those figures are disturbed, and the medians less so")
+
+
+def markdown(m: dict, command: str, plan: str, summaries: list[TrafficSummary], why: str,
+             cp: dict, errors: list[str], targets: list[str], elapsed: float) -> str:
+    from bench.machine import one_line
+
+    out = ["# xdpfwd benchmark: forwarding through the router, side by side", "",
+           f"- **date**: {m['date']}",
+           f"- **machine**: {one_line(m)}",
+           f"- **command**: `{command}` ({plan}; {elapsed:.0f} s in all)",
+           f"- **setup**: {SETUP}.",
+           "- **rows**: kernel, native, skb, afpacket, naive, ceiling in turn, for each kind of "
+           "traffic in each round (each row attached, measured, detached), so drift hits them "
+           "alike and the rows of one ratio are measured within a minute of each other; "
+           "medians over rounds, min–max spread.",
+           f"- **what decides**: {why}.", ""]
+    disturbed = _disturbed(summaries)
+    if disturbed:
+        out[-1:-1] = [f"- **warning**: {disturbed}"]
+    for s in summaries:
+        out += [f"## {s.label}", ""] + traffic_table(s) + ["", f"Ratios by {BY_TEXT[s.by]}. "
+                                                            + _notes(s), ""]
+        if any(r.split for r in s.rows.values()):
+            out += [SPLIT_NOTE, ""]
+    out += ["## Control plane", ""] + control_table(cp) + [""]
+    out += ["## Columns", ""] + [f"- **{name}**: {text}." for name, text in COLUMNS] + [""]
+    if errors:
+        out += ["## Errors", ""] + [f"- {e}" for e in errors] + [""]
+    out += ["## Targets (64 B, 1 flow)", "", "```"] + targets + ["```", ""]
+    return "\n".join(out)
+
+
+def summary_json(summaries: list[TrafficSummary]) -> dict:
+    out = {}
+    for s in summaries:
+        rows = {}
+        for key, r in s.rows.items():
+            rows[key] = {
+                "label": r.label,
+                "pps_median": r.pps_median, "pps_spread": r.pps_spread,
+                "vs_kernel": median(s.vs(key, "kernel")),
+                "of_ceiling": median(s.vs(key, "ceiling")),
+                "loss_median": median(r.loss) if key != "ceiling" else None,
+                "router_ns_per_pkt": r.cost_median,
+                "above_ceiling_ns_per_pkt": median(s.above_ceiling(key)),
+                "prog_ns_per_pkt": median(r.prog_ns),
+                "process_ns_per_pkt": median(r.process_ns),
+                "router_bound": r.router_bound,
+            }
+        out[s.traffic] = {"label": s.label, "router_bound": s.router_bound,
+                          "disturbed_windows": s.disturbed, "ratios_by": s.by, "rows": rows}
+    return out

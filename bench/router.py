@@ -1,0 +1,129 @@
+"""The router's side of the benchmark: xdpfwd's real command line run in
+the router's namespace, timed, plus the naive forwarder and the exporter.
+
+xdpfwd serialises every attach and detach on the machine with one lock,
+/run/xdpfwd.lock, although the namespaces never share an interface. Other
+people's tests run on this machine at the same time, in namespaces of
+their own: so every xdpfwd call here runs in a private mount namespace
+(unshare -m) with a lock file of the benchmark's own bind-mounted over that
+path. Nothing else differs; the mount ends with the call.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+XDPFWD = ROOT / ".venv" / "bin" / "xdpfwd"
+PYTHON = ROOT / ".venv" / "bin" / "python"
+LOCK = Path("/run/xdpfwd.lock")
+PRIVATE_LOCK = Path("/run/xdpfwd-bench.lock")
+CONFLICT = 5  # xdpfwd's exit status for "another attach or detach is running"
+
+
+class RouterError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Timed:
+    seconds: float
+    stdout: str
+
+
+def _private_lock_prefix() -> list[str]:
+    for path in (LOCK, PRIVATE_LOCK):
+        if not path.exists():
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+    script = 'mount --bind "$0" "$1" && shift && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+            str(PRIVATE_LOCK), str(LOCK)]
+
+
+def in_ns(ns: str, args: list[str], cpu: int | None = None) -> list[str]:
+    pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    return pin + ["ip", "netns", "exec", ns] + args
+
+
+def xdpfwd(ns: str, *args: str, cpu: int | None = None, timeout: float = 120) -> Timed:
+    """Run `xdpfwd ARGS` in ns; raises RouterError with its message on failure."""
+    cmd = _private_lock_prefix() + in_ns(ns, [str(XDPFWD), *args], cpu)
+    for attempt in range(20):
+        t0 = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        seconds = time.perf_counter() - t0
+        if r.returncode == CONFLICT and "another xdpfwd attach" in r.stderr:
+            time.sleep(0.5)  # cannot happen with the private lock; kept for safety
+            continue
+        if r.returncode != 0:
+            raise RouterError(f"xdpfwd {' '.join(args)}: {r.stderr.strip() or r.stdout.strip()}")
+        return Timed(seconds, r.stdout)
+    raise RouterError(f"xdpfwd {' '.join(args)}: the lock stayed busy")
+
+
+def status(ns: str) -> dict:
+    return json.loads(xdpfwd(ns, "status", "--json").stdout)["interfaces"]
+
+
+def ensure_detached(ns: str) -> None:
+    """Detach whatever xdpfwd has in ns (also after a failed run)."""
+    try:
+        xdpfwd(ns, "detach")
+    except RouterError:
+        pass
+
+
+class Process:
+    """A process the benchmark started (naive forwarder, exporter), stopped
+    by its pid alone."""
+
+    def __init__(self, cmd: list[str], ready: str, timeout: float = 20):
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, text=True, cwd=ROOT)
+        self.pid = self.proc.pid  # `ip netns exec` and taskset exec: the same pid
+        deadline = time.monotonic() + timeout
+        seen = []
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            seen.append(line.rstrip())
+            if ready in line:
+                return
+        self.stop()
+        raise RouterError(f"{' '.join(cmd)} did not start: {' / '.join(seen[-3:]) or 'no output'}")
+
+    def stop(self, timeout: float = 10) -> str:
+        if self.proc.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.stdout.read() if self.proc.stdout else ""
+
+
+def start_naive(ns: str, ports: list[str], cpu: int) -> Process:
+    return Process(in_ns(ns, [str(PYTHON), "-m", "bench.naive", *ports], cpu), "ready")
+
+
+def start_exporter(ns: str, listen: str) -> Process:
+    return Process(in_ns(ns, [str(XDPFWD), "exporter", "--listen", listen]), "serving")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RouterError(f"no VmRSS for pid {pid}")
+
+
+if __name__ == "__main__":  # a quick manual check: python -m bench.router NS ARGS...
+    print(xdpfwd(sys.argv[1], *sys.argv[2:]))

@@ -1,0 +1,150 @@
+"""The rows of the table: the ways a packet can cross the router, each
+started before its measurements and stopped after them.
+
+Every forwarder runs on the router's CPU. The kernel and XDP paths run
+there because the generator transmits from that CPU (generator.c), so the
+router's receive, forwarding and transmit all share that one CPU.
+
+The user-space forwarders are pinned to it with taskset (the workers
+inherit the supervisor's affinity), and their receive path is left on the
+generator's CPU: the generator transmits from its own CPU for these rows.
+Sharing one CPU with a receive path that is flooded far beyond what they
+can take, they would get only the scheduler's share of it (about half,
+receive livelock) and the row would measure that rather than the
+forwarder; with the split they have the router's CPU to themselves, the
+generator pinned apart from the forwarding work as issue 5 asks. The
+report marks these rows.
+"""
+
+from xdpfwd import bpfsys, netlink, netns
+
+from bench import cpu, router
+from bench.testbed import GENERATOR_CPU, ROUTER_CPU, Testbed
+
+PORTS = ["eth1", "eth0"]
+
+
+class Row:
+    key = ""
+    label = ""
+    counts_at = "sink"  # where its packets are counted: the sink, or the ceiling program
+    receive_cpu = ROUTER_CPU  # where the router's receive path runs (see the module's doc)
+
+    def __init__(self):
+        self.prog_id = 0            # the XDP program to read run time from, if any
+        self.pids: list[int] = []   # user-space forwarding processes, if any
+        self.timings: dict[str, list[float]] = {}
+
+    def _time(self, what: str, seconds: float) -> None:
+        self.timings.setdefault(what, []).append(seconds)
+
+    def start(self, bed: Testbed) -> None:
+        pass
+
+    def stop(self, bed: Testbed) -> None:
+        pass
+
+    def prog_stats(self) -> tuple[int, int]:
+        """(run_time_ns, run_cnt) of the row's XDP program, (0, 0) without."""
+        if not self.prog_id:
+            return 0, 0
+        with bpfsys.prog_by_id(self.prog_id) as prog:
+            info = bpfsys.prog_info(prog.fd)
+        return info.run_time_ns, info.run_cnt
+
+
+class Kernel(Row):
+    key, label = "kernel", "kernel IP forwarding"
+
+    def start(self, bed):
+        # The lab's router forwards; the user-space rows turn that off while
+        # they run and must have put it back.
+        with netns.entered(bed.router):
+            off = [p for p in PORTS if not netlink.forwarding("ipv4", p)]
+        if off:
+            raise router.RouterError(f"kernel row: IPv4 forwarding is off on {', '.join(off)}")
+
+
+class Xdp(Row):
+    def __init__(self, mode: str):
+        super().__init__()
+        self.mode = mode
+        self.key = f"xdp_{mode}"
+        self.label = f"xdpfwd {mode} XDP" if mode == "native" else f"xdpfwd {mode} (generic) XDP"
+
+    def start(self, bed):
+        t = router.xdpfwd(bed.router, "attach", *PORTS, "--mode", self.mode)
+        self._time("attach", t.seconds)
+        ports = router.status(bed.router)
+        ids = {p["prog_id"] for p in ports.values() if p["attached"]}
+        modes = {p["mode"] for p in ports.values() if p["attached"]}
+        if len(ids) != 1 or modes != {self.mode}:
+            raise router.RouterError(f"{self.key}: attach left {ports}")
+        self.prog_id = ids.pop()
+
+    def attach_again(self, bed):
+        """The same attach once more: xdpfwd sees it is in place."""
+        t = router.xdpfwd(bed.router, "attach", *PORTS, "--mode", self.mode)
+        self._time("attach_again", t.seconds)
+
+    def stop(self, bed):
+        if self.prog_id:
+            t = router.xdpfwd(bed.router, "detach")
+            self._time("detach", t.seconds)
+            self.prog_id = 0
+
+
+class Afpacket(Row):
+    key, label = "afpacket", "xdpfwd afpacket"
+    receive_cpu = GENERATOR_CPU
+
+    def start(self, bed):
+        t = router.xdpfwd(bed.router, "attach", *PORTS, "--mode", "afpacket", cpu=ROUTER_CPU)
+        self._time("attach", t.seconds)
+        pid = next(p["pid"] for p in router.status(bed.router).values() if p.get("pid"))
+        self.pids = [pid, *cpu.children(pid)]
+        stray = [p for p in self.pids if cpu.allowed_cpus(p) != {ROUTER_CPU}]
+        if stray:
+            raise router.RouterError(f"afpacket: processes {stray} are not pinned to CPU {ROUTER_CPU}")
+
+    def stop(self, bed):
+        if self.pids:
+            t = router.xdpfwd(bed.router, "detach")
+            self._time("detach", t.seconds)
+            self.pids = []
+
+
+class Naive(Row):
+    key, label = "naive", "naive AF_PACKET loop"
+    receive_cpu = GENERATOR_CPU
+
+    def __init__(self):
+        super().__init__()
+        self.proc: router.Process | None = None
+
+    def start(self, bed):
+        self.proc = router.start_naive(bed.router, PORTS, ROUTER_CPU)
+        self.pids = [self.proc.pid]
+
+    def stop(self, bed):
+        if self.proc:
+            self.proc.stop()
+            self.proc, self.pids = None, []
+
+
+class Ceiling(Row):
+    key, label = "ceiling", "ceiling: XDP drop at router ingress"
+    counts_at = "ceiling"
+
+    def start(self, bed):
+        bed.ceiling.attach(bed.router, "eth1")
+        self.prog_id = bed.ceiling.prog_id
+
+    def stop(self, bed):
+        bed.ceiling.detach()
+        self.prog_id = 0
+
+
+def all_rows() -> list[Row]:
+    """In the order they are interleaved: A B C D E F, A B C D E F, ..."""
+    return [Kernel(), Xdp("native"), Xdp("skb"), Afpacket(), Naive(), Ceiling()]

@@ -1,0 +1,215 @@
+"""The benchmark's arithmetic and report (bench/report.py): no kernel needed."""
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+# bench/ is a directory of the repository, not part of the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench import report  # noqa: E402
+
+TARGET_RE = re.compile(r"^TARGET (\S+) (\d+\.\d+)(x|ms|MB) \(goal (>=|<=) (\d+(?:\.\d+)?)\3\): (met|not met)$")
+
+
+def sample(row, rnd, handled, router_cpu_s=1.0, seconds=1.0, offered=None, entered=None,
+           split=False, bpf_stats=False, prog_ns=0, prog_runs=0, process_cpu_s=0.0,
+           foreign_cpu_s=0.0, traffic="64B-1flow"):
+    return {
+        "row": row, "traffic": traffic, "round": rnd, "seconds": seconds,
+        "offered": offered if offered is not None else handled * 10,
+        "entered": entered if entered is not None else handled,
+        "handled": handled, "router_cpu_s": router_cpu_s, "router_task_s": router_cpu_s,
+        "generator_cpu_s": 1.0,
+        "foreign_cpu_s": foreign_cpu_s, "prog_ns": prog_ns, "prog_runs": prog_runs,
+        "sink_ns": 0, "sink_runs": 0, "process_cpu_s": process_cpu_s,
+        "receive_cpu": 0 if split else 1, "split": split, "bpf_stats": bpf_stats, "retried": 0,
+    }
+
+
+LABELS = {"kernel": "kernel IP forwarding", "xdp_native": "xdpfwd native XDP",
+          "afpacket": "xdpfwd afpacket", "naive": "naive AF_PACKET loop",
+          "ceiling": "ceiling: XDP drop at router ingress"}
+
+
+def lab_samples():
+    """Two rounds; the router's CPU busy all the time (1 s per 1 s)."""
+    out = []
+    for rnd, drift in ((0, 1.0), (1, 0.8)):  # round 1: the machine is 20% slower
+        out += [
+            sample("kernel", rnd, int(1_000_000 * drift)),          # 1000 ns/pkt in round 0
+            sample("xdp_native", rnd, int(2_500_000 * drift)),      # 400 ns/pkt
+            sample("afpacket", rnd, int(250_000 * drift), split=True, entered=1_000_000,
+                   process_cpu_s=0.8),
+            sample("naive", rnd, int(100_000 * drift), split=True, entered=1_000_000),
+            sample("ceiling", rnd, int(5_000_000 * drift)),         # 200 ns/pkt
+        ]
+    # A bpf_stats window: only the program's run time may come from it.
+    out.append(sample("xdp_native", 0, 1_000_000, bpf_stats=True, prog_ns=230_000_000,
+                      prog_runs=1_000_000))
+    return out
+
+
+@pytest.fixture
+def summary():
+    (s,) = report.summarize(lab_samples(), LABELS, {"64B-1flow": "64 B, 1 flow"})
+    report.decide(s)
+    return s
+
+
+def test_median_and_spread():
+    assert report.median([3, 1, 2]) == 2
+    assert report.median([4, 1, 2, 3]) == 2.5
+    assert report.median([]) is None
+    assert report.spread([3, 1, 2]) == (1, 3)
+    assert report.spread([]) is None
+
+
+def test_rate_and_cost_per_packet():
+    assert report.rate(3_000_000, 3.0) == 1_000_000
+    assert report.rate(5, 0) == 0.0
+    assert report.cost_ns(1.0, 1_000_000) == pytest.approx(1000.0)
+    assert report.cost_ns(0.5, 2_000_000) == pytest.approx(250.0)
+    assert report.cost_ns(1.0, 0) is None
+
+
+def test_cost_above_the_ceiling():
+    assert report.above(1200.0, 400.0) == pytest.approx(800.0)
+    assert report.above(None, 400.0) is None
+    assert report.above(1200.0, None) is None
+
+
+def test_ratios_are_paired_by_round():
+    assert report.paired({0: 2.0, 1: 4.0}, {0: 1.0, 1: 2.0, 2: 5.0}) == [2.0, 2.0]
+    assert report.paired({0: 2.0}, {0: 0.0}) == []  # no division by zero
+    assert report.ratio(None, 2.0) is None
+
+
+def test_summary_rates_costs_and_drift(summary):
+    native = summary.rows["xdp_native"]
+    assert native.pps == {0: 2_500_000, 1: 2_000_000}  # the stats window is left out
+    assert native.prog_ns == [230.0]  # ... and used for the program's run time only
+    # Drift hits both rows of a round alike: the paired ratio stays 2.5.
+    assert summary.vs("xdp_native", "kernel") == pytest.approx([2.5, 2.5])
+    assert summary.vs("xdp_native", "ceiling") == pytest.approx([0.5, 0.5])
+    assert native.cost[0] == pytest.approx(400.0)
+    assert summary.above_ceiling("xdp_native") == pytest.approx([200.0, 250.0])
+    assert summary.above_ceiling("kernel") == pytest.approx([800.0, 1000.0])
+
+
+def test_forwarding_cost_ratio(summary):
+    # kernel's cost above the ceiling over native's: 800/200 and 1000/250.
+    assert summary.vs("xdp_native", "kernel", by="cost") == pytest.approx([4.0, 4.0])
+    # The ceiling's whole cost over the row's.
+    assert summary.vs("xdp_native", "ceiling", by="cost") == pytest.approx([0.5, 0.5])
+
+
+def test_split_rows_take_no_ceiling_off(summary):
+    af = summary.rows["afpacket"]
+    assert af.split
+    assert summary.above_ceiling("afpacket") == []
+    assert summary.forwarding_cost("afpacket") == pytest.approx({0: 4000.0, 1: 5000.0})
+    assert af.loss == pytest.approx([0.75, 0.8])
+    assert af.process_ns == pytest.approx([3200.0, 4000.0])
+
+
+def test_router_bound_decides_by_pps(summary):
+    assert summary.router_bound
+    by, why = report.decide(summary)
+    assert by == "pps"
+    assert "delivered packets/s decides" in why
+
+
+def test_disturbed_windows_decide_by_router_cpu():
+    data = lab_samples()
+    for x in data:
+        if x["row"] == "xdp_native" and x["round"] == 1:
+            # Someone else's build took half of the router's CPU: fewer packets
+            # delivered, the router's own CPU time per packet unchanged.
+            x["foreign_cpu_s"], x["handled"], x["router_task_s"] = 0.5, 1_000_000, 0.5
+    (s,) = report.summarize(data, LABELS, {"64B-1flow": "64 B, 1 flow"})
+    assert s.vs("xdp_native", "kernel", by="pps") == pytest.approx([2.5, 1.25])
+    by, why = report.decide(s)
+    assert by == "cpu" == s.by
+    assert "1 of 10 windows" in why
+    # Packets per router-CPU second: 2.5x in both rounds.
+    assert s.vs("xdp_native", "kernel") == pytest.approx([2.5, 2.5])
+    targets = dict((n, v) for n, v, _ in report.ratio_targets(s, by))
+    assert targets["xdp_native_vs_kernel"] == pytest.approx(2.5)
+
+
+def test_generator_bound_falls_back_to_cost():
+    data = lab_samples()
+    for x in data:
+        if x["row"] == "kernel":
+            # Everything the generator made arrived, the router's CPU half
+            # idle: the generator set the rate.
+            x["offered"] = x["handled"]
+            x["router_cpu_s"] = x["router_task_s"] = 0.5
+    (s,) = report.summarize(data, LABELS, {"64B-1flow": "64 B, 1 flow"})
+    by, why = report.decide(s)
+    assert by == "cost"
+    assert "less than 1.2x what kernel delivered" in why
+    targets = dict((n, v) for n, v, _ in report.ratio_targets(s, by))
+    # kernel now costs 500 ns (round 0) and 625 ns (round 1): 300/200 and 375/250 above.
+    assert targets["xdp_native_vs_kernel"] == pytest.approx(1.5)
+
+
+def test_ratio_targets_by_pps(summary):
+    targets = {n: (v, g) for n, v, g in report.ratio_targets(summary, "pps")}
+    assert targets["xdp_native_vs_kernel"] == (pytest.approx(2.5), 2.0)
+    assert targets["xdp_native_vs_ceiling"] == (pytest.approx(0.5), 0.7)
+    assert targets["afpacket_vs_kernel"] == (pytest.approx(0.25), 0.8)
+    assert targets["afpacket_vs_naive"] == (pytest.approx(2.5), 2.0)
+
+
+def test_target_lines_have_the_exact_form():
+    assert (report.target_line("xdp_native_vs_kernel", 2.314, 2.0)
+            == "TARGET xdp_native_vs_kernel 2.31x (goal >= 2.0x): met")
+    assert (report.target_line("xdp_native_vs_ceiling", 0.5, 0.7)
+            == "TARGET xdp_native_vs_ceiling 0.50x (goal >= 0.7x): not met")
+    assert (report.target_line("exporter_scrape_ms", 1.234, 10, "ms", at_most=True)
+            == "TARGET exporter_scrape_ms 1.2ms (goal <= 10ms): met")
+    assert (report.target_line("exporter_rss_mb", 31.94, 60, "MB", at_most=True)
+            == "TARGET exporter_rss_mb 31.9MB (goal <= 60MB): met")
+    assert report.target_line("exporter_rss_mb", 61.0, 60, "MB", at_most=True).endswith(": not met")
+    assert report.target_line("afpacket_vs_naive", 2.0, 2.0).endswith(": met")  # the goal itself
+    assert report.target_line("afpacket_vs_naive", None, 2.0) == \
+        "TARGET afpacket_vs_naive n/a (goal >= 2.0x): not met"
+
+
+def test_target_lines_parse():
+    lines = [report.target_line("xdp_native_vs_kernel", 2.31, 2.0),
+             report.target_line("afpacket_vs_kernel", 0.3, 0.8),
+             report.target_line("exporter_scrape_ms", 1.2, 10, "ms", at_most=True),
+             report.target_line("exporter_rss_mb", 31.9, 60, "MB", at_most=True)]
+    for line in lines:
+        assert TARGET_RE.match(line), line
+
+
+def test_markdown_report(summary):
+    machine = {"date": "2025-01-01 00:00 UTC", "nproc": 2, "cpu": "AMD EPYC",
+               "kernel": "6.18.0", "os": "Debian GNU/Linux 12 (bookworm)"}
+    cp = {"rows": [("attach, native: cold", [0.61], "s->ms"),
+                   ("exporter scrape", [1.1, 1.3, 1.2], "ms"),
+                   ("exporter RSS", [31.1], "MB"), ("detach, skb", [], "s->ms")]}
+    targets = [report.target_line("xdp_native_vs_kernel", 2.5, 2.0)]
+    md = report.markdown(machine, "make bench QUICK=1", "2 rounds", [summary], "why", cp, [],
+                         targets, 60.0)
+    assert "`make bench QUICK=1`" in md and "2 CPUs (AMD EPYC), kernel 6.18.0" in md
+    assert "2025-01-01 00:00 UTC" in md
+    table = [line for line in md.splitlines() if line.startswith("| xdpfwd afpacket †")]
+    assert len(table) == 1 and table[0].count("|") == 11
+    assert "| attach, native: cold | 610 ms |" in md
+    assert "| exporter scrape | 1.20 ms | 1.10 ms–1.30 ms | 3 |" in md
+    assert "| detach, skb | — | — | 0 |" in md
+    assert "Ratios by delivered packets/s." in md
+    assert md.rstrip().endswith("```") and targets[0] in md
+
+
+def test_si_units():
+    assert report.si(1_234_567) == "1.23M"
+    assert report.si(915_400) == "915k"
+    assert report.si(42) == "42"
+    assert report.si(None) == "—"
