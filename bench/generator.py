@@ -31,29 +31,6 @@ REPEAT = 2**31 - 1             # until stopped by a signal
 STOP_SIGNAL = signal.SIGUSR1
 
 
-class _TestRunOpts(ctypes.Structure):
-    """libbpf 1.1's struct bpf_test_run_opts (as xdpfwd.bpfsys has it; the
-    live-frame flag and batch size are what this module adds)."""
-
-    _fields_ = [
-        ("sz", ctypes.c_size_t),
-        ("data_in", ctypes.c_void_p),
-        ("data_out", ctypes.c_void_p),
-        ("data_size_in", ctypes.c_uint32),
-        ("data_size_out", ctypes.c_uint32),
-        ("ctx_in", ctypes.c_void_p),
-        ("ctx_out", ctypes.c_void_p),
-        ("ctx_size_in", ctypes.c_uint32),
-        ("ctx_size_out", ctypes.c_uint32),
-        ("retval", ctypes.c_uint32),
-        ("repeat", ctypes.c_int),
-        ("duration", ctypes.c_uint32),
-        ("flags", ctypes.c_uint32),
-        ("cpu", ctypes.c_uint32),
-        ("batch_size", ctypes.c_uint32),
-    ]
-
-
 class Generator:
     """Sends `traffic` from ns/ifname to the router's eth1, from gen_cpu.
     The transmit, and so the router's receive, happens on router_cpu, or
@@ -92,8 +69,8 @@ class Generator:
     def _run(self) -> None:
         os.sched_setaffinity(0, {self.gen_cpu})  # this thread only
         data = ctypes.create_string_buffer(self.frame, len(self.frame))
-        opts = _TestRunOpts(
-            sz=ctypes.sizeof(_TestRunOpts), data_in=ctypes.addressof(data),
+        opts = bpfsys.TestRunOpts(
+            sz=ctypes.sizeof(bpfsys.TestRunOpts), data_in=ctypes.addressof(data),
             data_size_in=len(self.frame), repeat=REPEAT, flags=TEST_XDP_LIVE_FRAMES,
             batch_size=BATCH)
         with netns.entered(self.ns):

@@ -105,7 +105,10 @@ class _XdpQueryOpts(ctypes.Structure):
     ]
 
 
-class _TestRunOpts(ctypes.Structure):
+class TestRunOpts(ctypes.Structure):
+    """libbpf 1.1's struct bpf_test_run_opts (the benchmark's generator uses
+    its flags and batch_size for live frames)."""
+
     _fields_ = [
         ("sz", ctypes.c_size_t),
         ("data_in", ctypes.c_void_p),
@@ -393,8 +396,8 @@ def test_run(prog_fd: int, frame: bytes, ingress_ifindex: int, repeat: int = 1) 
     data_in = ctypes.create_string_buffer(frame, len(frame))
     data_out = ctypes.create_string_buffer(len(frame) + 256)
     ctx = XdpMd(data=0, data_end=len(frame), ingress_ifindex=ingress_ifindex)
-    opts = _TestRunOpts(
-        sz=ctypes.sizeof(_TestRunOpts),
+    opts = TestRunOpts(
+        sz=ctypes.sizeof(TestRunOpts),
         data_in=ctypes.addressof(data_in),
         data_out=ctypes.addressof(data_out),
         data_size_in=len(frame),
