@@ -128,7 +128,9 @@ def _stop_workers(pids: dict[int, int]) -> None:
 
 def serve(ports: dict[str, int], on_ready=None, workers: int | None = None) -> int:
     """Forward between ports ({name: ifindex}) until SIGTERM or SIGINT."""
-    workers = workers or os.cpu_count() or 1
+    # One per CPU this process may run on (taskset, cgroups), not per CPU
+    # of the machine.
+    workers = workers or len(os.sched_getaffinity(0))
     names, ifindexes = list(ports), list(ports.values())
     fanout_base = os.getpid() & 0xFFF0
     signals = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
