@@ -1,12 +1,8 @@
 """The router's side of the benchmark: xdpfwd's real command line run in
 the router's namespace, timed, plus the naive forwarder and the exporter.
 
-xdpfwd serialises every attach and detach on the machine with one lock,
-/run/xdpfwd.lock, although the namespaces never share an interface. Other
-people's tests run on this machine at the same time, in namespaces of
-their own: so every xdpfwd call here runs in a private mount namespace
-(unshare -m) with a lock file of the benchmark's own bind-mounted over that
-path. Nothing else differs; the mount ends with the call.
+xdpfwd's attach/detach lock is per network namespace, so other people's
+tests in namespaces of their own never block the benchmark's calls.
 """
 
 import json
@@ -21,8 +17,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 XDPFWD = ROOT / ".venv" / "bin" / "xdpfwd"
 PYTHON = ROOT / ".venv" / "bin" / "python"
-LOCK = Path("/run/xdpfwd.lock")
-PRIVATE_LOCK = Path("/run/xdpfwd-bench.lock")
 CONFLICT = 5  # xdpfwd's exit status for "another attach or detach is running"
 
 
@@ -36,16 +30,6 @@ class Timed:
     stdout: str
 
 
-def _private_lock_prefix() -> list[str]:
-    for path in (LOCK, PRIVATE_LOCK):
-        if not path.exists():
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
-    script = 'mount --bind "$0" "$1" && shift && exec "$@"'
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
-            str(PRIVATE_LOCK), str(LOCK)]
-
-
 def in_ns(ns: str, args: list[str], cpu: int | None = None) -> list[str]:
     pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
     return pin + ["ip", "netns", "exec", ns] + args
@@ -53,13 +37,13 @@ def in_ns(ns: str, args: list[str], cpu: int | None = None) -> list[str]:
 
 def xdpfwd(ns: str, *args: str, cpu: int | None = None, timeout: float = 120) -> Timed:
     """Run `xdpfwd ARGS` in ns; raises RouterError with its message on failure."""
-    cmd = _private_lock_prefix() + in_ns(ns, [str(XDPFWD), *args], cpu)
+    cmd = in_ns(ns, [str(XDPFWD), *args], cpu)
     for attempt in range(20):
         t0 = time.perf_counter()
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         seconds = time.perf_counter() - t0
         if r.returncode == CONFLICT and "another xdpfwd attach" in r.stderr:
-            time.sleep(0.5)  # cannot happen with the private lock; kept for safety
+            time.sleep(0.5)  # a previous call of ours still ending: try again
             continue
         if r.returncode != 0:
             raise RouterError(f"xdpfwd {' '.join(args)}: {r.stderr.strip() or r.stdout.strip()}")

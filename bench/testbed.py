@@ -108,7 +108,6 @@ class Testbed:
         if self._bpf_stats_was is not None:
             BPF_STATS.write_text(self._bpf_stats_was + "\n")
             self._bpf_stats_was = None
-        router.PRIVATE_LOCK.unlink(missing_ok=True)
 
     def bpf_stats(self, on: bool) -> None:
         BPF_STATS.write_text("1\n" if on else "0\n")

@@ -24,7 +24,6 @@ from xdpfwd.layout import TRANSMITTED, layout
 
 MODES = ("auto", "native", "skb", "afpacket")
 FAMILIES = ("ipv4", "ipv6")
-LOCK_PATH = "/run/xdpfwd.lock"
 
 CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF = 12, 21, 39
 
@@ -40,9 +39,12 @@ def require_privileges() -> None:
 
 @contextmanager
 def exclusive():
-    """One attach or detach at a time on this machine: a second one fails
-    at once instead of interleaving with the first."""
-    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o600)
+    """One attach or detach at a time in this network namespace: a second
+    one fails at once instead of interleaving with the first. Namespaces
+    share no interfaces, so each has its own lock."""
+    from xdpfwd.afpacket.state import namespace_dir
+
+    fd = os.open(namespace_dir(create=True) / "lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -19,8 +19,7 @@ READY_TIMEOUT = 30.0
 
 def start(ports: dict[str, int]) -> state.State:
     r, w = os.pipe()
-    d = state.namespace_dir()
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    d = state.namespace_dir(create=True)
     fd = os.open(d / "afpacket.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     os.fchmod(fd, 0o600)  # also a log left by an older version
     logfile = os.fdopen(fd, "ab")

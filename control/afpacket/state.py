@@ -34,9 +34,13 @@ def start_time(pid: int) -> int:
     return int(fields[19])
 
 
-def namespace_dir() -> Path:
+def namespace_dir(create: bool = False) -> Path:
     ino = os.stat("/proc/thread-self/ns/net").st_ino
-    return RUN_DIR / f"netns-{ino}"
+    d = RUN_DIR / f"netns-{ino}"
+    if create:
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(RUN_DIR, 0o700)
+    return d
 
 
 @dataclass
@@ -54,9 +58,7 @@ class State:
         return self.pid_start != 0 and start_time(self.pid) == self.pid_start
 
     def save(self) -> None:
-        d = namespace_dir()
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(RUN_DIR, 0o700)
+        d = namespace_dir(create=True)
         tmp = d / "afpacket.json.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
