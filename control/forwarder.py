@@ -62,16 +62,23 @@ def attach(ifnames: list[str], mode: str = "auto", enable_forwarding: bool = Fal
         done = _check_free(links, states, mode)
         if done:
             return done
-        if mode == "afpacket":
-            return _start_afpacket(links, enable_forwarding, [])
-        try:
-            return datapath.attach(links, states, mode, enable_forwarding, verbose)
-        except (MissingDependency, KernelRefused) as e:
-            # Only where XDP itself is unavailable; a router that does not
-            # forward, or a half-attached program, is the user's to fix.
-            if mode != "auto" or isinstance(e, ForwardingDisabled) or any(s.prog_id for s in states):
-                raise
-            return _start_afpacket(links, enable_forwarding, [f"XDP unavailable ({e}); using afpacket"])
+        result, notes = _xdp_or_fallback(links, states, mode, enable_forwarding, verbose)
+        return result or _start_afpacket(links, enable_forwarding, notes)
+
+
+def _xdp_or_fallback(links, states, mode, enable_forwarding, verbose):
+    """(the XDP attach's result, []) or, where afpacket is to run instead,
+    (None, notes saying why)."""
+    if mode == "afpacket":
+        return None, []
+    try:
+        return datapath.attach(links, states, mode, enable_forwarding, verbose), []
+    except (MissingDependency, KernelRefused) as e:
+        # Only where XDP itself is unavailable; a router that does not
+        # forward, or a half-attached program, is the user's to fix.
+        if mode != "auto" or isinstance(e, ForwardingDisabled) or any(s.prog_id for s in states):
+            raise
+        return None, [f"XDP unavailable ({e}); using afpacket"]
 
 
 def _start_afpacket(links, enable_forwarding, notes) -> AttachResult:
@@ -140,16 +147,7 @@ def run(ifnames: list[str], mode: str = "auto", enable_forwarding: bool = False,
         states = [datapath.inspect(l) for l in links]
         if _check_free(links, states, mode) or any(s.prog_id for s in states):
             raise Conflict("already attached; `run` would detach it when it stops: detach first")
-        result = None
-        if mode != "afpacket":
-            try:
-                result = datapath.attach(links, states, mode, enable_forwarding, verbose)
-            except (MissingDependency, KernelRefused) as e:
-                if mode != "auto" or isinstance(e, ForwardingDisabled):
-                    raise
-                notes = [f"XDP unavailable ({e}); using afpacket"]
-        else:
-            notes = []
+        result, notes = _xdp_or_fallback(links, states, mode, enable_forwarding, verbose)
         if result is None:
             notes += datapath.check_forwarding(links, enable_forwarding)
     if result is not None:
