@@ -1,5 +1,6 @@
 """Helpers for the kernel tests: run commands and the real CLI in the lab."""
 
+import json
 import os
 import subprocess
 import sys
@@ -102,3 +103,28 @@ def without_bcc(tmp_path) -> dict:
     fake.mkdir()
     (fake / "__init__.py").write_text('raise ImportError("hidden by the test")\n')
     return {"PYTHONPATH": str(tmp_path)}
+
+
+def status() -> dict:
+    """`xdpfwd status --json` in the router, from a new process."""
+    proc = xdpfwd("status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)["interfaces"]
+
+
+def stats() -> dict:
+    """`xdpfwd stats --json` in the router, from a new process."""
+    proc = xdpfwd("stats", "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def assert_forwarded(delivery, before: dict, after: dict, ingress: str) -> None:
+    """Every datagram arrived once with TTL 63, and the router counted each
+    as forwarded on its way in and transmitted on its way out."""
+    count = delivery.sent
+    assert delivery.exactly_once, f"{delivery.unique}/{count} distinct, {delivery.duplicates} dup"
+    assert delivery.ttls == {63}
+    assert after[ingress]["forwarded_packets"] - before[ingress]["forwarded_packets"] == count
+    egress = "eth0" if ingress == "eth1" else "eth1"
+    assert after[egress]["tx_packets"] - before[egress]["tx_packets"] == count

@@ -2,7 +2,6 @@
 ways, exactly once, counted; the sysctls it changes and puts back; the
 background process it starts and stops; `run` in the foreground."""
 
-import json
 import os
 import re
 import signal
@@ -11,8 +10,8 @@ import time
 
 import pytest
 
-from helpers import XDPFWD, run, without_bcc, xdpfwd
-from xdpfwd import lab, traffic
+from helpers import XDPFWD, assert_forwarded, run, stats, status, without_bcc, xdpfwd
+from xdpfwd import traffic
 
 SENDBOX_V4, RECVBOX_V4 = "10.0.10.10", "10.0.11.20"
 SENDBOX_V6, RECVBOX_V6 = "fd00:10::10", "fd00:11::20"
@@ -23,18 +22,6 @@ SYSCTLS = ["net.ipv4.conf.eth1.forwarding", "net.ipv4.conf.eth0.forwarding",
 
 def sysctls():
     return {k: run(["sysctl", "-n", k], check=True).stdout.strip() for k in SYSCTLS}
-
-
-def status():
-    proc = xdpfwd("status", "--json")
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)["interfaces"]
-
-
-def stats():
-    proc = xdpfwd("stats", "--json")
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
 
 
 def alive(pid):
@@ -102,12 +89,7 @@ def test_udp_arrives_exactly_once_with_ttl_63_and_is_counted(afpacket, family, s
     delivery = traffic.send_udp(count, src, dst, family, timeout=3)
     time.sleep(0.3)  # workers publish counters after each batch
     after = stats()
-    assert delivery.exactly_once, f"{delivery.unique}/{count} distinct, {delivery.duplicates} dup"
-    assert delivery.ttls == {63}
-    grew = after[ingress]["forwarded_packets"] - before[ingress]["forwarded_packets"]
-    assert grew == count
-    egress = "eth0" if ingress == "eth1" else "eth1"
-    assert after[egress]["tx_packets"] - before[egress]["tx_packets"] == count
+    assert_forwarded(delivery, before, after, ingress)
 
 
 def test_counters_add_up(afpacket):

@@ -6,14 +6,8 @@ import subprocess
 
 import pytest
 
-from helpers import XDPFWD, foreign_program, run, xdpfwd
+from helpers import XDPFWD, foreign_program, run, status, xdpfwd
 from xdpfwd import lab
-
-
-def status():
-    proc = xdpfwd("status", "--json")
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)["interfaces"]
 
 
 def xdp_line(ns, ifname):

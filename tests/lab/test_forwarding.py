@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from helpers import run, xdpfwd
+from helpers import assert_forwarded, run, stats, xdpfwd
 from xdpfwd import traffic
 
 SENDBOX_V4, RECVBOX_V4 = "10.0.10.10", "10.0.11.20"
@@ -29,12 +29,6 @@ def mode(request, lab):
         yield request.param
     finally:
         xdpfwd("detach")
-
-
-def stats():
-    proc = xdpfwd("stats", "--json")
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
 
 
 def test_status_from_a_new_process_shows_both_ports(mode):
@@ -70,12 +64,7 @@ def test_udp_arrives_exactly_once_with_ttl_63_and_is_counted(mode, family, src, 
     before = stats()
     delivery = traffic.send_udp(count, src, dst, family)
     after = stats()
-    assert delivery.exactly_once, f"{delivery.unique}/{count} distinct, {delivery.duplicates} dup"
-    assert delivery.ttls == {63}
-    grew = after[ingress]["forwarded_packets"] - before[ingress]["forwarded_packets"]
-    assert grew == count
-    egress = "eth0" if ingress == "eth1" else "eth1"
-    assert after[egress]["tx_packets"] - before[egress]["tx_packets"] == count
+    assert_forwarded(delivery, before, after, ingress)
     # The lab's own chatter (ND, MLD) may pass meanwhile, but no datagram
     # went to the stack for want of a route or neighbour.
     for reason, n in after[ingress]["pass_reasons"].items():

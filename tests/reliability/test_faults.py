@@ -13,14 +13,8 @@ import time
 
 import pytest
 
-from helpers import XDPFWD, foreign_program, run, xdpfwd
+from helpers import XDPFWD, foreign_program, run, status, xdpfwd
 from xdpfwd import lab, traffic
-
-
-def status():
-    proc = xdpfwd("status", "--json")
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)["interfaces"]
 
 
 def delivered(count=50, family=4):

@@ -7,23 +7,16 @@ port. `make test` runs a few seconds per mode; `make soak` runs minutes
 (XDPFWD_SOAK_SECONDS, XDPFWD_SOAK_RATE).
 """
 
-import json
 import os
 
 import pytest
 
-from helpers import xdpfwd
+from helpers import stats, xdpfwd
 from xdpfwd import traffic
 
 SECONDS = float(os.environ.get("XDPFWD_SOAK_SECONDS", "4"))
 RATE = float(os.environ.get("XDPFWD_SOAK_RATE", "5000"))  # datagrams/s the Python sender keeps up
 FLOWS = 16
-
-
-def stats():
-    proc = xdpfwd("stats", "--json")
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
 
 
 @pytest.fixture(params=["native", "skb", "afpacket"])
