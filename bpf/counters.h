@@ -2,7 +2,8 @@
 /*
  * The one description of xdpfwd's maps, shared by the kernel side
  * (bpf/redirect.c includes it) and user space (xdpfwd/layout.py reads the
- * defines and the XDPFWD_OUTCOMES list below). Change it here only.
+ * defines, the structs' shape and the XDPFWD_OUTCOMES list below). Change
+ * it here only.
  */
 #ifndef XDPFWD_COUNTERS_H
 #define XDPFWD_COUNTERS_H
@@ -13,17 +14,21 @@
 #define XDPFWD_PROG_NAME  xdpfwd_redirect
 #define XDPFWD_STATS_MAP  xdpfwd_stats
 #define XDPFWD_PORTS_MAP  xdpfwd_ports
+#define XDPFWD_CONFIG_MAP xdpfwd_config
 
-/* Interfaces one program can serve: both maps' max_entries. */
+/* Interfaces one program can serve: the maps' max_entries. */
 #define XDPFWD_MAX_PORTS  64
 
 /*
- * Every packet the program sees ends in exactly one outcome.
+ * Every packet the program sees is counted as received, and then ends in
+ * exactly one outcome. The two are counted apart, so that
+ * received == forwarded + passed + dropped is a check that can fail.
  * X(ENUM, kind, label): kind is forwarded, passed (XDP_PASS, the kernel's
- * stack takes the packet) or dropped; label is the stable name user space
- * shows (`stats --json` pass_reasons, the exporter's reason label).
- * The position in this list is the index into struct xdpfwd_counters:
- * append new outcomes at the end, never reorder.
+ * stack takes the packet and decides, as if xdpfwd were not there) or
+ * dropped; label is the stable name user space shows (`stats --json`
+ * pass_reasons, the exporter's reason label).
+ * The position in this list is the index into struct xdpfwd_counters'
+ * outcome[]: append new outcomes at the end, never reorder.
  */
 #define XDPFWD_OUTCOMES(X)                                                   \
 	X(FORWARDED,            forwarded, "forwarded")                      \
@@ -46,7 +51,11 @@
 	X(PASS_FIB_OTHER,       passed,    "fib_other")                      \
 	X(PASS_NOT_A_PORT,      passed,    "egress_not_a_port")              \
 	X(PASS_SAME_PORT,       passed,    "egress_is_ingress")              \
-	X(DROP_REDIRECT_FAILED, dropped,   "redirect_failed")
+	X(DROP_REDIRECT_FAILED, dropped,   "redirect_failed")                \
+	X(PASS_OTHER_HOST,      passed,    "other_host")                     \
+	X(PASS_MARTIAN_SOURCE,  passed,    "martian_source")                 \
+	X(PASS_MARTIAN_DEST,    passed,    "martian_destination")            \
+	X(PASS_REVERSE_PATH,    passed,    "reverse_path")
 
 enum xdpfwd_outcome {
 #define XDPFWD_ENUM(name, kind, label) XDPFWD_##name,
@@ -60,14 +69,29 @@ struct xdpfwd_count {
 	__u64 bytes;
 };
 
-/* Value of the per-CPU hash XDPFWD_STATS_MAP, keyed by ifindex (__u32).
- * outcome[] counts what arrived on that port, one outcome per packet;
- * transmitted counts what was redirected out of it (its egress side).
- * User space creates the entries at attach time.
- * XDPFWD_PORTS_MAP is a DEVMAP_HASH, ifindex (__u32) -> ifindex (__u32). */
+/*
+ * The ports of one program are numbered 0..n-1 in the order given to
+ * attach: their slots. The program learns its ports' slots when it is
+ * compiled (XDPFWD_PORT_SLOTS, a list of X(ifindex, slot)), so finding a
+ * port costs a compare, not a hash lookup.
+ *
+ * XDPFWD_CONFIG_MAP: ARRAY, slot (__u32) -> struct xdpfwd_port, written by
+ * user space at attach (and again by an attach that finds the program in
+ * place); user space reads it to name a slot's counters.
+ * XDPFWD_STATS_MAP: PERCPU_ARRAY, slot (__u32) -> struct xdpfwd_counters.
+ * XDPFWD_PORTS_MAP: DEVMAP_HASH, ifindex (__u32) -> ifindex (__u32): the
+ * redirect targets; detach takes a port out of it first.
+ */
+struct xdpfwd_port {
+	__u32 ifindex;
+	__u8  mac[6];	/* the port's own address: frames to any other are not ours */
+	__u16 pad;
+};
+
 struct xdpfwd_counters {
+	struct xdpfwd_count received;	/* every frame, before any decision */
 	struct xdpfwd_count outcome[XDPFWD_N_OUTCOMES];
-	struct xdpfwd_count transmitted;
+	struct xdpfwd_count transmitted;	/* redirected out of this port */
 };
 
 #endif /* XDPFWD_COUNTERS_H */

@@ -2,16 +2,26 @@
 /*
  * xdpfwd: route IPv4 and IPv6 between a set of ports inside the XDP hook.
  *
- * The kernel stays the router: bpf_fib_lookup() asks its routing and
- * neighbour tables, and whatever this program cannot finish itself goes to
- * the stack with XDP_PASS, so the kernel resolves neighbours, sends ICMP
- * errors and serves the box's own traffic. Nothing is dropped for being
- * unusual. Every packet is counted in exactly one outcome (counters.h).
+ * The kernel stays the router. This program forwards a packet only when
+ * the kernel's own forwarding would forward it unchanged but for the TTL
+ * and MACs: the checks ip_rcv_core(), ip_route_input_slow(),
+ * fib_validate_source() and ip_forward() make (IPv6: ip6_rcv_core() and
+ * ip6_forward()) are made here too, or their answer is asked of the
+ * kernel's tables through bpf_fib_lookup(). Whatever is not certain to be
+ * forwarded goes to the stack with XDP_PASS, unchanged, so the kernel
+ * applies its own rules to it: it drops martians and frames for other
+ * hosts (and counts them), applies rp_filter as the sysctls say at that
+ * moment, resolves neighbours, sends ICMP errors, fragments, and serves
+ * the box's own traffic. Nothing is dropped for being unusual.
  *
- * Built by bcc at attach time (xdpfwd/compiler.py). User space creates both
+ * Every packet is counted as received on its port, and in exactly one
+ * outcome (counters.h).
+ *
+ * Built by bcc at attach time (xdpfwd/compiler.py). User space creates the
  * maps from counters.h and hands their file descriptors in as
- * XDPFWD_PORTS_FD and XDPFWD_STATS_FD: bcc 0.26 has no devmap_hash table
- * type, and refuses map names that come from a macro.
+ * XDPFWD_{PORTS,STATS,CONFIG}_FD (bcc 0.26 has no devmap_hash table type,
+ * and refuses map names that come from a macro), and the ports' slots as
+ * XDPFWD_PORT_SLOTS.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
@@ -20,18 +30,34 @@
 #include <uapi/linux/ipv6.h>
 #include "counters.h"
 
-#if !defined(XDPFWD_PORTS_FD) || !defined(XDPFWD_STATS_FD)
-#error "XDPFWD_PORTS_FD and XDPFWD_STATS_FD must name the maps' file descriptors"
+#if !defined(XDPFWD_PORTS_FD) || !defined(XDPFWD_STATS_FD) || \
+    !defined(XDPFWD_CONFIG_FD) || !defined(XDPFWD_PORT_SLOTS)
+#error "XDPFWD_{PORTS,STATS,CONFIG}_FD and XDPFWD_PORT_SLOTS must be defined"
 #endif
 
 #define AF_INET  2
 #define AF_INET6 10
 #define IPV6_FLOWINFO_MASK bpf_htonl(0x0FFFFFFF)
+#define IP_DF 0x4000
 
-/* DEVMAP_HASH, ifindex -> ifindex: the ports, and the redirect targets. */
+/* DEVMAP_HASH, ifindex -> ifindex: the redirect targets. */
 #define XDPFWD_PORTS ((void *)bpf_pseudo_fd(1, XDPFWD_PORTS_FD))
-/* PERCPU_HASH, ingress ifindex -> struct xdpfwd_counters. */
+/* PERCPU_ARRAY, slot -> struct xdpfwd_counters. */
 #define XDPFWD_STATS ((void *)bpf_pseudo_fd(1, XDPFWD_STATS_FD))
+/* ARRAY, slot -> struct xdpfwd_port. */
+#define XDPFWD_CONFIG ((void *)bpf_pseudo_fd(1, XDPFWD_CONFIG_FD))
+
+/* The slot of a port, or -1: a switch the compiler turns into a compare
+ * or two, cheaper than any map lookup. */
+static __always_inline int port_slot(__u32 ifindex)
+{
+	switch (ifindex) {
+#define XDPFWD_SLOT_CASE(ifindex, slot) case ifindex: return slot;
+	XDPFWD_PORT_SLOTS(XDPFWD_SLOT_CASE)
+#undef XDPFWD_SLOT_CASE
+	}
+	return -1;
+}
 
 static __always_inline int count(struct xdpfwd_counters *c, int outcome,
 				 __u64 bytes, int action)
@@ -73,7 +99,7 @@ static __always_inline void ip_decrease_ttl(struct iphdr *iph)
 }
 
 /* Header checksum of an option-less IPv4 header: the kernel drops a bad
- * one in ip_rcv(), so a forwarder must not carry it on. */
+ * one in ip_rcv_core(), so a forwarder must not carry it on. */
 static __always_inline int ipv4_csum_ok(struct iphdr *iph)
 {
 	__u16 *w = (__u16 *)iph;
@@ -97,9 +123,49 @@ static __always_inline __u64 u16_bounded(__u64 v)
 	return v;
 }
 
+/* eth_type_trans() makes a unicast frame to any address but the port's
+ * own PACKET_OTHERHOST, and ip_rcv_core() / ip6_rcv_core() drop it. */
+static __always_inline int for_this_port(const struct ethhdr *eth,
+					 const struct xdpfwd_port *port)
+{
+	return port &&
+	       *(const __u32 *)&eth->h_dest[0] == *(const __u32 *)&port->mac[0] &&
+	       *(const __u16 *)&eth->h_dest[4] == *(const __u16 *)&port->mac[4];
+}
+
+/* The checks ip_route_input_slow() makes before it asks the FIB (and
+ * ip_route_input_rcu(), which sends multicast elsewhere). Loopback
+ * addresses are martians unless route_localnet is set, which this program
+ * cannot see: it leaves them to the stack either way. */
+#define V4_MULTICAST(a) ((bpf_ntohl(a) & 0xF0000000) == 0xE0000000)
+#define V4_LBCAST(a)    ((a) == 0xFFFFFFFF)
+#define V4_ZERONET(a)   ((bpf_ntohl(a) & 0xFF000000) == 0)
+#define V4_LOOPBACK(a)  ((bpf_ntohl(a) & 0xFF000000) == 0x7F000000)
+
+static __always_inline int ipv4_martian_source(__be32 a)
+{
+	return V4_MULTICAST(a) || V4_LBCAST(a) || V4_ZERONET(a) || V4_LOOPBACK(a);
+}
+
+static __always_inline int ipv4_martian_destination(__be32 a)
+{
+	return V4_ZERONET(a) || V4_LOOPBACK(a);
+}
+
 static __always_inline int ipv6_link_local(const struct in6_addr *a)
 {
 	return (a->s6_addr[0] == 0xFE) && ((a->s6_addr[1] & 0xC0) == 0x80);
+}
+
+static __always_inline int ipv6_multicast(const struct in6_addr *a)
+{
+	return a->s6_addr[0] == 0xFF;
+}
+
+static __always_inline int ipv6_any_or_loopback(const struct in6_addr *a)
+{
+	return (a->s6_addr32[0] | a->s6_addr32[1] | a->s6_addr32[2]) == 0 &&
+	       (a->s6_addr32[3] == 0 || a->s6_addr32[3] == bpf_htonl(1));
 }
 
 int XDPFWD_PROG_NAME(struct xdp_md *ctx)
@@ -108,21 +174,35 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	__u32 ifindex = ctx->ingress_ifindex;
 	__u64 bytes = data_end - data;
+	__u64 l3_len;
 	struct xdpfwd_counters *stats, *egress;
 	struct bpf_fib_lookup fib = {};
+	struct xdpfwd_port *port;
 	struct ethhdr *eth = data;
 	struct ipv6hdr *ip6h;
 	struct iphdr *iph;
+	__u32 slot, out_slot;
+	int rc, found;
 	__u16 proto;
-	int rc, action;
 
-	stats = bpf_map_lookup_elem(XDPFWD_STATS, &ifindex);
+	found = port_slot(ifindex);
+	if (found < 0)
+		return XDP_PASS;	/* not attached here by us: cannot happen */
+	slot = found;
+	stats = bpf_map_lookup_elem(XDPFWD_STATS, &slot);
+	port = bpf_map_lookup_elem(XDPFWD_CONFIG, &slot);
+	if (stats) {
+		stats->received.packets++;
+		stats->received.bytes += bytes;
+	}
 
 	if ((void *)(eth + 1) > data_end)
 		return PASS(PASS_MALFORMED);
 	/* Broadcast and multicast are the stack's business (ARP, ND, IGMP). */
 	if (eth->h_dest[0] & 1)
 		return PASS(PASS_MULTICAST);
+	if (!for_this_port(eth, port))
+		return PASS(PASS_OTHER_HOST);
 
 	proto = eth->h_proto;
 	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD))
@@ -132,9 +212,9 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 		iph = (void *)(eth + 1);
 		if ((void *)(iph + 1) > data_end)
 			return PASS(PASS_MALFORMED);
+		l3_len = u16_bounded(bpf_ntohs(iph->tot_len));
 		if (iph->version != 4 || iph->ihl < 5 ||
-		    (void *)iph + u16_bounded(bpf_ntohs(iph->tot_len)) > data_end ||
-		    bpf_ntohs(iph->tot_len) < sizeof(*iph))
+		    (void *)iph + l3_len > data_end || l3_len < sizeof(*iph))
 			return PASS(PASS_MALFORMED);
 		/* Options (record route, source route...) are processed by
 		 * the kernel's forwarding path; leave them to it. */
@@ -142,6 +222,14 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 			return PASS(PASS_IP_OPTIONS);
 		if (!ipv4_csum_ok(iph))
 			return PASS(PASS_BAD_CHECKSUM);
+		if (ipv4_martian_source(iph->saddr))
+			return PASS(PASS_MARTIAN_SOURCE);
+		/* Limited broadcast and multicast go to local input (or the
+		 * multicast router), never to unicast forwarding. */
+		if (V4_LBCAST(iph->daddr) || V4_MULTICAST(iph->daddr))
+			return PASS(PASS_MULTICAST);
+		if (ipv4_martian_destination(iph->daddr))
+			return PASS(PASS_MARTIAN_DEST);
 		/* TTL 1 expires here: the kernel sends Time Exceeded. */
 		if (iph->ttl <= 1)
 			return PASS(PASS_TTL);
@@ -149,20 +237,29 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 		fib.family = AF_INET;
 		fib.tos = iph->tos;
 		fib.l4_protocol = iph->protocol;
-		fib.tot_len = bpf_ntohs(iph->tot_len);
+		fib.tot_len = l3_len;
 		fib.ipv4_src = iph->saddr;
 		fib.ipv4_dst = iph->daddr;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		ip6h = (void *)(eth + 1);
 		if ((void *)(ip6h + 1) > data_end)
 			return PASS(PASS_MALFORMED);
-		if (ip6h->version != 6 ||
-		    (void *)(ip6h + 1) + u16_bounded(bpf_ntohs(ip6h->payload_len)) > data_end)
+		l3_len = sizeof(*ip6h) + u16_bounded(bpf_ntohs(ip6h->payload_len));
+		if (ip6h->version != 6 || (void *)ip6h + l3_len > data_end)
 			return PASS(PASS_MALFORMED);
 		/* Hop-by-hop options must be read by every router on the way
 		 * (a payload_len of 0 with a jumbogram option among them). */
 		if (ip6h->nexthdr == IPPROTO_HOPOPTS)
 			return PASS(PASS_IP_OPTIONS);
+		/* ip6_rcv_core() drops multicast and loopback sources and
+		 * loopback destinations; ip6_forward() drops the unspecified
+		 * source. */
+		if (ipv6_multicast(&ip6h->saddr) || ipv6_any_or_loopback(&ip6h->saddr))
+			return PASS(PASS_MARTIAN_SOURCE);
+		if (ipv6_any_or_loopback(&ip6h->daddr))
+			return PASS(PASS_MARTIAN_DEST);
+		if (ipv6_multicast(&ip6h->daddr))
+			return PASS(PASS_MULTICAST);
 		/* Link-local addresses never cross a router; the kernel answers
 		 * with Destination Unreachable (beyond scope). */
 		if (ipv6_link_local(&ip6h->saddr) || ipv6_link_local(&ip6h->daddr))
@@ -173,7 +270,7 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 		fib.family = AF_INET6;
 		fib.flowinfo = *(__be32 *)ip6h & IPV6_FLOWINFO_MASK;
 		fib.l4_protocol = ip6h->nexthdr;
-		fib.tot_len = sizeof(*ip6h) + bpf_ntohs(ip6h->payload_len);
+		fib.tot_len = l3_len;
 		__builtin_memcpy(fib.ipv6_src, &ip6h->saddr, sizeof(fib.ipv6_src));
 		__builtin_memcpy(fib.ipv6_dst, &ip6h->daddr, sizeof(fib.ipv6_dst));
 	} else {
@@ -181,8 +278,9 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 	}
 
 	fib.ifindex = ifindex;
-	/* Flags 0: a full lookup, policy rules included, and the MTU check
-	 * (FRAG_NEEDED) so the kernel fragments or sends Packet Too Big. */
+	/* Flags 0: a full input lookup, policy rules included, and the MTU
+	 * check (FRAG_NEEDED) so the kernel fragments or sends Packet Too
+	 * Big. */
 	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		/* NO_NEIGH above all: the kernel resolves ARP/ND only for
@@ -191,39 +289,76 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 
 	/* Only the ports this program was attached to are redirect targets;
 	 * a route out of any other interface stays the kernel's job. */
-	if (!bpf_map_lookup_elem(XDPFWD_PORTS, &fib.ifindex))
+	found = port_slot(fib.ifindex);
+	if (found < 0)
 		return PASS(PASS_NOT_A_PORT);
+	out_slot = found;
 	/* Hairpin: the kernel forwards it and also sends an ICMP redirect. */
 	if (fib.ifindex == ifindex)
 		return PASS(PASS_SAME_PORT);
+
+	if (fib.family == AF_INET) {
+		/* fib_validate_source(): the way back to the source must be a
+		 * unicast route out of the port the packet came in on. That is
+		 * what strict rp_filter asks, and more than loose or none ask:
+		 * whatever fails it goes to the stack, which applies the
+		 * rp_filter and accept_local the sysctls say now. The same
+		 * lookup finds a source that is one of the box's own addresses
+		 * (a local route), a martian with rp_filter off too. As in the
+		 * kernel, the reverse lookup comes in through the egress port
+		 * with the addresses swapped. NO_NEIGH still names the port. */
+		struct bpf_fib_lookup rev = {};
+
+		iph = (void *)(eth + 1);
+		if ((void *)(iph + 1) > data_end)
+			return PASS(PASS_MALFORMED);
+		rev.family = AF_INET;
+		rev.tos = iph->tos;
+		rev.l4_protocol = iph->protocol;
+		rev.ipv4_src = iph->daddr;
+		rev.ipv4_dst = iph->saddr;
+		rev.ifindex = fib.ifindex;
+		rc = bpf_fib_lookup(ctx, &rev, sizeof(rev), 0);
+		if ((rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) ||
+		    rev.ifindex != ifindex)
+			return PASS(PASS_REVERSE_PATH);
+	}
+
+	/* Fails (and leaves the frame alone) if the port has just left the
+	 * devmap: a detach in progress, when the stack takes over. */
+	if (bpf_redirect_map(XDPFWD_PORTS, fib.ifindex, XDP_PASS) != XDP_REDIRECT)
+		return PASS(PASS_NOT_A_PORT);
+
+	/* ip_rcv_core() / ip6_rcv_core() trim what follows the IP packet
+	 * (Ethernet padding, trailing bytes) before forwarding. */
+	if (sizeof(*eth) + l3_len < bytes) {
+		if (bpf_xdp_adjust_tail(ctx, (int)(sizeof(*eth) + l3_len) - (int)bytes))
+			return PASS(PASS_MALFORMED);
+		data = (void *)(long)ctx->data;
+		data_end = (void *)(long)ctx->data_end;
+		eth = data;
+	}
 
 	/* The headers were checked above; the verifier wants the bounds seen
 	 * again on this path. */
 	if (fib.family == AF_INET) {
 		iph = (void *)(eth + 1);
 		if ((void *)(iph + 1) > data_end)
-			return PASS(PASS_MALFORMED);
+			return count(stats, XDPFWD_DROP_REDIRECT_FAILED, bytes, XDP_DROP);
 		ip_decrease_ttl(iph);
 	} else {
 		ip6h = (void *)(eth + 1);
 		if ((void *)(ip6h + 1) > data_end)
-			return PASS(PASS_MALFORMED);
+			return count(stats, XDPFWD_DROP_REDIRECT_FAILED, bytes, XDP_DROP);
 		ip6h->hop_limit--;
 	}
 	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
 
-	action = bpf_redirect_map(XDPFWD_PORTS, fib.ifindex, 0);
-	if (action != XDP_REDIRECT)
-		/* The port left the map between lookup and redirect (a detach
-		 * in progress). The frame is already rewritten, so the stack
-		 * must not see it: drop, and count it. */
-		return count(stats, XDPFWD_DROP_REDIRECT_FAILED, bytes, XDP_DROP);
-
-	egress = bpf_map_lookup_elem(XDPFWD_STATS, &fib.ifindex);
+	egress = bpf_map_lookup_elem(XDPFWD_STATS, &out_slot);
 	if (egress) {
 		egress->transmitted.packets++;
-		egress->transmitted.bytes += bytes;
+		egress->transmitted.bytes += data_end - data;
 	}
 	return count(stats, XDPFWD_FORWARDED, bytes, XDP_REDIRECT);
 }

@@ -16,7 +16,9 @@ from functools import cache
 from xdpfwd.errors import MissingDependency, PermissionDenied, XdpfwdError
 
 # enum bpf_map_type
+MAP_TYPE_ARRAY = 2
 MAP_TYPE_PERCPU_HASH = 5
+MAP_TYPE_PERCPU_ARRAY = 6
 MAP_TYPE_DEVMAP_HASH = 25
 
 # XDP attach flags (uapi/linux/if_link.h)

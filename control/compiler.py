@@ -71,8 +71,10 @@ class _CaptureStderr:
         self._file.close()
 
 
-def load(ports_map_fd: int, stats_map_fd: int, verbose: bool = False) -> Program:
-    """Compile bpf/redirect.c against the two maps user space created."""
+def load(ports_map_fd: int, stats_map_fd: int, config_map_fd: int, ifindexes: list[int],
+         verbose: bool = False) -> Program:
+    """Compile bpf/redirect.c against the maps user space created, for
+    these ports (slot i is ifindexes[i])."""
     bcc = import_bcc()
     if kernel_headers() is None:
         raise MissingDependency(
@@ -81,8 +83,10 @@ def load(ports_map_fd: int, stats_map_fd: int, verbose: bool = False) -> Program
             "closest distribution headers)"
         )
     lay = layout()
+    slots = " ".join(f"X({ifindex}, {slot})" for slot, ifindex in enumerate(ifindexes))
     cflags = [f"-I{BPF_DIR}", f"-DXDPFWD_PORTS_FD={ports_map_fd}",
-              f"-DXDPFWD_STATS_FD={stats_map_fd}"]
+              f"-DXDPFWD_STATS_FD={stats_map_fd}", f"-DXDPFWD_CONFIG_FD={config_map_fd}",
+              f"-DXDPFWD_PORT_SLOTS(X)={slots}"]
     capture = _CaptureStderr()
     try:
         with capture:

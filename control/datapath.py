@@ -6,7 +6,7 @@ the maps hold the counters. Nothing is pinned and no state file is kept,
 so `status`, `stats` and `detach` work from any new process, also under a
 new `ip netns exec` (which hides /sys/fs/bpf, see lab-findings.md).
 
-An xdpfwd program is recognised by its name (layout.prog_name) and its two
+An xdpfwd program is recognised by its name (layout.prog_name) and its
 maps' names; anything else attached to an interface is foreign and is
 never replaced or removed.
 """
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from xdpfwd import bpfsys, compiler, failpoints, netlink
 from xdpfwd.errors import (Conflict, ForwardingDisabled, KernelRefused, PermissionDenied,
                            UsageError, XdpfwdError)
-from xdpfwd.layout import TRANSMITTED, layout
+from xdpfwd.layout import PORT_FORMAT, PORT_SIZE, RECEIVED, TRANSMITTED, layout
 
 MODES = ("auto", "native", "skb", "afpacket")
 FAMILIES = ("ipv4", "ipv6")
@@ -87,6 +87,7 @@ class OurProgram:
     prog_id: int
     stats_map_id: int
     ports_map_id: int
+    config_map_id: int
 
 
 def identify(prog_id: int) -> OurProgram | Foreign:
@@ -98,8 +99,8 @@ def identify(prog_id: int) -> OurProgram | Foreign:
     for map_id in info.map_ids:
         with bpfsys.map_by_id(map_id) as m:
             maps[bpfsys.map_info(m.fd).name] = map_id
-    if info.name == lay.prog_name and lay.stats_map in maps and lay.ports_map in maps:
-        return OurProgram(prog_id, maps[lay.stats_map], maps[lay.ports_map])
+    if info.name == lay.prog_name and {lay.stats_map, lay.ports_map, lay.config_map} <= set(maps):
+        return OurProgram(prog_id, maps[lay.stats_map], maps[lay.ports_map], maps[lay.config_map])
     return Foreign(prog_id, info.name)
 
 
@@ -213,6 +214,7 @@ def _already(states: list[PortState], indexes: set[int], mode: str) -> AttachRes
                 f"already attached in {', '.join(sorted(set(modes.values())))} mode; "
                 "detach first to change the mode"
             )
+        refresh_port_addresses(ours[0].prog_id)
         return AttachResult(ours[0].prog_id, modes, already=True)
     for s in ours:  # half attached: undo it, then attach anew
         _detach_one(s)
@@ -256,23 +258,55 @@ def attach(links: list[netlink.Link], states: list[PortState], mode: str,
     return _load_and_attach(links, mode, verbose, notes)
 
 
+def _port_entries(slots: dict[int, int]) -> dict[int, bytes]:
+    """{slot: struct xdpfwd_port} with each port's current MAC; a port
+    that no longer exists is left out."""
+    macs = {l.index: l.mac for l in netlink.links().values()}
+    return {slot: struct.pack(PORT_FORMAT, ifindex, bytes.fromhex(macs[ifindex].replace(":", "")), 0)
+            for slot, ifindex in slots.items() if macs.get(ifindex)}
+
+
 def load_program(ifindexes: list[int], verbose: bool = False) -> compiler.Program:
-    """Create the two maps for these ports, then compile and load the
-    program against them. Not attached yet."""
+    """Create the maps for these ports (slot i is ifindexes[i]), then
+    compile and load the program against them. Not attached yet."""
     lay = layout()
     ports = bpfsys.map_create(bpfsys.MAP_TYPE_DEVMAP_HASH, lay.ports_map, 4, 4, lay.max_ports)
-    stats = bpfsys.map_create(bpfsys.MAP_TYPE_PERCPU_HASH, lay.stats_map, 4, lay.value_size,
+    stats = bpfsys.map_create(bpfsys.MAP_TYPE_PERCPU_ARRAY, lay.stats_map, 4, lay.value_size,
                               lay.max_ports)
-    zeros = bytes(lay.value_size) * bpfsys.possible_cpus()
-    with ports, stats:
+    config = bpfsys.map_create(bpfsys.MAP_TYPE_ARRAY, lay.config_map, 4, PORT_SIZE, lay.max_ports)
+    with ports, stats, config:
         for ifindex in ifindexes:
             key = struct.pack("=I", ifindex)
             bpfsys.map_update(ports.fd, key, key)
-            # Counters exist before the first packet: the program never
-            # has to create an entry, and both ports read from the start.
-            bpfsys.map_update(stats.fd, key, zeros, bpfsys.BPF_NOEXIST)
+        for slot, entry in _port_entries(dict(enumerate(ifindexes))).items():
+            bpfsys.map_update(config.fd, struct.pack("=I", slot), entry)
         # The program holds its own references to the maps from here on.
-        return compiler.load(ports.fd, stats.fd, verbose=verbose)
+        return compiler.load(ports.fd, stats.fd, config.fd, ifindexes, verbose=verbose)
+
+
+def _port_slots(prog: OurProgram) -> dict[int, int]:
+    """{slot: ifindex} of the program's ports, from its config map."""
+    slots = {}
+    with bpfsys.map_by_id(prog.config_map_id) as config:
+        for slot in range(layout().max_ports):
+            raw = bpfsys.map_lookup(config.fd, struct.pack("=I", slot), PORT_SIZE)
+            ifindex = struct.unpack_from("=I", raw)[0] if raw else 0
+            if ifindex:
+                slots[slot] = ifindex
+    return slots
+
+
+def refresh_port_addresses(prog_id: int) -> None:
+    """Write the ports' current MACs into the program's config map: the
+    program forwards only frames addressed to its port, and a port's
+    address can change while the program stays attached."""
+    prog = identify(prog_id)
+    if not isinstance(prog, OurProgram):
+        return
+    entries = _port_entries(_port_slots(prog))
+    with bpfsys.map_by_id(prog.config_map_id) as config:
+        for slot, entry in entries.items():
+            bpfsys.map_update(config.fd, struct.pack("=I", slot), entry)
 
 
 def _load_and_attach(links, mode, verbose, notes) -> AttachResult:
@@ -332,7 +366,7 @@ def detach(states: list[PortState]) -> list[str]:
 
 
 def program_counters(prog_id: int) -> dict[int, dict[str, tuple[int, int]]]:
-    """{ingress ifindex: {outcome label: (packets, bytes)}} of one program."""
+    """{port ifindex: {label: (packets, bytes)}} of one program."""
     lay = layout()
     prog = identify(prog_id)
     if not isinstance(prog, OurProgram):
@@ -345,10 +379,10 @@ def program_counters(prog_id: int) -> dict[int, dict[str, tuple[int, int]]]:
                 f"program {prog_id} counts {info.value_size} bytes per interface, this "
                 f"xdpfwd expects {lay.value_size}: detach and attach with this version"
             )
-        for key in bpfsys.map_keys(stats.fd, 4):
-            values = bpfsys.percpu_values(stats.fd, key, info.value_size)
+        for slot, ifindex in sorted(_port_slots(prog).items()):
+            values = bpfsys.percpu_values(stats.fd, struct.pack("=I", slot), info.value_size)
             if values is not None:
-                result[struct.unpack("=I", key)[0]] = lay.decode(values)
+                result[ifindex] = lay.decode(values)
     return result
 
 
@@ -369,12 +403,11 @@ def summarize(counts: dict[str, tuple[int, int]]) -> dict:
     lay = layout()
     out = {k: 0 for k in ("rx_packets", "rx_bytes", "forwarded_packets", "forwarded_bytes",
                           "passed_packets", "passed_bytes", "dropped_packets", "dropped_bytes")}
+    out["rx_packets"], out["rx_bytes"] = counts.get(RECEIVED, (0, 0))
     out["tx_packets"], out["tx_bytes"] = counts.get(TRANSMITTED, (0, 0))
     out["pass_reasons"], out["drop_reasons"] = {}, {}
     for o in lay.outcomes:
         packets, nbytes = counts.get(o.label, (0, 0))
-        out["rx_packets"] += packets
-        out["rx_bytes"] += nbytes
         out[f"{o.kind}_packets"] += packets
         out[f"{o.kind}_bytes"] += nbytes
         if o.kind == "passed":

@@ -17,9 +17,12 @@ HEADER = BPF_DIR / "counters.h"
 SOURCE = BPF_DIR / "redirect.c"
 
 KINDS = ("forwarded", "passed", "dropped")
+RECEIVED = "received"  # not an outcome: every frame a port received, counted apart
 TRANSMITTED = "transmitted"  # not an outcome: the egress count of a port
 COUNT_FORMAT = "=QQ"  # struct xdpfwd_count: packets, bytes
 COUNT_SIZE = struct.calcsize(COUNT_FORMAT)
+PORT_FORMAT = "=I6sH"  # struct xdpfwd_port: ifindex, mac, pad
+PORT_SIZE = struct.calcsize(PORT_FORMAT)
 
 
 @dataclass(frozen=True)
@@ -35,30 +38,39 @@ class Layout:
     prog_name: str
     stats_map: str
     ports_map: str
+    config_map: str
     max_ports: int
     outcomes: tuple[Outcome, ...]
 
     @property
     def value_size(self) -> int:
-        """sizeof(struct xdpfwd_counters): the outcomes, then transmitted."""
-        return COUNT_SIZE * (len(self.outcomes) + 1)
+        """sizeof(struct xdpfwd_counters): received, the outcomes, transmitted."""
+        return COUNT_SIZE * (len(self.outcomes) + 2)
+
+    @staticmethod
+    def outcome_index(outcome: int) -> int:
+        """Where outcome[outcome] sits, counted in struct xdpfwd_count."""
+        return 1 + outcome
+
+    received_index = 0
 
     @property
     def transmitted_index(self) -> int:
         """Where `transmitted` sits, counted in struct xdpfwd_count."""
-        return len(self.outcomes)
+        return len(self.outcomes) + 1
 
     def decode(self, per_cpu_values: list[bytes]) -> dict[str, tuple[int, int]]:
         """Sum per-CPU struct xdpfwd_counters into {label: (packets, bytes)},
-        with TRANSMITTED for the egress side."""
-        slots = len(self.outcomes) + 1
+        with RECEIVED for the ingress total and TRANSMITTED for the egress
+        side."""
+        slots = len(self.outcomes) + 2
         totals = [[0, 0] for _ in range(slots)]
         for raw in per_cpu_values:
             for i in range(slots):
                 packets, nbytes = struct.unpack_from(COUNT_FORMAT, raw, i * COUNT_SIZE)
                 totals[i][0] += packets
                 totals[i][1] += nbytes
-        labels = [o.label for o in self.outcomes] + [TRANSMITTED]
+        labels = [RECEIVED] + [o.label for o in self.outcomes] + [TRANSMITTED]
         return {label: (p, b) for label, (p, b) in zip(labels, totals)}
 
 
@@ -81,6 +93,7 @@ def parse(text: str) -> Layout:
         prog_name=defines["XDPFWD_PROG_NAME"],
         stats_map=defines["XDPFWD_STATS_MAP"],
         ports_map=defines["XDPFWD_PORTS_MAP"],
+        config_map=defines["XDPFWD_CONFIG_MAP"],
         max_ports=int(defines["XDPFWD_MAX_PORTS"]),
         outcomes=outcomes,
     )

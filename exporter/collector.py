@@ -13,7 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from xdpfwd import __version__
-from xdpfwd.layout import TRANSMITTED, layout
+from xdpfwd.layout import RECEIVED, TRANSMITTED, layout
 
 KIND_HELP = {
     "forwarded": "arrived on the device and were forwarded",
@@ -79,11 +79,11 @@ class XdpfwdCollector(Collector):
                 family(f"xdpfwd_{kind}_{unit}", f"{unit.capitalize()} that {text}.", labels)
 
         for device, counts in sorted(counters.items()):
-            received = [0, 0]
+            # Counted on arrival, apart from the outcomes: the sum of the
+            # outcomes equals it only while every path counts one.
+            received = counts.get(RECEIVED, (0, 0))
             for o in lay.outcomes:
                 packets, nbytes = counts.get(o.label, (0, 0))
-                received[0] += packets
-                received[1] += nbytes
                 for unit, value in (("packets", packets), ("bytes", nbytes)):
                     labels = [device] if o.kind == "forwarded" else [device, o.label]
                     families[f"xdpfwd_{o.kind}_{unit}"].add_metric(labels, value)

@@ -52,6 +52,10 @@ ROUTE_ERRORS = {
     errno.EACCES: "fib_prohibit",
     errno.ENETUNREACH: "fib_not_forwarded",
 }
+# The rules every namespace starts with (local, main, default): any other
+# makes fib4_has_custom_rules() true, and fib_validate_source() then does
+# the full reverse lookup even with rp_filter off.
+DEFAULT_RULE_PRIORITIES = {0, 32766, 32767}
 
 # NUD_VALID in include/net/neighbour.h: the states bpf_fib_lookup() accepts.
 NUD_VALID = (ndmsg.NUD_PERMANENT | ndmsg.NUD_NOARP | ndmsg.NUD_REACHABLE
@@ -76,6 +80,7 @@ class Hop:
                        # also set for fib_no_neighbour: like bpf_fib_lookup(), a packet
                        # too big is fib_frag_needed before any neighbour question
     nexthop: bytes = b""  # gateway address, or the destination itself when on-link (packed, 4 or 16 bytes)
+    no_route: bool = False  # fib_not_forwarded because nothing matched (the kernel's ENETUNREACH)
 
 
 def _mac(text: str | None) -> bytes:
@@ -100,6 +105,8 @@ class Fib:
             self._events.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
         self._ipr = IPRoute()
         self._hops: dict[tuple[int, bytes], Hop] = {}
+        self._back: dict[bytes, int] = {}  # IPv4 source -> egress of the unicast route to it, or 0
+        self._v4: tuple[dict[bytes, int], bool] | None = None  # (local address -> ifindex, custom rules)
         self._links: dict[int, tuple[bytes, int]] = {}  # ifindex -> (MAC, MTU)
         self._resolved: dict[tuple[bytes, int], float] = {}  # (nexthop, ifindex) -> monotonic time
 
@@ -110,6 +117,47 @@ class Fib:
                 self._hops.clear()
             hop = self._hops[(family, dst)] = self._ask(FAMILIES[family], dst)
         return hop
+
+    def mac(self, ifindex: int) -> bytes:
+        """The interface's own address: a frame to any other is not ours."""
+        return self._link(ifindex)[0]
+
+    def reverse_ok(self, src: bytes, dst: bytes, ingress: int, egress: int) -> bool:
+        """The XDP program's reverse-path check (redirect.c): the way back
+        to an IPv4 source is a unicast route out of the ingress port. What
+        fails it is left to the kernel's rules (the slow path)."""
+        back = self._back.get(src)
+        if back is None:
+            if len(self._back) >= MAX_CACHED:
+                self._back.clear()
+            back = self._back[src] = self._unicast_oif(socket.AF_INET, src)
+        return back == ingress
+
+    def route_back(self, src: bytes) -> tuple[int, int]:
+        """(route type, egress) of the route to an IPv4 source: what
+        fib_validate_source() looks up; type 0 when there is none."""
+        try:
+            (route,) = self._ipr.route("get", family=socket.AF_INET, dst=socket.inet_ntop(socket.AF_INET, src))
+        except NetlinkError:
+            return 0, 0
+        return route["type"], route.get_attr("RTA_OIF") or 0
+
+    def ipv4_state(self) -> tuple[dict[bytes, int], bool]:
+        """({local IPv4 address: ifindex}, whether custom rules exist)."""
+        if self._v4 is None:
+            addrs = {_packed(a.get_attr("IFA_ADDRESS")): a["index"]
+                     for a in self._ipr.get_addr(family=socket.AF_INET)}
+            custom = any((r.get_attr("FRA_PRIORITY") or 0) not in DEFAULT_RULE_PRIORITIES
+                         for r in self._ipr.get_rules(family=socket.AF_INET))
+            self._v4 = (addrs, custom)
+        return self._v4
+
+    def _unicast_oif(self, af: int, dst: bytes) -> int:
+        try:
+            (route,) = self._ipr.route("get", family=af, dst=socket.inet_ntop(af, dst))
+        except NetlinkError:
+            return 0
+        return route.get_attr("RTA_OIF") if route["type"] == RTN_UNICAST else 0
 
     def fileno(self) -> int:
         return self._events.fileno()
@@ -132,6 +180,8 @@ class Fib:
             events += 1
         if events:
             self._hops.clear()
+            self._back.clear()
+            self._v4 = None
             self._links.clear()
         return events
 
@@ -173,7 +223,7 @@ class Fib:
             return self._route(af, dst)
         except NetlinkError as e:
             if e.code in ROUTE_ERRORS:
-                return Hop(ROUTE_ERRORS[e.code])
+                return Hop(ROUTE_ERRORS[e.code], no_route=e.code == errno.ENETUNREACH)
             # E.g. the egress link vanished between two requests: its event
             # is already queued and will drop this answer.
             return Hop("fib_other")

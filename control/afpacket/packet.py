@@ -3,8 +3,8 @@ same order, with the same outcomes as bpf/redirect.c.
 
 decide() returns (outcome index, egress ifindex, frame to send or None).
 Only "forwarded" comes with a frame: its MACs rewritten, TTL / hop limit
-decremented and (IPv4) the header checksum updated as the kernel does; the
-rest, Ethernet padding included, is left as it came, as XDP leaves it.
+decremented and (IPv4) the header checksum updated as the kernel does, and
+cut to the IP packet's length as ip_rcv_core() trims it.
 """
 
 import struct
@@ -19,6 +19,8 @@ IP_OPTIONS, LINK_LOCAL, TTL = _IDX["ip_options"], _IDX["link_local"], _IDX["ttl_
 FRAG_NEEDED, NOT_A_PORT = _IDX["fib_frag_needed"], _IDX["egress_not_a_port"]
 SAME_PORT, NO_NEIGH = _IDX["egress_is_ingress"], _IDX["fib_no_neighbour"]
 REDIRECT_FAILED = _IDX["redirect_failed"]
+OTHER_HOST, REVERSE_PATH = _IDX["other_host"], _IDX["reverse_path"]
+MARTIAN_SOURCE, MARTIAN_DEST = _IDX["martian_source"], _IDX["martian_destination"]
 OUTCOME_INDEX = _IDX
 
 ETH_IPV4, ETH_IPV6 = b"\x08\x00", b"\x86\xdd"
@@ -40,14 +42,27 @@ def decrement_ttl_checksum(check: int) -> int:
     return (check + (check >= 0xFFFF)) & 0xFFFF
 
 
+def ipv4_martian_source(a: bytes) -> bool:
+    """ip_route_input_slow(): multicast, limited broadcast, 0/8, 127/8."""
+    return a[0] >> 4 == 0xE or a == b"\xff\xff\xff\xff" or a[0] == 0 or a[0] == 127
+
+
+def ipv6_any_or_loopback(a: bytes) -> bool:
+    return a[:15] == bytes(15) and a[15] in (0, 1)
+
+
 def decide(frame: bytes, ingress: int, vlan_tagged: bool, fib, ports) -> tuple:
     """One frame arriving on `ingress`. fib answers lookup(family, dst)
-    with a Hop; ports is the set of ifindexes the forwarder serves."""
+    with a Hop, mac(ifindex) with a port's address and reverse_ok() with
+    the reverse-path check; ports is the set of ifindexes the forwarder
+    serves."""
     n = len(frame)
     if n < 14:
         return MALFORMED, 0, None
     if frame[0] & 1:
         return MULTICAST, 0, None
+    if frame[0:6] != fib.mac(ingress):
+        return OTHER_HOST, 0, None
     # AF_PACKET hands VLAN frames over untagged, the tag in the metadata.
     ethertype = frame[12:14]
     if vlan_tagged or ethertype in ETH_VLAN:
@@ -64,10 +79,17 @@ def decide(frame: bytes, ingress: int, vlan_tagged: bool, fib, ports) -> tuple:
             return IP_OPTIONS, 0, None
         if not ipv4_checksum_ok(frame):
             return BAD_CHECKSUM, 0, None
+        src, dst = frame[26:30], frame[30:34]
+        if ipv4_martian_source(src):
+            return MARTIAN_SOURCE, 0, None
+        if dst[0] >> 4 == 0xE or dst == b"\xff\xff\xff\xff":
+            return MULTICAST, 0, None
+        if dst[0] == 0 or dst[0] == 127:
+            return MARTIAN_DEST, 0, None
         ttl = frame[22]
         if ttl <= 1:
             return TTL, 0, None
-        hop = fib.lookup(4, frame[30:34])
+        hop = fib.lookup(4, dst)
     elif ethertype == ETH_IPV6:
         if n < 54:
             return MALFORMED, 0, None
@@ -76,6 +98,13 @@ def decide(frame: bytes, ingress: int, vlan_tagged: bool, fib, ports) -> tuple:
             return MALFORMED, 0, None
         if frame[20] == IPPROTO_HOPOPTS:
             return IP_OPTIONS, 0, None
+        src, dst = frame[22:38], frame[38:54]
+        if src[0] == 0xFF or ipv6_any_or_loopback(src):
+            return MARTIAN_SOURCE, 0, None
+        if ipv6_any_or_loopback(dst):
+            return MARTIAN_DEST, 0, None
+        if dst[0] == 0xFF:
+            return MULTICAST, 0, None
         if (frame[22] == 0xFE and frame[23] & 0xC0 == 0x80) or \
                 (frame[38] == 0xFE and frame[39] & 0xC0 == 0x80):
             return LINK_LOCAL, 0, None
@@ -99,10 +128,13 @@ def decide(frame: bytes, ingress: int, vlan_tagged: bool, fib, ports) -> tuple:
     if hop.ifindex == ingress:
         return SAME_PORT, hop.ifindex, None
 
+    end = 14 + total
     if ethertype == ETH_IPV4:
+        if not fib.reverse_ok(src, dst, ingress, hop.ifindex):
+            return REVERSE_PATH, hop.ifindex, None
         check = decrement_ttl_checksum((frame[24] << 8) | frame[25])
         out = b"".join((hop.dmac, hop.smac, frame[12:22], bytes((ttl - 1, frame[23])),
-                        check.to_bytes(2, "big"), frame[26:]))
+                        check.to_bytes(2, "big"), frame[26:end]))
     else:
-        out = b"".join((hop.dmac, hop.smac, frame[12:21], bytes((ttl - 1,)), frame[22:]))
+        out = b"".join((hop.dmac, hop.smac, frame[12:21], bytes((ttl - 1,)), frame[22:end]))
     return FORWARDED, hop.ifindex, out

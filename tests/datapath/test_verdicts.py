@@ -10,7 +10,7 @@ from scapy.layers.inet import IP, UDP, IPOption_RR
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
-from helpers import inside, router_with_every_route
+from helpers import inside, router_ip, router_with_every_route
 from xdpfwd import bpfsys, datapath, netlink
 
 XDP_DROP, XDP_PASS, XDP_REDIRECT = 1, 2, 4
@@ -63,7 +63,8 @@ def check(program, frame, action, outcome):
     assert result.retval == action, f"action {result.retval}, expected {action}"
     grew = {label: after[label][0] - before[label][0] for label in after
             if after[label] != before[label]}
-    assert grew == {outcome: 1}, f"counters grew {grew}, expected {outcome} +1"
+    assert grew == {"received": 1, outcome: 1}, f"counters grew {grew}, expected received and {outcome} +1"
+    assert after["received"][1] - before["received"][1] == len(raw)
     assert after[outcome][1] - before[outcome][1] == len(raw)
     return result
 
@@ -188,3 +189,93 @@ def test_forwarding_disabled_on_ingress(program):
             netlink.set_forwarding("ipv4", "eth1", True)
     check(program, to_router(program, v4()), XDP_REDIRECT, "forwarded")
 
+
+
+# -- what the kernel's own forwarding refuses: never forwarded here --------
+
+
+def test_frames_for_another_host_go_to_the_stack(program):
+    """eth_type_trans() makes them PACKET_OTHERHOST; ip_rcv_core() and
+    ip6_rcv_core() drop them."""
+    for l3 in (v4(), v6()):
+        frame = Ether(src=program["macs"]["sendbox"], dst="02:00:00:00:00:99") / l3
+        check(program, frame, XDP_PASS, "other_host")
+
+
+@pytest.mark.parametrize("src", ["0.0.0.0", "0.1.2.3", "127.0.0.1", "224.0.0.5",
+                                 "255.255.255.255"])
+def test_ipv4_martian_sources_go_to_the_stack(program, src):
+    frame = to_router(program, IP(src=src, dst="10.0.11.20") / UDP() / PAYLOAD)
+    check(program, frame, XDP_PASS, "martian_source")
+
+
+@pytest.mark.parametrize("dst,outcome", [
+    ("0.0.0.7", "martian_destination"), ("127.0.0.1", "martian_destination"),
+    ("255.255.255.255", "multicast"), ("224.0.0.5", "multicast"),  # unicast MAC
+    ("10.0.11.255", "fib_not_forwarded"),  # directed broadcast: a broadcast route
+])
+def test_ipv4_special_destinations_go_to_the_stack(program, dst, outcome):
+    check(program, to_router(program, v4(dst=dst)), XDP_PASS, outcome)
+
+
+@pytest.mark.parametrize("src,dst,outcome", [
+    ("::1", "fd00:11::20", "martian_source"), ("ff02::1", "fd00:11::20", "martian_source"),
+    ("::", "fd00:11::20", "martian_source"), ("fd00:10::10", "::1", "martian_destination"),
+    ("fd00:10::10", "ff0e::1", "multicast"),  # unicast MAC
+])
+def test_ipv6_martians_go_to_the_stack(program, src, dst, outcome):
+    frame = to_router(program, IPv6(src=src, dst=dst) / UDP() / PAYLOAD)
+    check(program, frame, XDP_PASS, outcome)
+
+
+@pytest.mark.parametrize("src", [
+    "10.0.11.99",   # the far subnet, arriving on the near port: spoofed
+    "10.0.11.10",   # the router's own address (fib_validate_source: local source)
+    "10.0.10.20",   # the router's own address on the ingress port
+    "192.0.2.77",   # no route back at all
+    "10.0.90.5",    # the way back is a blackhole
+])
+def test_sources_that_fail_the_reverse_path_go_to_the_stack(program, src):
+    """The stack then applies rp_filter and accept_local as the sysctls say."""
+    frame = to_router(program, IP(src=src, dst="10.0.11.20") / UDP() / PAYLOAD)
+    check(program, frame, XDP_PASS, "reverse_path")
+
+
+def test_reverse_path_follows_the_routes(program):
+    """A route added while attached changes the verdict at once."""
+    frame = to_router(program, IP(src="10.0.77.1", dst="10.0.11.20") / UDP() / PAYLOAD)
+    check(program, frame, XDP_PASS, "reverse_path")
+    router_ip("route", "add", "10.0.77.0/24", "via", "10.0.10.10")
+    try:
+        check(program, frame, XDP_REDIRECT, "forwarded")
+    finally:
+        router_ip("route", "del", "10.0.77.0/24")
+    check(program, frame, XDP_PASS, "reverse_path")
+
+
+def test_trailing_bytes_are_trimmed_as_the_kernel_does(program):
+    """ip_rcv_core() trims the frame to tot_len before forwarding."""
+    for l3, layer in ((v4(), IP), (v6(), IPv6)):
+        frame = bytes(to_router(program, l3))
+        out = Ether(check(program, frame + b"\0" * 20, XDP_REDIRECT, "forwarded").data)
+        assert len(bytes(out)) == len(frame)
+        assert bytes(out[UDP]) == bytes(Ether(frame)[UDP])
+
+
+def test_port_address_is_followed_on_reattach(program):
+    """The program compares with the port address in its config map."""
+    eth1 = program["links"]["eth1"]
+    router_ip("link", "set", "eth1", "address", "02:00:00:00:10:20")
+    try:
+        # Not refreshed yet: the new address is not the port's for the program.
+        frame = Ether(src=program["macs"]["sendbox"], dst="02:00:00:00:10:20") / v4()
+        check(program, frame, XDP_PASS, "other_host")
+        with inside("router"):
+            datapath.refresh_port_addresses(program["id"])
+        check(program, frame, XDP_REDIRECT, "forwarded")
+        check(program, to_router(program, v4()), XDP_PASS, "other_host")  # the old address
+    finally:
+        router_ip("link", "set", "eth1", "address", eth1.mac)
+        with inside("router"):
+            datapath.refresh_port_addresses(program["id"])
+    check(program, to_router(program, v4()), XDP_REDIRECT, "forwarded")

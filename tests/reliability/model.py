@@ -13,6 +13,8 @@ import json
 import subprocess
 from dataclasses import dataclass, field
 
+LBCAST = ipaddress.IPv4Address("255.255.255.255")
+ZERONET = ipaddress.IPv4Network("0.0.0.0/8")
 NUD_VALID = {"PERMANENT", "NOARP", "REACHABLE", "PROBE", "STALE", "DELAY"}
 
 
@@ -124,6 +126,8 @@ def decide(frame: bytes, ingress: int, t: Tables) -> Verdict:
         return passed("malformed")
     if frame[0] & 1:
         return passed("multicast")
+    if frame[0:6] != t.mac[ingress]:  # eth_type_trans(): PACKET_OTHERHOST
+        return passed("other_host")
     ethertype = int.from_bytes(frame[12:14], "big")
     if ethertype in (0x8100, 0x88A8):
         return passed("vlan")
@@ -138,6 +142,14 @@ def decide(frame: bytes, ingress: int, t: Tables) -> Verdict:
             return passed("ip_options")
         if _ones_complement_sum(frame[14:34]) != 0xFFFF:
             return passed("bad_checksum")
+        src4, dst4 = ipaddress.IPv4Address(frame[26:30]), ipaddress.IPv4Address(frame[30:34])
+        # ip_route_input_slow()'s martians, before any lookup
+        if src4.is_multicast or src4 == LBCAST or src4 in ZERONET or src4.is_loopback:
+            return passed("martian_source")
+        if dst4.is_multicast or dst4 == LBCAST:
+            return passed("multicast")
+        if dst4 in ZERONET or dst4.is_loopback:
+            return passed("martian_destination")
         ttl = frame[22]
         if ttl <= 1:
             return passed("ttl_exceeded")
@@ -151,6 +163,13 @@ def decide(frame: bytes, ingress: int, t: Tables) -> Verdict:
         if frame[20] == 0:  # hop-by-hop options
             return passed("ip_options")
         src, dst = ipaddress.IPv6Address(frame[22:38]), ipaddress.IPv6Address(frame[38:54])
+        # ip6_rcv_core() and ip6_forward()
+        if src.is_multicast or src.is_loopback or src.is_unspecified:
+            return passed("martian_source")
+        if dst.is_loopback or dst.is_unspecified:
+            return passed("martian_destination")
+        if dst.is_multicast:
+            return passed("multicast")
         if src.is_link_local or dst.is_link_local:
             return passed("link_local")
         ttl = frame[21]
@@ -167,6 +186,14 @@ def decide(frame: bytes, ingress: int, t: Tables) -> Verdict:
         return passed("egress_not_a_port")
     if route.oif == ingress:
         return passed("egress_is_ingress")
+    if family == 4:
+        # fib_validate_source() as strict rp_filter asks: a unicast route
+        # back to the source out of the ingress port; anything else is
+        # left to the kernel's own rp_filter.
+        back = _lookup(t.local, src4) or _lookup(t.main, src4)
+        if back is None or back.kind != "unicast" or back.oif != ingress:
+            return passed("reverse_path")
+    frame = frame[:14 + l3_len]  # ip_rcv_core() trims to the IP length
     return Verdict("redirect", "forwarded", _rewrite(frame, family, mac, t.mac[route.oif]), route.oif)
 
 

@@ -28,9 +28,9 @@ def registry(snap):
 SNAP = Snapshot(
     devices=[Device("eth1", "native", 42), Device("eth0", "native", 42)],
     counters={
-        "eth1": {"forwarded": (100, 10000), "fib_no_neighbour": (2, 200), "multicast": (3, 180),
-                 "redirect_failed": (1, 64), "transmitted": (7, 700)},
-        "eth0": {"forwarded": (7, 700), "transmitted": (100, 10000)},
+        "eth1": {"received": (106, 10444), "forwarded": (100, 10000), "fib_no_neighbour": (2, 200),
+                 "multicast": (3, 180), "redirect_failed": (1, 64), "transmitted": (7, 700)},
+        "eth0": {"received": (8, 760), "forwarded": (7, 700), "transmitted": (100, 10000)},
     },
 )
 
@@ -44,9 +44,12 @@ def test_counters_per_device_and_reason():
     assert get("xdpfwd_passed_packets_total", {"device": "eth1", "reason": "fib_no_neighbour"}) == 2
     assert get("xdpfwd_passed_packets_total", {"device": "eth1", "reason": "ttl_exceeded"}) == 0
     assert get("xdpfwd_dropped_packets_total", {"device": "eth1", "reason": "redirect_failed"}) == 1
-    # received is every outcome; transmitted is the egress side
+    # received is counted on arrival, not summed from the outcomes (eth0's
+    # outcomes add up to 7, its received counter says 8); transmitted is
+    # the egress side
     assert get("xdpfwd_receive_packets_total", {"device": "eth1"}) == 106
     assert get("xdpfwd_receive_bytes_total", {"device": "eth1"}) == 10444
+    assert get("xdpfwd_receive_packets_total", {"device": "eth0"}) == 8
     assert get("xdpfwd_transmit_packets_total", {"device": "eth0"}) == 100
     assert get("xdpfwd_transmit_bytes_total", {"device": "eth1"}) == 700
 

@@ -12,9 +12,10 @@ from xdpfwd.layout import COUNT_SIZE, HEADER, SOURCE, layout, parse
 def test_header_parses_to_the_program_and_map_names():
     lay = layout()
     assert lay.prog_name == "xdpfwd_redirect"
-    assert (lay.stats_map, lay.ports_map) == ("xdpfwd_stats", "xdpfwd_ports")
+    assert (lay.stats_map, lay.ports_map, lay.config_map) == \
+        ("xdpfwd_stats", "xdpfwd_ports", "xdpfwd_config")
     # The kernel keeps 15 characters of a name; longer would not match.
-    assert all(len(n) <= 15 for n in (lay.prog_name, lay.stats_map, lay.ports_map))
+    assert all(len(n) <= 15 for n in (lay.prog_name, lay.stats_map, lay.ports_map, lay.config_map))
 
 
 def test_outcomes_are_unique_and_start_with_forwarded():
@@ -23,7 +24,7 @@ def test_outcomes_are_unique_and_start_with_forwarded():
     assert len(labels) == len(set(labels))
     assert lay.outcomes[0].label == "forwarded"
     assert [o.index for o in lay.outcomes] == list(range(len(labels)))
-    assert lay.value_size == COUNT_SIZE * (len(labels) + 1)  # + transmitted
+    assert lay.value_size == COUNT_SIZE * (len(labels) + 2)  # + received, transmitted
 
 
 def test_every_outcome_is_used_by_the_program():
@@ -42,17 +43,20 @@ def test_unknown_kind_is_refused():
 def _value(lay, counts):
     raw = bytearray(lay.value_size)
     for label, (packets, nbytes) in counts.items():
-        index = lay.transmitted_index if label == "transmitted" else \
-            next(o.index for o in lay.outcomes if o.label == label)
+        index = {"transmitted": lay.transmitted_index, "received": lay.received_index}.get(label)
+        if index is None:
+            index = lay.outcome_index(next(o.index for o in lay.outcomes if o.label == label))
         struct.pack_into("=QQ", raw, index * COUNT_SIZE, packets, nbytes)
     return bytes(raw)
 
 
 def test_decode_sums_per_cpu_values():
     lay = layout()
-    cpu0 = _value(lay, {"forwarded": (10, 1000), "ttl_exceeded": (1, 60)})
-    cpu1 = _value(lay, {"forwarded": (5, 500), "redirect_failed": (2, 120), "transmitted": (7, 70)})
+    cpu0 = _value(lay, {"received": (11, 1060), "forwarded": (10, 1000), "ttl_exceeded": (1, 60)})
+    cpu1 = _value(lay, {"received": (7, 620), "forwarded": (5, 500), "redirect_failed": (2, 120),
+                        "transmitted": (7, 70)})
     totals = lay.decode([cpu0, cpu1])
+    assert totals["received"] == (18, 1680)
     assert totals["transmitted"] == (7, 70)
     assert totals["forwarded"] == (15, 1500)
     assert totals["ttl_exceeded"] == (1, 60)
@@ -60,9 +64,9 @@ def test_decode_sums_per_cpu_values():
     assert totals["not_ip"] == (0, 0)
 
 
-def test_summarize_adds_every_outcome_into_rx_once():
-    counts = {"forwarded": (15, 1500), "ttl_exceeded": (1, 60), "fib_no_neighbour": (3, 180),
-              "redirect_failed": (2, 120), "transmitted": (9, 900)}
+def test_summarize_takes_rx_from_the_received_counter():
+    counts = {"received": (21, 1860), "forwarded": (15, 1500), "ttl_exceeded": (1, 60),
+              "fib_no_neighbour": (3, 180), "redirect_failed": (2, 120), "transmitted": (9, 900)}
     s = datapath.summarize(counts)
     assert (s["tx_packets"], s["tx_bytes"]) == (9, 900)
     assert s["rx_packets"] == 21 and s["rx_bytes"] == 1860
@@ -72,3 +76,7 @@ def test_summarize_adds_every_outcome_into_rx_once():
     assert s["pass_reasons"]["fib_no_neighbour"] == 3
     assert s["drop_reasons"] == {"redirect_failed": 2}
     assert s["rx_packets"] == s["forwarded_packets"] + s["passed_packets"] + s["dropped_packets"]
+    # rx is not the sum of the outcomes: a path that counts no outcome shows
+    lost = datapath.summarize({**counts, "received": (22, 1900)})
+    assert lost["rx_packets"] == 22 != lost["forwarded_packets"] + lost["passed_packets"] + \
+        lost["dropped_packets"]

@@ -33,7 +33,8 @@ PASS_REASONS = {
     "link_local", "ttl_exceeded", "fib_blackhole", "fib_unreachable",
     "fib_prohibit", "fib_not_forwarded", "fib_forwarding_disabled",
     "fib_unsupported_lwt", "fib_no_neighbour", "fib_frag_needed", "fib_other",
-    "egress_not_a_port", "egress_is_ingress",
+    "egress_not_a_port", "egress_is_ingress", "other_host", "martian_source",
+    "martian_destination", "reverse_path",
 }
 DROP_REASONS = {"redirect_failed"}
 

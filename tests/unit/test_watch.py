@@ -12,9 +12,10 @@ def test_human_units():
 
 
 def test_rates_per_outcome_and_reason():
-    before = {"eth1": {"forwarded": (100, 10_000), "fib_no_neighbour": (1, 100)}}
-    after = {"eth1": {"forwarded": (300, 30_000), "fib_no_neighbour": (5, 500),
-                      "transmitted": (0, 0)}}
+    before = {"eth1": {"received": (101, 10_100), "forwarded": (100, 10_000),
+                       "fib_no_neighbour": (1, 100)}}
+    after = {"eth1": {"received": (305, 30_500), "forwarded": (300, 30_000),
+                      "fib_no_neighbour": (5, 500), "transmitted": (0, 0)}}
     rows = {row: (pps, bps) for row, pps, bps in watch.rates(before, after, 2.0)["eth1"]}
     assert rows["received"] == (102.0, 8 * 20_400 / 2)
     assert rows["forwarded"] == (100.0, 80_000.0)
