@@ -10,10 +10,13 @@ frame is dropped, so this copy is the only one.
 
 import select
 import signal
+import socket
 import time
 
-from xdpfwd.afpacket import packet
+from xdpfwd.afpacket import packet, slowpath
 from xdpfwd.afpacket.fib import Fib
+from xdpfwd.afpacket.fragment import fragment
+from xdpfwd.afpacket.icmp import IcmpErrors
 from xdpfwd.afpacket.rings import RxRing, TxRing
 from xdpfwd.afpacket.state import WorkerCounters
 from xdpfwd.layout import layout
@@ -28,11 +31,16 @@ class Worker:
         self.portset = frozenset(ports)
         lay = layout()
         self.slot = {ifindex: i * lay.value_size // 8 for i, ifindex in enumerate(ports)}
+        self.rx_word = 2 * lay.received_index
+        self.outcome_word = 2 * lay.outcome_index(0)
         self.tx_word = 2 * lay.transmitted_index
         self.fib = Fib()
         self.rx = [RxRing(ifindex, fanout_id=fanout_base + i) for i, ifindex in enumerate(ports)]
         self.tx = {ifindex: TxRing(ifindex) for ifindex in ports}
         self.counters = WorkerCounters(worker, workers, len(ports))
+        self.icmp = IcmpErrors()
+        self.slow = slowpath.SlowPath(self.fib, self.icmp, fragment, self.transmit, self._hold)
+        self.others: dict[int, socket.socket] = {}  # egress interfaces that are not ports
         self.pending: dict[tuple[bytes, int], list] = {}
         self.stopping = False
 
@@ -40,30 +48,63 @@ class Worker:
         self.stopping = True
 
     def _count(self, ingress: int, outcome: int, nbytes: int) -> None:
-        base = self.slot[ingress] + 2 * outcome
+        base = self.slot[ingress] + self.outcome_word + 2 * outcome
         local = self.counters.local
         local[base] += 1
         local[base + 1] += nbytes
 
+    def _received(self, ingress: int, nbytes: int) -> None:
+        # Apart from the outcome, on arrival: a frame that never reaches an
+        # outcome shows as received > forwarded + passed + dropped.
+        base = self.slot[ingress] + self.rx_word
+        local = self.counters.local
+        local[base] += 1
+        local[base + 1] += nbytes
+
+    def transmit(self, egress: int, frame: bytes) -> bool:
+        """Send out of any interface: a port's TX ring (counted as its
+        transmitted), or a plain packet socket for an interface that is
+        not a port (the kernel would have routed there too)."""
+        tx = self.tx.get(egress)
+        if tx is None:
+            return self._transmit_other(egress, frame)
+        if not tx.queue(frame):
+            return False
+        local = self.counters.local
+        local[self.slot[egress] + self.tx_word] += 1
+        local[self.slot[egress] + self.tx_word + 1] += len(frame)
+        return True
+
+    def _transmit_other(self, egress: int, frame: bytes) -> bool:
+        sock = self.others.get(egress)
+        try:
+            if sock is None:
+                sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+                sock.bind((socket.if_indextoname(egress), 0))
+                self.others[egress] = sock
+            sock.send(frame)
+            return True
+        except OSError:
+            return False  # the interface went away or its queue is full: lost, as in the kernel
+
     def _handle(self, frame: bytes, ingress: int, vlan: bool, since: float | None = None) -> None:
         outcome, egress, out = packet.decide(frame, ingress, vlan, self.fib, self.portset)
         if outcome == packet.FORWARDED:
-            if self.tx[egress].queue(out):
-                local = self.counters.local
-                local[self.slot[egress] + self.tx_word] += 1
-                local[self.slot[egress] + self.tx_word + 1] += len(out)
-            else:
+            if not self.transmit(egress, out):
                 outcome = packet.REDIRECT_FAILED
-        elif outcome == packet.NO_NEIGH and self._hold(frame, ingress, vlan, since):
-            return  # counted once it leaves the queue
+        elif outcome in slowpath.SLOW and not vlan:
+            # What XDP would pass to the stack; here the stack does not
+            # forward (forwarding is off on the ports): the slow path does
+            # what it would have done. Counted under the fast path's outcome.
+            if self.slow.handle(frame, ingress, vlan, since) < 0:
+                return  # held for its neighbour: counted once it leaves the queue
         self._count(ingress, outcome, len(frame))
 
-    def _hold(self, frame, ingress, vlan, since) -> bool:
-        family = 4 if frame[12:14] == packet.ETH_IPV4 else 6
-        hop = self.fib.lookup(family, frame[30:34] if family == 4 else frame[38:54])
+    def _hold(self, frame, ingress, vlan, since, hop) -> bool:
         now = time.monotonic()
         since = since or now
         if now - since > PENDING_SECONDS:
+            self.slow.expired(frame, ingress)
             return False
         queue = self.pending.setdefault((hop.nexthop, hop.ifindex), [])
         if len(queue) >= PENDING_PER_HOP:
@@ -91,6 +132,7 @@ class Worker:
             for ring in self.rx:
                 for frames in ring.blocks():
                     for frame, vlan in frames:
+                        self._received(ring.ifindex, len(frame))
                         self._handle(frame, ring.ifindex, vlan)
             for tx in self.tx.values():
                 tx.flush()
@@ -111,6 +153,9 @@ class Worker:
         for tx in self.tx.values():
             tx.close()
         self.counters.close()
+        self.icmp.close()
+        for sock in self.others.values():
+            sock.close()
         self.fib.close()
 
 

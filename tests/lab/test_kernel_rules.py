@@ -1,0 +1,212 @@
+"""The kernel's rules hold with xdpfwd attached, in every mode, and follow
+the sysctls while attached: frames built with scapy are sent from sendbox
+and counted at recvbox, once with plain kernel forwarding and once through
+xdpfwd, and the two must agree."""
+
+import time
+
+import pytest
+from scapy.layers.inet import IP, UDP, ICMP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+
+from helpers import inside, router_ip, run, stats, xdpfwd
+from xdpfwd import lab, netlink
+from xdpfwd.netns import entered
+
+MARK = b"xdpfwd-kernel-rules"
+
+
+def macs():
+    with inside("router"):
+        router = netlink.link("eth1").mac
+    with inside("sendbox"):
+        sendbox = netlink.link("eth0").mac
+    return router, sendbox
+
+
+class Capture:
+    """Every frame arriving at a lab host's eth0 (an AF_PACKET socket
+    opened in that host's namespace before anything is sent)."""
+
+    def __init__(self, host: str):
+        import socket
+        with entered(lab.ns(host)):
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+            self.sock.bind(("eth0", 0))
+        self.sock.setblocking(False)
+
+    def frames(self, settle: float = 0.3) -> list[bytes]:
+        time.sleep(settle)
+        got = []
+        while True:
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except BlockingIOError:
+                return got
+            if addr[2] != 4:  # PACKET_OUTGOING: what this host sent itself
+                got.append(data)
+
+    def close(self):
+        self.sock.close()
+
+
+def send(frames: list[bytes]) -> None:
+    import socket
+    with entered(lab.ns("sendbox")):
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        s.bind(("eth0", 0))
+    with s:
+        for f in frames:
+            s.send(f)
+
+
+def through_router(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """(what reached recvbox carrying MARK, what came back to sendbox that
+    quotes MARK: ICMP errors)."""
+    at_recv, at_send = Capture("recvbox"), Capture("sendbox")
+    try:
+        send(frames)
+        time.sleep(0.2)
+        return ([f for f in at_recv.frames() if MARK in f],
+                [f for f in at_send.frames() if MARK in f])
+    finally:
+        at_recv.close()
+        at_send.close()
+
+
+def sysctl(name: str, value: str) -> None:
+    run(["sysctl", "-qw", f"{name}={value}"], ns="router", check=True)
+
+
+@pytest.fixture(scope="module")
+def pinned(lab):
+    """Permanent neighbours: no frame waits for ARP/ND, and the results
+    do not depend on timing."""
+    router, sendbox = macs()
+    with inside("recvbox"):
+        recvbox = netlink.link("eth0").mac
+    for addr, mac, dev in (("10.0.11.20", recvbox, "eth0"), ("fd00:11::20", recvbox, "eth0"),
+                           ("10.0.10.10", sendbox, "eth1"), ("fd00:10::10", sendbox, "eth1")):
+        router_ip("neigh", "replace", addr, "lladdr", mac, "dev", dev, "nud", "permanent")
+    yield router, sendbox
+    sysctl("net.ipv4.conf.all.rp_filter", "0")
+    sysctl("net.ipv4.conf.eth1.rp_filter", "0")
+
+
+def udp4(router, sendbox, src, dst="10.0.11.20", dmac=None, **kw):
+    return bytes(Ether(src=sendbox, dst=dmac or router) / IP(src=src, dst=dst, **kw)
+                 / UDP(sport=4000, dport=2152) / MARK)
+
+
+MODES = ["kernel", "native", "skb", "afpacket"]
+
+
+@pytest.fixture(scope="module", params=MODES)
+def mode(request, pinned):
+    if request.param != "kernel":
+        proc = xdpfwd("attach", "eth1", "eth0", "--mode", request.param)
+        assert proc.returncode == 0, proc.stderr
+    try:
+        yield request.param
+    finally:
+        if request.param != "kernel":
+            assert xdpfwd("detach").returncode == 0
+
+
+# rp_filter as the kernel computes it (max of all and the interface) and
+# what it makes of each source arriving on eth1; 10.0.11.99 has a unicast
+# route back, but out of eth0 (spoofed); 192.0.2.77 has none.
+RP_CASES = [  # (all, eth1) -> arrives? for (10.0.10.10, 10.0.11.99, 192.0.2.77)
+    (("0", "0"), (True, True, True)),
+    (("1", "0"), (True, False, False)),
+    (("0", "2"), (True, True, False)),
+    (("2", "1"), (True, True, False)),
+]
+
+
+def test_rp_filter_followed_while_attached(mode, pinned):
+    router, sendbox = pinned
+    before = stats() if mode != "kernel" else None
+    for (all_, eth1), expected in RP_CASES:
+        sysctl("net.ipv4.conf.all.rp_filter", all_)
+        sysctl("net.ipv4.conf.eth1.rp_filter", eth1)
+        time.sleep(0.25)  # the AF_PACKET forwarder re-reads the sysctls at most this late
+        for src, want in zip(("10.0.10.10", "10.0.11.99", "192.0.2.77"), expected):
+            got, _ = through_router([udp4(router, sendbox, src)] * 3)
+            assert len(got) == (3 if want else 0), \
+                f"{mode}: rp_filter all={all_} eth1={eth1}, source {src}: {len(got)} of 3 arrived"
+    if mode in ("native", "skb"):
+        # The ordinary source was forwarded in XDP, not passed.
+        assert stats()["eth1"]["forwarded_packets"] - before["eth1"]["forwarded_packets"] >= 12
+
+
+@pytest.mark.parametrize("case", [
+    "other_host_v4", "other_host_v6", "src_0.0.0.0", "src_127.0.0.1", "src_224.0.0.5",
+    "src_255.255.255.255", "src_::1", "src_ff02::1", "src_own_address",
+])
+def test_never_forwarded(mode, pinned, case):
+    router, sendbox = pinned
+    sysctl("net.ipv4.conf.all.rp_filter", "0")
+    sysctl("net.ipv4.conf.eth1.rp_filter", "0")
+    other = "02:00:00:00:00:99"
+    frame = {
+        "other_host_v4": lambda: udp4(router, sendbox, "10.0.10.10", dmac=other),
+        "other_host_v6": lambda: bytes(Ether(src=sendbox, dst=other) / IPv6(src="fd00:10::10", dst="fd00:11::20")
+                                       / UDP(sport=4000, dport=2152) / MARK),
+        "src_0.0.0.0": lambda: udp4(router, sendbox, "0.0.0.0"),
+        "src_127.0.0.1": lambda: udp4(router, sendbox, "127.0.0.1"),
+        "src_224.0.0.5": lambda: udp4(router, sendbox, "224.0.0.5"),
+        "src_255.255.255.255": lambda: udp4(router, sendbox, "255.255.255.255"),
+        "src_::1": lambda: bytes(Ether(src=sendbox, dst=router) / IPv6(src="::1", dst="fd00:11::20")
+                                 / UDP(sport=4000, dport=2152) / MARK),
+        "src_ff02::1": lambda: bytes(Ether(src=sendbox, dst=router) / IPv6(src="ff02::1", dst="fd00:11::20")
+                                     / UDP(sport=4000, dport=2152) / MARK),
+        "src_own_address": lambda: udp4(router, sendbox, "10.0.11.10"),
+    }[case]()
+    got, _ = through_router([frame] * 3)
+    assert got == [], f"{mode}: {case} reached recvbox {len(got)} times"
+
+
+ICMP_CASES = {
+    # name: (frame builder, (ICMP type, code) the kernel sends back)
+    "ttl_1": (lambda r, s: udp4(r, s, "10.0.10.10", ttl=1), (11, 0)),
+    "no_route": (lambda r, s: udp4(r, s, "10.0.10.10", dst="192.0.2.1"), (3, 0)),
+    "frag_needed": (lambda r, s: bytes(Ether(src=s, dst=r) / IP(src="10.0.10.10", dst="10.0.11.20", flags="DF")
+                                       / UDP(sport=4000, dport=2152) / (MARK + bytes(1440))), (3, 4)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ICMP_CASES))
+def test_icmp_errors_come_back(mode, pinned, case):
+    router, sendbox = pinned
+    build, (icmp_type, code) = ICMP_CASES[case]
+    run(["sysctl", "-qw", "net.ipv4.icmp_ratelimit=0"], ns="router", check=True)
+    if case == "frag_needed":
+        router_ip("link", "set", "eth0", "mtu", "1400")
+    try:
+        _, back = through_router([build(router, sendbox)])
+    finally:
+        if case == "frag_needed":
+            router_ip("link", "set", "eth0", "mtu", "1500")
+    errors = [Ether(f)[ICMP] for f in back if Ether(f).haslayer(ICMP)]
+    assert [(e.type, e.code) for e in errors] == [(icmp_type, code)], f"{mode}: {case}: {back}"
+
+
+def test_too_big_without_df_is_fragmented(mode, pinned):
+    """ip_forward() lets it through and ip_output() fragments it."""
+    router, sendbox = pinned
+    big = bytes(Ether(src=sendbox, dst=router) / IP(src="10.0.10.10", dst="10.0.11.20", id=777)
+                / UDP(sport=4000, dport=2152) / (MARK + bytes(1440)))
+    router_ip("link", "set", "eth0", "mtu", "1400")
+    at_recv = Capture("recvbox")
+    try:
+        send([big])
+        got = [Ether(f)[IP] for f in at_recv.frames(0.5)
+               if Ether(f).haslayer(IP) and Ether(f)[IP].id == 777]
+    finally:
+        at_recv.close()
+        router_ip("link", "set", "eth0", "mtu", "1500")
+    # What the kernel alone makes of it (mode "kernel"): 1487 bytes at MTU 1400.
+    assert [(len(p), int(p.flags.MF), p.frag, p.ttl) for p in got] == [(1396, 1, 0, 63), (111, 0, 172, 63)]
+    assert b"".join(bytes(p.payload) for p in got) == bytes(Ether(big)[IP].payload)
