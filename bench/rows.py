@@ -66,13 +66,25 @@ class Kernel(Row):
 
 
 class Xdp(Row):
-    def __init__(self, mode: str):
+    def __init__(self, mode: str, rp_filter: int = 0):
         super().__init__()
         self.mode = mode
-        self.key = f"xdp_{mode}"
+        self.rp_filter = rp_filter
+        self.key = f"xdp_{mode}" + (f"_rp{rp_filter}" if rp_filter else "")
         self.label = f"xdpfwd {mode} XDP" if mode == "native" else f"xdpfwd {mode} (generic) XDP"
+        if rp_filter:
+            self.label += f", rp_filter={rp_filter}"
+
+    def _rp_filter(self, bed, value: int) -> None:
+        with netns.entered(bed.router):
+            netlink.set_sysctl("net.ipv4.conf.all.rp_filter", str(value))
 
     def start(self, bed):
+        if self.rp_filter:
+            # The program's reverse-path check runs whatever the sysctl
+            # says; with rp_filter on, the kernel row it is compared with
+            # pays for its own check too.
+            self._rp_filter(bed, self.rp_filter)
         t = router.xdpfwd(bed.router, "attach", *PORTS, "--mode", self.mode)
         self._time("attach", t.seconds)
         ports = router.status(bed.router)
@@ -92,6 +104,8 @@ class Xdp(Row):
             t = router.xdpfwd(bed.router, "detach")
             self._time("detach", t.seconds)
             self.prog_id = 0
+        if self.rp_filter:
+            self._rp_filter(bed, 0)
 
 
 class Afpacket(Row):
@@ -147,4 +161,5 @@ class Ceiling(Row):
 
 def all_rows() -> list[Row]:
     """In the order they are interleaved: A B C D E F, A B C D E F, ..."""
-    return [Kernel(), Xdp("native"), Xdp("skb"), Afpacket(), Naive(), Ceiling()]
+    return [Kernel(), Xdp("native"), Xdp("native", rp_filter=1), Xdp("skb"), Afpacket(), Naive(),
+            Ceiling()]

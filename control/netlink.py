@@ -81,3 +81,9 @@ def forwarding(family: str, ifname: str) -> bool:
 
 def set_forwarding(family: str, ifname: str, on: bool) -> None:
     _sysctl_path(family, ifname).write_text("1\n" if on else "0\n")
+
+
+def set_sysctl(name: str, value: str) -> None:
+    """net.ipv4.conf.all.rp_filter -> /proc/sys/net/ipv4/conf/all/rp_filter,
+    in the calling thread's network namespace."""
+    Path("/proc/sys", *name.split(".")).write_text(value + "\n")
