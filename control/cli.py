@@ -52,6 +52,10 @@ Ports = Annotated[List[str], typer.Argument(metavar="IFACE IFACE...",
 ModeOption = Annotated[Mode, typer.Option("--mode", "-m", help=MODE_HELP)]
 EnableForwarding = Annotated[bool, typer.Option("--enable-forwarding",
                                                 help="Turn on the ports' ipv4/ipv6 forwarding sysctls.")]
+BypassNetfilter = Annotated[bool, typer.Option(
+    "--bypass-netfilter",
+    help="Forward even where nftables/iptables rules sit on the forward path; they are then "
+         "skipped for the forwarded packets (one warning per chain on stderr).")]
 TlsCert = Annotated[Optional[str], typer.Option("--tls-cert", metavar="FILE",
                                                 help="Serve the metrics over HTTPS with this certificate.")]
 TlsKey = Annotated[Optional[str], typer.Option("--tls-key", metavar="FILE",
@@ -95,7 +99,8 @@ def _report(result) -> None:
 
 
 @app.command()
-def attach(interfaces: Ports, mode: ModeOption = Mode.auto, enable_forwarding: EnableForwarding = False):
+def attach(interfaces: Ports, mode: ModeOption = Mode.auto, enable_forwarding: EnableForwarding = False,
+           bypass_netfilter: BypassNetfilter = False):
     """Start forwarding between the interfaces, and return.
 
     Forwarding goes on after the command exits. All or nothing: if one
@@ -103,7 +108,8 @@ def attach(interfaces: Ports, mode: ModeOption = Mode.auto, enable_forwarding: E
     """
     from xdpfwd import forwarder
 
-    _report(forwarder.attach(interfaces, mode.value, enable_forwarding, _options["verbose"]))
+    _report(forwarder.attach(interfaces, mode.value, enable_forwarding, _options["verbose"],
+                             bypass_netfilter))
 
 
 @app.command()
@@ -111,6 +117,7 @@ def run(
     interfaces: Ports,
     mode: ModeOption = Mode.auto,
     enable_forwarding: EnableForwarding = False,
+    bypass_netfilter: BypassNetfilter = False,
     metrics: Annotated[Optional[str], typer.Option(
         "--metrics", metavar="HOST:PORT", help="Also serve /metrics there (as `exporter`).")] = None,
     tls_cert: TlsCert = None,
@@ -132,7 +139,8 @@ def run(
         sys.stdout.flush()
         systemd.notify("READY=1")
 
-    code = forwarder.run(interfaces, mode.value, enable_forwarding, _options["verbose"], ready)
+    code = forwarder.run(interfaces, mode.value, enable_forwarding, _options["verbose"], ready,
+                         bypass_netfilter)
     print("detached")
     raise typer.Exit(code)
 

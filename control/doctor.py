@@ -14,7 +14,7 @@ import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from xdpfwd import bpfsys, compiler, datapath, netlink
+from xdpfwd import bpfsys, compiler, datapath, netfilter, netlink
 from xdpfwd.errors import MissingDependency, PermissionDenied, XdpfwdError
 
 LEVELS = {"ok": "ok", "warn": "warn", "fail": "FAIL"}
@@ -301,6 +301,44 @@ def check_interfaces() -> list[Result]:
     return results
 
 
+# -- netfilter ---------------------------------------------------------------
+
+
+def netfilter_results(found: list[netfilter.Finding], attached: bool) -> list[Result]:
+    if not found:
+        return [Result("netfilter", "ok", "no nftables or iptables rule on the forward path")]
+    what = "xdpfwd's packets skip it" if attached else "attach refuses"
+    fix = ("detach, or accept the bypass" if attached else
+           "remove the rules, or attach --bypass-netfilter")
+    return [Result("netfilter", "warn", f"{f.line()}: {what}", fix, f.device) for f in found]
+
+
+def check_netfilter() -> list[Result]:
+    """Read afresh at each run: rules added after attach show up here."""
+    ports = forwarding_ports()
+    attached = bool(ports)
+    if not attached:  # what attach would meet, on any of this namespace's ports
+        ports = {l.name: "auto" for l in netlink.links().values() if not l.loopback}
+    mode = "afpacket" if set(ports.values()) == {"afpacket"} else "auto"
+    try:
+        found = netfilter.scan(list(ports), mode)
+    except XdpfwdError as e:
+        fix = "run as root" if isinstance(e, PermissionDenied) else None
+        return [Result("netfilter", "warn", f"cannot read netfilter: {e}", fix)]
+    return netfilter_results(found, attached)
+
+
+def forwarding_ports() -> dict[str, str]:
+    """{port: mode} where xdpfwd forwards in this namespace, XDP or afpacket."""
+    from xdpfwd import forwarder  # it imports the AF_PACKET forwarder: only when needed
+
+    try:
+        states = forwarder.status()
+    except XdpfwdError:
+        return {}
+    return {n: s.mode for n, s in states.items() if s.attached}
+
+
 # -- all --------------------------------------------------------------------
 
 
@@ -317,7 +355,7 @@ def _guard(check: str, fn) -> list[Result]:
 
 CHECKS = [("privileges", check_privileges), ("bcc", check_bcc),
           ("kernel headers", check_headers), ("libbpf", check_libbpf), ("btf", check_btf),
-          ("bpffs", check_bpffs), ("interfaces", check_interfaces)]
+          ("bpffs", check_bpffs), ("interfaces", check_interfaces), ("netfilter", check_netfilter)]
 
 
 def run() -> list[Result]:

@@ -44,3 +44,10 @@ class KernelRefused(XdpfwdError):
 
 class ForwardingDisabled(KernelRefused):
     """The ports' forwarding sysctls are off: the box is not set up to route."""
+
+
+class NetfilterInPath(XdpfwdError):
+    """nftables or iptables rules sit on the forward path: forwarding past
+    them would silently disable them (override: --bypass-netfilter)."""
+
+    exit_code = 7

@@ -10,12 +10,12 @@ import os
 import signal
 from contextlib import suppress
 
-from xdpfwd import datapath, netlink
+from xdpfwd import datapath, netfilter, netlink
 from xdpfwd.afpacket import process, state
 from xdpfwd.afpacket.service import restore_sysctls, serve
 from xdpfwd.datapath import AttachResult, PortState
 from xdpfwd.errors import (Conflict, ForwardingDisabled, KernelRefused, MissingDependency,
-                           UsageError)
+                           NetfilterInPath, UsageError, XdpfwdError)
 
 
 def _afpacket(repair: bool) -> state.State | None:
@@ -54,16 +54,46 @@ def _check_free(links, states, mode) -> AttachResult | None:
     return None
 
 
+def _check_netfilter(links, mode: str, bypass: bool) -> list[str]:
+    """Refuse to forward past netfilter rules, or, with bypass, one warning
+    per chain that is skipped. The kernel would show each forwarded packet
+    to them; xdpfwd would not, and silently."""
+    ports = [l.name for l in links]
+    try:
+        found = netfilter.scan(ports, mode)
+    except XdpfwdError as e:
+        if not bypass:
+            raise type(e)(f"{e}; cannot tell whether netfilter would be bypassed "
+                          "(--bypass-netfilter forwards anyway)") from None
+        return [f"warning: bypassing netfilter, unread: {e}"]
+    if found and not bypass:
+        raise NetfilterInPath(
+            f"netfilter on the forward path would be bypassed: {netfilter.summary(found)}; "
+            "remove the rules, or pass --bypass-netfilter to forward past them")
+    return netfilter.warnings(found)
+
+
+def _attached_as_asked(links, states) -> bool:
+    """Every port already carries one xdpfwd program for exactly these
+    ports: attach answers "already attached" as it always did."""
+    return (all(s.prog_id for s in states) and len({s.prog_id for s in states}) == 1
+            and states[0].ports == {l.index for l in links})
+
+
 def attach(ifnames: list[str], mode: str = "auto", enable_forwarding: bool = False,
-           verbose: bool = False) -> AttachResult:
+           verbose: bool = False, bypass_netfilter: bool = False) -> AttachResult:
     links = _prepare(ifnames, mode)
     with datapath.exclusive():
         states = [datapath.inspect(l) for l in links]
         done = _check_free(links, states, mode)
         if done:
             return done
+        warned = [] if _attached_as_asked(links, states) else \
+            _check_netfilter(links, mode, bypass_netfilter)
         result, notes = _xdp_or_fallback(links, states, mode, enable_forwarding, verbose)
-        return result or _start_afpacket(links, enable_forwarding, notes)
+        result = result or _start_afpacket(links, enable_forwarding, notes)
+        result.notes[:0] = warned
+        return result
 
 
 def _xdp_or_fallback(links, states, mode, enable_forwarding, verbose):
@@ -138,29 +168,41 @@ def counters() -> dict[str, dict[str, tuple[int, int]]]:
 
 
 def run(ifnames: list[str], mode: str = "auto", enable_forwarding: bool = False,
-        verbose: bool = False, on_ready=None) -> int:
+        verbose: bool = False, on_ready=None, bypass_netfilter: bool = False) -> int:
     """attach, stay in the foreground until SIGTERM or SIGINT, detach.
-    The AF_PACKET forwarder runs in this very process."""
+    The AF_PACKET forwarder runs in this very process. Meanwhile a child
+    process logs every change of the netfilter rules on the forward path."""
     links = _prepare(ifnames, mode)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     with datapath.exclusive():
         states = [datapath.inspect(l) for l in links]
         if _check_free(links, states, mode) or any(s.prog_id for s in states):
             raise Conflict("already attached; `run` would detach it when it stops: detach first")
+        warned = _check_netfilter(links, mode, bypass_netfilter)
         result, notes = _xdp_or_fallback(links, states, mode, enable_forwarding, verbose)
         if result is None:
             notes += datapath.check_forwarding(links, enable_forwarding)
+    names = [l.name for l in links]
     if result is not None:
+        result.notes[:0] = warned
+        follower = 0
         try:
+            follower = netfilter.start_follower(names, next(iter(result.modes.values())))
             if on_ready:
                 on_ready(result)
             signal.sigwait({signal.SIGTERM, signal.SIGINT})
         finally:  # also when on_ready fails: nothing stays attached
+            if follower:
+                netfilter.stop_follower(follower)
             with datapath.exclusive():
                 datapath.detach([datapath.inspect(l) for l in links])
         return 0
     ports = {l.name: l.index for l in links}
-    ready = AttachResult(0, {n: "afpacket" for n in ports}, notes, pid=os.getpid())
-    with suppress(KeyboardInterrupt):
-        return serve(ports, on_ready=(lambda: on_ready(ready)) if on_ready else None)
-    return 0
+    ready = AttachResult(0, {n: "afpacket" for n in ports}, warned + notes, pid=os.getpid())
+    follower = netfilter.start_follower(names, "afpacket")
+    try:
+        with suppress(KeyboardInterrupt):
+            return serve(ports, on_ready=(lambda: on_ready(ready)) if on_ready else None)
+        return 0
+    finally:
+        netfilter.stop_follower(follower)

@@ -12,7 +12,7 @@ import time
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from xdpfwd import __version__
+from xdpfwd import __version__, netfilter
 from xdpfwd.layout import RECEIVED, TRANSMITTED, layout
 
 KIND_HELP = {
@@ -23,8 +23,11 @@ KIND_HELP = {
 
 
 class XdpfwdCollector(Collector):
-    def __init__(self, reader):
+    def __init__(self, reader, netfilter_scan=None):
         self.reader = reader
+        # (ports, mode) -> findings; read at each scrape, so a rule added
+        # after attach shows up at the next one.
+        self.netfilter_scan = netfilter_scan
         self.scrape_errors = 0  # cumulative: a counter
 
     def collect(self):
@@ -48,6 +51,7 @@ class XdpfwdCollector(Collector):
             info.add_metric([d.name, d.mode, str(d.prog_id) if d.prog_id else ""], 1)
         yield info
         yield from self._counters(counters)
+        yield from self._netfilter(devices)
 
         build = GaugeMetricFamily("xdpfwd_exporter_build_info", "The exporter's version.",
                                   labels=["version"])
@@ -59,6 +63,21 @@ class XdpfwdCollector(Collector):
         yield GaugeMetricFamily("xdpfwd_exporter_scrape_duration_seconds",
                                 "Time this scrape took to read the counters.",
                                 value=time.perf_counter() - start)
+
+    def _netfilter(self, devices):
+        """How many netfilter chains the forwarded packets skip; 0 while
+        xdpfwd forwards nothing here. Left out when unreadable."""
+        count = 0
+        if devices:
+            mode = "afpacket" if {d.mode for d in devices} == {"afpacket"} else "auto"
+            try:
+                count = len((self.netfilter_scan or netfilter.scan)([d.name for d in devices], mode))
+            except Exception:
+                self.scrape_errors += 1
+                return
+        yield GaugeMetricFamily("xdpfwd_netfilter_bypassed_chains",
+                                "nftables/iptables chains on the forward path that xdpfwd's "
+                                "forwarded packets skip.", value=count)
 
     @staticmethod
     def _counters(counters):
