@@ -28,10 +28,12 @@ vm-lab: setup
 	vagrant/qemu/vm-lab
 
 # The long reliability runs: every mode under minutes of numbered traffic,
-# and the differential test on 100 000 generated frames.
+# the differential test on 100 000 generated frames, and the kernel-oracle
+# test on 100 000 frames through the lab router.
 soak: setup
-	XDPFWD_SOAK_SECONDS=120 XDPFWD_DIFF_FRAMES=100000 .venv/bin/pytest \
-		tests/reliability/test_soak.py tests/reliability/test_differential.py
+	XDPFWD_SOAK_SECONDS=120 XDPFWD_DIFF_FRAMES=100000 XDPFWD_ORACLE_FRAMES=100000 .venv/bin/pytest \
+		tests/reliability/test_soak.py tests/reliability/test_differential.py \
+		tests/reliability/test_oracle.py
 
 clean:
 	rm -rf .venv build *.egg-info

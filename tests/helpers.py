@@ -128,3 +128,25 @@ def assert_forwarded(delivery, before: dict, after: dict, ingress: str) -> None:
     assert after[ingress]["forwarded_packets"] - before[ingress]["forwarded_packets"] == count
     egress = "eth0" if ingress == "eth1" else "eth1"
     assert after[egress]["tx_packets"] - before[egress]["tx_packets"] == count
+
+
+@contextmanager
+def passing_program(ifnames, mode: str = "native"):
+    """An XDP program that passes every frame to the stack, attached in
+    `mode` to each of the router's `ifnames`: the XDP receive path with no
+    decision of its own."""
+    bcc = compiler.import_bcc()
+    bpf = bcc.BPF(text=b"int pass_all(struct xdp_md *ctx) { return XDP_PASS; }")
+    fn = bpf.load_func(b"pass_all", bcc.BPF.XDP)
+    done = []
+    try:
+        with inside("router"):
+            for name in ifnames:
+                index = netlink.link(name).index
+                bpfsys.xdp_attach(index, fn.fd, bpfsys.MODE_FLAGS[mode])
+                done.append(index)
+        yield
+    finally:
+        with inside("router"):
+            for index in done:
+                bpfsys.xdp_detach(index, mode, fn.fd)
