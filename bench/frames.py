@@ -9,6 +9,8 @@ FCS) and a full-MTU IP packet (1500 bytes of IP, a 1514-byte frame).
 import struct
 from dataclasses import dataclass
 
+from xdpfwd.afpacket.packet import checksum
+
 ETH_P_IP = 0x0800
 IPPROTO_UDP = 17
 DST_PORT = 2152  # the lab's UDP port (lab.json)
@@ -31,16 +33,6 @@ class Traffic:
     @property
     def label(self) -> str:
         return f"{self.size} B, {self.flows} flow{'s' if self.flows > 1 else ''}"
-
-
-def checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071)."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def frame(dmac: bytes, smac: bytes, src: bytes, dst: bytes, sport: int, size: int,

@@ -139,7 +139,7 @@ static __always_inline int for_this_port(const struct ethhdr *eth,
  * cannot see: it leaves them to the stack either way. */
 #define V4_MULTICAST(a) ((bpf_ntohl(a) & 0xF0000000) == 0xE0000000)
 #define V4_LBCAST(a)    ((a) == 0xFFFFFFFF)
-#define V4_ZERONET(a)   ((bpf_ntohl(a) & 0xFF000000) == 0)
+#define V4_ZERONET(a)   ((a) == 0)	/* ipv4_is_zeronet(): only 0.0.0.0, the rest of 0/8 is routable */
 #define V4_LOOPBACK(a)  ((bpf_ntohl(a) & 0xFF000000) == 0x7F000000)
 
 static __always_inline int ipv4_martian_source(__be32 a)

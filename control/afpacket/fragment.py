@@ -29,18 +29,13 @@ kernel trims them in ip_rcv_core().
 
 import struct
 
+from xdpfwd.afpacket.packet import checksum
+
 IP_DF = 0x4000
 IP_MF = 0x2000
 IP_OFFSET = 0x1FFF
 IPOPT_END, IPOPT_NOOP = 0, 1
 IPOPT_COPY = 0x80
-
-
-def _check(header: bytes) -> int:
-    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def _parts(ip_packet: bytes) -> tuple[int, int, int]:
@@ -123,7 +118,7 @@ def fragment(ip_packet: bytes, mtu: int) -> list[bytes]:
         struct.pack_into("!H", piece, 2, hlen + size)
         struct.pack_into("!H", piece, 6, word)
         piece[10:12] = b"\0\0"
-        struct.pack_into("!H", piece, 10, _check(bytes(piece)))
+        struct.pack_into("!H", piece, 10, checksum(bytes(piece)))
         out.append(bytes(piece) + ip_packet[ptr:ptr + size])
         if len(out) == 1:
             # ip_frag_ipcb(): the options are trimmed on the original once

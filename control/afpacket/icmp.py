@@ -67,6 +67,8 @@ from pyroute2.netlink.rtnl import (
     RTNLGRP_LINK,
 )
 
+from xdpfwd.afpacket.packet import checksum
+
 CAUSES = frozenset({"time_exceeded", "no_route", "unreachable", "prohibit", "blackhole",
                     "frag_needed", "neighbour_failed", "source_link_local"})
 
@@ -162,15 +164,17 @@ class Error:
 def _v4_martian(src: bytes, dst: bytes) -> str:
     """ip_route_input_slow(): sources and destinations that are dropped
     as martians before any forwarding or error (route_localnet off)."""
-    if src[0] >= 224 or src == b"\xff\xff\xff\xff":
+    # ipv4_is_multicast() is 224/4 (240/4 is routable), ipv4_is_zeronet()
+    # only 0.0.0.0 (the rest of 0/8 is routable).
+    if src[0] >> 4 == 0xE or src == b"\xff\xff\xff\xff":
         return "martian source (multicast or broadcast)"
-    if src[0] == 0:
+    if src == bytes(4):
         return "martian source (zeronet)"
     if src[0] == 127:
         return "martian source (loopback)"
-    if dst[0] == 0 or dst[0] == 127:
+    if dst == bytes(4) or dst[0] == 127:
         return "martian destination"
-    if dst[0] >= 224 or dst == b"\xff\xff\xff\xff":
+    if dst[0] >> 4 == 0xE or dst == b"\xff\xff\xff\xff":
         # Multicast is ip_mr_input()'s, limited broadcast is local input:
         # neither reaches ip_forward() or ip_error(); __icmp_send() also
         # refuses RTCF_BROADCAST / RTCF_MULTICAST.
@@ -311,15 +315,6 @@ def pkt_type_of(frame: bytes, own_mac: bytes) -> int:
     return PACKET_HOST if frame[:6] == own_mac else PACKET_OTHERHOST
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def quote_v4(err: Error, route_mtu: int) -> bytes | None:
     """__icmp_send(): as much of the original as fits in 576 bytes (or the
     route's MTU back to the source, if smaller), or nothing if that leaves no
@@ -347,10 +342,10 @@ def build_ipv4(err: Error, quote: bytes, src: bytes, ttl: int, ip_id: int = 0) -
     socket would (route source, ip_select_ident()); DF stays clear (the
     ICMP socket uses IP_PMTUDISC_DONT)."""
     icmp = struct.pack("!BBHI", err.type, err.code, 0, err.info) + quote
-    icmp = icmp[:2] + _checksum(icmp).to_bytes(2, "big") + icmp[4:]
+    icmp = icmp[:2] + checksum(icmp).to_bytes(2, "big") + icmp[4:]
     header = struct.pack("!BBHHHBBH4s4s", 0x45, error_tos(err), 20 + len(icmp), ip_id, 0, ttl,
                          IPPROTO_ICMP, 0, src, err.src)
-    header = header[:10] + _checksum(header).to_bytes(2, "big") + header[12:]
+    header = header[:10] + checksum(header).to_bytes(2, "big") + header[12:]
     return header + icmp
 
 
@@ -360,7 +355,7 @@ def build_icmpv6(err: Error, quote: bytes, src: bytes | None = None) -> bytes:
     msg = struct.pack("!BBHI", err.type, err.code, 0, err.info) + quote
     if src is not None:
         pseudo = src + err.src + struct.pack("!I3xB", len(msg), IPPROTO_ICMPV6)
-        msg = msg[:2] + _checksum(pseudo + msg).to_bytes(2, "big") + msg[4:]
+        msg = msg[:2] + checksum(pseudo + msg).to_bytes(2, "big") + msg[4:]
     return msg
 
 

@@ -36,6 +36,16 @@ def ipv4_checksum_ok(frame: bytes) -> bool:
     return total == 0xFFFF
 
 
+def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of data, odd lengths padded."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
 def decrement_ttl_checksum(check: int) -> int:
     """The kernel's ip_decrease_ttl() arithmetic on the big-endian value."""
     check += 0x0100
@@ -43,8 +53,9 @@ def decrement_ttl_checksum(check: int) -> int:
 
 
 def ipv4_martian_source(a: bytes) -> bool:
-    """ip_route_input_slow(): multicast, limited broadcast, 0/8, 127/8."""
-    return a[0] >> 4 == 0xE or a == b"\xff\xff\xff\xff" or a[0] == 0 or a[0] == 127
+    """ip_route_input_slow(): multicast, limited broadcast, 0.0.0.0
+    (ipv4_is_zeronet(): the rest of 0/8 is routable), 127/8."""
+    return a[0] >> 4 == 0xE or a == b"\xff\xff\xff\xff" or a == bytes(4) or a[0] == 127
 
 
 def ipv6_any_or_loopback(a: bytes) -> bool:
@@ -84,7 +95,7 @@ def decide(frame: bytes, ingress: int, vlan_tagged: bool, fib, ports) -> tuple:
             return MARTIAN_SOURCE, 0, None
         if dst[0] >> 4 == 0xE or dst == b"\xff\xff\xff\xff":
             return MULTICAST, 0, None
-        if dst[0] == 0 or dst[0] == 127:
+        if dst == bytes(4) or dst[0] == 127:
             return MARTIAN_DEST, 0, None
         ttl = frame[22]
         if ttl <= 1:

@@ -202,7 +202,7 @@ def test_frames_for_another_host_go_to_the_stack(program):
         check(program, frame, XDP_PASS, "other_host")
 
 
-@pytest.mark.parametrize("src", ["0.0.0.0", "0.1.2.3", "127.0.0.1", "224.0.0.5",
+@pytest.mark.parametrize("src", ["0.0.0.0", "127.0.0.1", "127.1.2.3", "224.0.0.5",
                                  "255.255.255.255"])
 def test_ipv4_martian_sources_go_to_the_stack(program, src):
     frame = to_router(program, IP(src=src, dst="10.0.11.20") / UDP() / PAYLOAD)
@@ -210,7 +210,8 @@ def test_ipv4_martian_sources_go_to_the_stack(program, src):
 
 
 @pytest.mark.parametrize("dst,outcome", [
-    ("0.0.0.7", "martian_destination"), ("127.0.0.1", "martian_destination"),
+    ("0.0.0.0", "martian_destination"), ("127.0.0.1", "martian_destination"),
+    ("0.0.0.7", "fib_not_forwarded"),  # 0/8 is routable (no route here)
     ("255.255.255.255", "multicast"), ("224.0.0.5", "multicast"),  # unicast MAC
     ("10.0.11.255", "fib_not_forwarded"),  # directed broadcast: a broadcast route
 ])
@@ -233,6 +234,7 @@ def test_ipv6_martians_go_to_the_stack(program, src, dst, outcome):
     "10.0.11.10",   # the router's own address (fib_validate_source: local source)
     "10.0.10.20",   # the router's own address on the ingress port
     "192.0.2.77",   # no route back at all
+    "0.1.2.3",      # 0/8 but not 0.0.0.0: no martian, and no route back
     "10.0.90.5",    # the way back is a blackhole
 ])
 def test_sources_that_fail_the_reverse_path_go_to_the_stack(program, src):

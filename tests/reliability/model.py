@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 LBCAST = ipaddress.IPv4Address("255.255.255.255")
-ZERONET = ipaddress.IPv4Network("0.0.0.0/8")
+ZERONET = ipaddress.IPv4Network("0.0.0.0/32")  # ipv4_is_zeronet(): the rest of 0/8 is routable
 NUD_VALID = {"PERMANENT", "NOARP", "REACHABLE", "PROBE", "STALE", "DELAY"}
 
 

@@ -25,7 +25,7 @@ def test_layout_offsets_flags_and_checksums():
         ip = IP(p)
         assert ip.id == 4242 and ip.ttl == 63 and ip.frag == i * 976 // 8
         assert ip.flags.MF == (i < 2)
-        assert fragment._check(p[:20]) == 0  # header checksum valid
+        assert fragment.checksum(p[:20]) == 0  # header checksum valid
     assert b"".join(p[20:] for p in pieces) == original[20:]
 
 

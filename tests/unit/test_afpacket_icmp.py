@@ -95,18 +95,18 @@ def test_quotes_and_header():
     packet = icmp.build_ipv4(err, quote, bytes(4), 64)
     ip = IP(packet)
     assert ip.tos == 0xC0 | 0x0A and ip.ttl == 64 and ip.flags == 0 and len(packet) == 576
-    assert ip[ICMP].type == 11 and icmp._checksum(packet[20:]) == 0
+    assert ip[ICMP].type == 11 and icmp.checksum(packet[20:]) == 0
     err6 = verdict(v6(), "time_exceeded")
     assert len(icmp.quote_v6(err6)) == 1232
     src = bytes.fromhex("fd000010" + "00" * 11 + "20")
     msg = icmp.build_icmpv6(err6, icmp.quote_v6(err6), src)
-    assert len(msg) == 1240 and icmp._checksum(src + err6.src + len(msg).to_bytes(4, "big")
+    assert len(msg) == 1240 and icmp.checksum(src + err6.src + len(msg).to_bytes(4, "big")
                                                  + b"\0\0\0\x3a" + msg) == 0
 
 
 def test_neighbour_failure_quotes_the_decremented_ttl():
     err = verdict(v4(ttl=64), "neighbour_failed")
-    assert err.packet[8] == 63 and icmp._checksum(err.packet[:20]) == 0
+    assert err.packet[8] == 63 and icmp.checksum(err.packet[:20]) == 0
     assert verdict(v6(hlim=64), "neighbour_failed").packet[7] == 63
 
 

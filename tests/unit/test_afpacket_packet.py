@@ -132,7 +132,8 @@ def test_forwarded_frame_is_cut_to_the_ip_length():
     (frame(IP(src="127.0.0.1", dst="10.0.11.20") / UDP()), "martian_source"),
     (frame(IP(src="224.0.0.5", dst="10.0.11.20") / UDP()), "martian_source"),
     (frame(IP(src="255.255.255.255", dst="10.0.11.20") / UDP()), "martian_source"),
-    (frame(v4(dst="0.0.0.9")), "martian_destination"),
+    (frame(v4(dst="0.0.0.0")), "martian_destination"),
+    (frame(v4(dst="0.0.0.9")), "fib_not_forwarded"),  # the rest of 0/8 is routable
     (frame(v4(dst="127.0.0.1")), "martian_destination"),
     (frame(v4(dst="224.0.0.5")), "multicast"),
     (frame(v4(dst="255.255.255.255")), "multicast"),
