@@ -6,6 +6,7 @@ Layouts are those of <linux/if_packet.h>; offsets are written out here
 because Python has no binding for them.
 """
 
+import errno
 import mmap
 import socket
 import struct
@@ -20,6 +21,7 @@ PACKET_QDISC_BYPASS = 20
 PACKET_IGNORE_OUTGOING = 23
 TPACKET_V2, TPACKET_V3 = 1, 2
 PACKET_FANOUT_HASH = 0
+PACKET_FANOUT_FLAG_IGNORE_OUTGOING = 0x4000
 
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 1
@@ -58,7 +60,10 @@ class RxRing:
 
     Joining the fanout group `fanout_id` spreads flows (by hash) over every
     socket in the group: one per worker process. PACKET_IGNORE_OUTGOING
-    keeps the forwarder's own transmitted frames (and the stack's) out.
+    keeps the frames the stack transmits out (the forwarder's own never
+    reach a tap: PACKET_QDISC_BYPASS); in a fanout group only the group's
+    hook counts, so the group is joined with PACKET_FANOUT_FLAG_IGNORE_OUTGOING
+    (fanout_add(), net/packet/af_packet.c; since Linux 6.2).
     """
 
     def __init__(self, ifindex: int, fanout_id: int | None = None, block_size: int = 1 << 17,
@@ -76,7 +81,17 @@ class RxRing:
                              mmap.PROT_READ | mmap.PROT_WRITE)
         _bind(s, ifindex, ETH_P_ALL)
         if fanout_id is not None:
-            s.setsockopt(SOL_PACKET, PACKET_FANOUT, (fanout_id & 0xFFFF) | (PACKET_FANOUT_HASH << 16))
+            group = fanout_id & 0xFFFF
+            try:
+                s.setsockopt(SOL_PACKET, PACKET_FANOUT, group | (
+                    (PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_IGNORE_OUTGOING) << 16))
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                # Before 6.2 the flag is unknown: the group then also hands
+                # over what the stack sends on the port (ARP, ND, ICMP), which
+                # the decision passes to the stack, where it came from.
+                s.setsockopt(SOL_PACKET, PACKET_FANOUT, group | (PACKET_FANOUT_HASH << 16))
         self.ifindex = ifindex
         self.block_size = block_size
         self.block_nr = block_nr
