@@ -19,6 +19,7 @@ PACKET_TX_RING = 13
 PACKET_FANOUT = 18
 PACKET_QDISC_BYPASS = 20
 PACKET_IGNORE_OUTGOING = 23
+PACKET_STATISTICS = 6
 TPACKET_V2, TPACKET_V3 = 1, 2
 PACKET_FANOUT_HASH = 0
 PACKET_FANOUT_FLAG_IGNORE_OUTGOING = 0x4000
@@ -101,6 +102,21 @@ class RxRing:
         self.block_size = block_size
         self.block_nr = block_nr
         self.next_block = 0
+        self.read = 0  # frames read from the ring since it opened
+        self.dropped = 0  # frames the kernel found no room for
+        self._received = 0
+
+    def received(self) -> int:
+        """Frames the kernel has put in the ring since it opened. Frames are
+        placed in order and counted under the ring's lock (tpacket_rcv()),
+        so once `read` reaches this figure, every one of them was read."""
+        # struct tpacket_stats_v3: tp_packets (drops included), tp_drops,
+        # tp_freeze_q_cnt; each read resets them.
+        packets, drops, _ = struct.unpack(
+            "=III", self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 12))
+        self._received += packets - drops
+        self.dropped += drops
+        return self._received
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -122,6 +138,7 @@ class RxRing:
                 start = off + mac
                 frames.append((m[start:start + snaplen], bool(pstatus & TP_STATUS_VLAN_VALID)))
                 off += nxt
+            self.read += num
             yield frames
             struct.pack_into("=I", m, base + 8, TP_STATUS_KERNEL)
             self.next_block = (self.next_block + 1) % self.block_nr

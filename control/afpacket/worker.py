@@ -14,6 +14,7 @@ import time
 
 from xdpfwd.afpacket import packet
 from xdpfwd.afpacket.fib import Fib
+from xdpfwd.afpacket.handover import Handover
 from xdpfwd.afpacket.rings import RxRing, TxRing
 from xdpfwd.afpacket.state import WorkerCounters
 from xdpfwd.layout import layout
@@ -23,8 +24,11 @@ PENDING_SECONDS = 3.0  # the kernel gives up on ARP after about that
 
 
 class Worker:
-    def __init__(self, ports: list[int], worker: int, workers: int, fanout_base: int):
+    def __init__(self, ports: list[int], worker: int, workers: int, fanout_base: int,
+                 control=None, watching: bool = False):
         self.ports = ports
+        # Before the rings: see handover.py.
+        self.handover = Handover(ports, control, watching)
         self.portset = frozenset(ports)
         lay = layout()
         self.slot = {ifindex: i * lay.value_size // 8 for i, ifindex in enumerate(ports)}
@@ -48,6 +52,8 @@ class Worker:
     def _handle(self, frame: bytes, ingress: int, vlan: bool, since: float | None = None) -> None:
         outcome, egress, out = packet.decide(frame, ingress, vlan, self.fib, self.portset)
         if outcome == packet.FORWARDED:
+            if self.handover.kernel_forwarded(frame):
+                return  # the kernel's, during a handover: neither sent nor counted
             if self.tx[egress].queue(out):
                 local = self.counters.local
                 local[self.slot[egress] + self.tx_word] += 1
@@ -74,6 +80,7 @@ class Worker:
 
     def _retry_pending(self) -> None:
         held, self.pending = self.pending, {}
+        self.handover.settle()
         for queue in held.values():
             for frame, ingress, vlan, since in queue:
                 self._handle(frame, ingress, vlan, since)
@@ -83,15 +90,16 @@ class Worker:
         for ring in self.rx:
             poller.register(ring.fileno(), select.POLLIN)
         poller.register(self.fib.fileno(), select.POLLIN)
+        if self.handover.fileno() >= 0:
+            poller.register(self.handover.fileno(), select.POLLIN)
         if on_ready:
             on_ready()
         last_expiry = time.monotonic()
-        while not self.stopping:
+        while not self.stopping and not self.handover.done:
             poller.poll(100)
-            for ring in self.rx:
-                for frames in ring.blocks():
-                    for frame, vlan in frames:
-                        self._handle(frame, ring.ifindex, vlan)
+            for ring, frames in self.handover.blocks(self.rx):
+                for frame, vlan in frames:
+                    self._handle(frame, ring.ifindex, vlan)
             for tx in self.tx.values():
                 tx.flush()
             if self.fib.poll_events() and self.pending:
@@ -102,6 +110,7 @@ class Worker:
                 last_expiry = now
             for tx in self.tx.values():
                 tx.flush()
+            self.handover.step(self.rx, bool(self.pending))
             self.counters.publish()
         self.close()
 
@@ -114,9 +123,11 @@ class Worker:
         self.fib.close()
 
 
-def main(ports: list[int], worker: int, workers: int, fanout_base: int, ready) -> None:
-    """Entry point of a worker process (forked by the supervisor)."""
+def main(ports: list[int], worker: int, workers: int, fanout_base: int, ready,
+         control=None, watching: bool = False) -> None:
+    """Entry point of a worker process (forked by the supervisor). control:
+    its socket to the supervisor; watching: start in a handover window."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides
-    w = Worker(ports, worker, workers, fanout_base)
+    w = Worker(ports, worker, workers, fanout_base, control, watching)
     signal.signal(signal.SIGTERM, w.stop)
     w.run(on_ready=ready)
