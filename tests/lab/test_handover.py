@@ -22,10 +22,10 @@ from xdpfwd import traffic
 CYCLES = int(os.environ.get("XDPFWD_HANDOVER_CYCLES", "3"))
 RATE = 1000.0   # datagrams/s per family: steady, and well within what every mode forwards
 FLOWS = 8       # source ports, so that every AF_PACKET worker gets a share
-PAUSE = 0.3     # seconds of traffic between a switch and the next
-# Traffic must outlast the cycles; an attach takes up to about a second on
-# a busy machine, a detach less.
-SECONDS = CYCLES * (2 * PAUSE + 2.0) + 2.0
+PAUSE = 0.2     # seconds of traffic between a switch and the next
+# Traffic must outlast the cycles: an attach and a detach take about 0.6 s
+# each here, more on a busy machine.
+SECONDS = CYCLES * (2 * PAUSE + 1.8) + 1.5
 
 
 def _report(family: int, d: traffic.Delivery) -> str:
