@@ -6,6 +6,7 @@ Layouts are those of <linux/if_packet.h>; offsets are written out here
 because Python has no binding for them.
 """
 
+import errno
 import mmap
 import socket
 import struct
@@ -18,8 +19,10 @@ PACKET_TX_RING = 13
 PACKET_FANOUT = 18
 PACKET_QDISC_BYPASS = 20
 PACKET_IGNORE_OUTGOING = 23
+PACKET_STATISTICS = 6
 TPACKET_V2, TPACKET_V3 = 1, 2
 PACKET_FANOUT_HASH = 0
+PACKET_FANOUT_FLAG_IGNORE_OUTGOING = 0x4000
 
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 1
@@ -58,11 +61,19 @@ class RxRing:
 
     Joining the fanout group `fanout_id` spreads flows (by hash) over every
     socket in the group: one per worker process. PACKET_IGNORE_OUTGOING
-    keeps the forwarder's own transmitted frames (and the stack's) out.
+    keeps the frames the stack transmits out (the forwarder's own never
+    reach a tap: PACKET_QDISC_BYPASS); in a fanout group only the group's
+    hook counts, so the group is joined with PACKET_FANOUT_FLAG_IGNORE_OUTGOING
+    (fanout_add(), net/packet/af_packet.c; since Linux 6.2).
     """
 
-    def __init__(self, ifindex: int, fanout_id: int | None = None, block_size: int = 1 << 17,
-                 block_nr: int = 32, frame_size: int = 2048, timeout_ms: int = 1):
+    # Many small blocks rather than a few large ones: at a low rate the 1 ms
+    # timeout hands over a block per millisecond however little it holds,
+    # so the block count is how long (in ms) a worker may pause before the
+    # kernel has no room left (prb_retire_rx_blk_timer_expired()); at a
+    # high rate 32 KiB still holds about 200 small frames per poll().
+    def __init__(self, ifindex: int, fanout_id: int | None = None, block_size: int = 1 << 15,
+                 block_nr: int = 128, frame_size: int = 2048, timeout_ms: int = 1):
         self.sock = _socket()
         s = self.sock
         s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
@@ -76,11 +87,36 @@ class RxRing:
                              mmap.PROT_READ | mmap.PROT_WRITE)
         _bind(s, ifindex, ETH_P_ALL)
         if fanout_id is not None:
-            s.setsockopt(SOL_PACKET, PACKET_FANOUT, (fanout_id & 0xFFFF) | (PACKET_FANOUT_HASH << 16))
+            group = fanout_id & 0xFFFF
+            try:
+                s.setsockopt(SOL_PACKET, PACKET_FANOUT, group | (
+                    (PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_IGNORE_OUTGOING) << 16))
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                # Before 6.2 the flag is unknown: the group then also hands
+                # over what the stack sends on the port (ARP, ND, ICMP), which
+                # the decision passes to the stack, where it came from.
+                s.setsockopt(SOL_PACKET, PACKET_FANOUT, group | (PACKET_FANOUT_HASH << 16))
         self.ifindex = ifindex
         self.block_size = block_size
         self.block_nr = block_nr
         self.next_block = 0
+        self.read = 0  # frames read from the ring since it opened
+        self.dropped = 0  # frames the kernel found no room for
+        self._received = 0
+
+    def received(self) -> int:
+        """Frames the kernel has put in the ring since it opened. Frames are
+        placed in order and counted under the ring's lock (tpacket_rcv()),
+        so once `read` reaches this figure, every one of them was read."""
+        # struct tpacket_stats_v3: tp_packets (drops included), tp_drops,
+        # tp_freeze_q_cnt; each read resets them.
+        packets, drops, _ = struct.unpack(
+            "=III", self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 12))
+        self._received += packets - drops
+        self.dropped += drops
+        return self._received
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -102,6 +138,7 @@ class RxRing:
                 start = off + mac
                 frames.append((m[start:start + snaplen], bool(pstatus & TP_STATUS_VLAN_VALID)))
                 off += nxt
+            self.read += num
             yield frames
             struct.pack_into("=I", m, base + 8, TP_STATUS_KERNEL)
             self.next_block = (self.next_block + 1) % self.block_nr

@@ -1,6 +1,6 @@
-"""The AF_PACKET forwarder's supervisor: turns the kernel's own forwarding
-off on the ports, starts one worker per CPU, restarts a worker that dies,
-and on SIGTERM or SIGINT stops them and puts the sysctls back.
+"""The AF_PACKET forwarder's supervisor: starts one worker per CPU, turns
+the kernel's own forwarding off on the ports, restarts a worker that dies,
+and on SIGTERM or SIGINT puts the sysctls back and stops the workers.
 
 Why forwarding goes off: an AF_PACKET socket gets a copy of each frame,
 and the kernel still gets the original. With forwarding on, the kernel
@@ -10,6 +10,11 @@ has only the namespace-wide net.ipv6.conf.all.forwarding, so that one goes
 off while the forwarder runs. Everything changed is recorded in the state
 file first and restored on exit, or by `detach` if the supervisor died.
 
+Neither switch loses or duplicates a packet: the workers' rings are open
+before forwarding goes off and close only after it is back on, and around
+each switch the workers forward a frame only if the kernel did not
+(handover.py).
+
 Run as `python -m xdpfwd.afpacket.service [--ready-fd N] IFACE...`
 (`attach --mode afpacket` does that in the background), or in-process
 through serve() (`xdpfwd run`).
@@ -18,16 +23,22 @@ through serve() (`xdpfwd run`).
 import argparse
 import ctypes
 import os
+import select
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
 
 from xdpfwd.afpacket import state
+from xdpfwd.afpacket.handover import grace_period
 from xdpfwd.errors import XdpfwdError
 
 PR_SET_PDEATHSIG = 1
 MAX_RESTARTS = 5  # per minute; past that the forwarder gives up and exits
+# A worker ends its stop handover once it has read its rings up to the
+# switch and sent what it held for a neighbour (worker.PENDING_SECONDS).
+HANDBACK_SECONDS = 5.0
 
 
 def log(msg: str) -> None:
@@ -48,11 +59,20 @@ def _forwarding_paths(ports: list[str]) -> list[Path]:
     return paths
 
 
-def save_and_disable_forwarding(ports: list[str]) -> dict[str, str]:
-    saved = {str(p): p.read_text().strip() for p in _forwarding_paths(ports)}
+def saved_forwarding(ports: list[str]) -> dict[str, str]:
+    """The values disable_forwarding() changes and restore_sysctls() puts back."""
+    return {str(p): p.read_text().strip() for p in _forwarding_paths(ports)}
+
+
+def disable_forwarding(saved: dict[str, str]) -> None:
     for p in saved:
         if p.startswith("/proc/sys/net/ipv4/") or p.endswith("/all/forwarding"):
             Path(p).write_text("0\n")
+
+
+def save_and_disable_forwarding(ports: list[str]) -> dict[str, str]:
+    saved = saved_forwarding(ports)
+    disable_forwarding(saved)
     return saved
 
 
@@ -67,16 +87,19 @@ def restore_sysctls(saved: dict[str, str]) -> None:
 # -- workers ----------------------------------------------------------------
 
 
-def _fork_worker(ports: list[int], index: int, workers: int, fanout_base: int) -> tuple[int, int]:
-    """Fork one worker; returns (pid, read end of its readiness pipe)."""
-    r, w = os.pipe()
+def _fork_worker(ports: list[int], index: int, workers: int, fanout_base: int,
+                 watching: bool) -> tuple[int, socket.socket]:
+    """Fork one worker; returns (pid, the supervisor's end of its control
+    socket, on which it says it is ready and then takes handover messages).
+    watching: start in a handover window (the kernel still forwards)."""
+    ours, theirs = socket.socketpair()
     parent = os.getpid()
     pid = os.fork()
     if pid:
-        os.close(w)
-        return pid, r
+        theirs.close()
+        return pid, ours
     # The child: its own signal handling, and nothing of the parent's loop.
-    os.close(r)
+    ours.close()
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     # If the supervisor dies, even by SIGKILL, the workers stop with it.
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -85,27 +108,39 @@ def _fork_worker(ports: list[int], index: int, workers: int, fanout_base: int) -
     try:
         from xdpfwd.afpacket import worker
 
-        worker.main(ports, index, workers, fanout_base,
-                    ready=lambda: (os.write(w, b"ok\n"), os.close(w)))
+        worker.main(ports, index, workers, fanout_base, ready=lambda: theirs.sendall(b"ok\n"),
+                    control=theirs, watching=watching)
         code = 0
     except BaseException as e:  # report to the supervisor, never a traceback
         try:
-            os.write(w, f"{type(e).__name__}: {e}\n".encode())
+            theirs.sendall(f"{type(e).__name__}: {e}\n".encode())
         except OSError:
             pass
         code = 1
     os._exit(code)
 
 
-def _await_ready(fd: int, timeout: float = 15.0) -> str:
-    import select
+def _await_line(sock: socket.socket, expected: str, timeout: float = 15.0) -> str:
+    """"" once the worker said `expected`, else what went wrong."""
+    if not select.select([sock], [], [], timeout)[0]:
+        return "worker did not answer in time"
+    try:
+        msg = sock.recv(4096).decode().strip()
+    except OSError as e:
+        msg = str(e)
+    return "" if msg == expected else msg or "worker exited"
 
-    if not select.select([fd], [], [], timeout)[0]:
-        os.close(fd)
-        return "worker did not start in time"
-    msg = os.read(fd, 4096).decode().strip()
-    os.close(fd)
-    return "" if msg == "ok" else msg or "worker exited at start"
+
+def _await_ready(sock: socket.socket) -> str:
+    return _await_line(sock, "ok")
+
+
+def _tell(channels: dict[int, socket.socket], message: bytes) -> None:
+    for sock in channels.values():
+        try:
+            sock.sendall(message)
+        except OSError:
+            pass  # that worker is gone; its SIGCHLD says so
 
 
 def _stop_workers(pids: dict[int, int]) -> None:
@@ -140,26 +175,58 @@ def serve(ports: dict[str, int], on_ready=None, workers: int | None = None) -> i
                      pid_start=state.start_time(os.getpid()))
     st.save()  # first, so that a crash from here on can be cleaned up
     pids: dict[int, int] = {}  # pid -> worker index
+    channels: dict[int, socket.socket] = {}  # pid -> its control socket
     try:
-        st.sysctls = save_and_disable_forwarding(names)
-        st.save()
+        st.sysctls = saved_forwarding(names)
+        st.save()  # before anything changes: `detach` restores these
         state.create_counters(workers, len(ports))
+        # Every ring open and every worker watching before the kernel stops
+        # forwarding: the frames around the switch are taken by exactly one.
         for i in range(workers):
-            pid, ready = _fork_worker(ifindexes, i, workers, fanout_base)
-            pids[pid] = i
-            problem = _await_ready(ready)
+            pid, chan = _fork_worker(ifindexes, i, workers, fanout_base, watching=True)
+            pids[pid], channels[pid] = i, chan
+            problem = _await_ready(chan)
             if problem:
                 raise XdpfwdError(f"worker {i} failed to start: {problem}")
+        disable_forwarding(st.sysctls)
+        grace_period()  # no receive still reads the old value
+        _tell(channels, b"end\n")
     except BaseException:
         _stop_workers(pids)
         restore_sysctls(st.sysctls)
         state.remove()
         raise
     log(f"forwarding between {' '.join(names)} with {workers} workers")
-    return _supervise(st, pids, ifindexes, fanout_base, signals, on_ready)
+    return _supervise(st, pids, channels, ifindexes, fanout_base, signals, on_ready)
 
 
-def _supervise(st, pids, ifindexes, fanout_base, signals, on_ready) -> int:
+def _hand_back(pids: dict[int, int], channels: dict[int, socket.socket],
+               saved: dict[str, str]) -> None:
+    """Forwarding back on while every ring is still open; the workers take
+    the frames the kernel did not forward, then exit (handover.py)."""
+    _tell(channels, b"watch\n")
+    for pid in list(pids):
+        problem = _await_line(channels[pid], "watching", timeout=5)
+        if problem:
+            log(f"worker {pids[pid]} (pid {pid}) did not take part in the handover: {problem}")
+    grace_period()  # every frame a worker read before watching stays with it
+    restore_sysctls(saved)
+    grace_period()  # every frame the kernel reads from now on, it forwards
+    _tell(channels, b"end\n")
+    deadline = time.monotonic() + HANDBACK_SECONDS
+    while pids and time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pids.pop(pid, None) is None:
+            time.sleep(0.01)
+    _stop_workers(pids)  # any that did not finish in time
+    for sock in channels.values():
+        sock.close()
+
+
+def _supervise(st, pids, channels, ifindexes, fanout_base, signals, on_ready) -> int:
     restarts: list[float] = []
     code = 0
     try:
@@ -180,6 +247,7 @@ def _supervise(st, pids, ifindexes, fanout_base, signals, on_ready) -> int:
                 index = pids.pop(pid, None)
                 if index is None:
                     continue
+                channels.pop(pid).close()
                 now = time.monotonic()
                 restarts = [t for t in restarts if now - t < 60] + [now]
                 if len(restarts) > MAX_RESTARTS:
@@ -187,17 +255,23 @@ def _supervise(st, pids, ifindexes, fanout_base, signals, on_ready) -> int:
                     code = 1
                     raise StopIteration
                 log(f"worker {index} (pid {pid}) exited with status {status}; restarting it")
-                new, ready = _fork_worker(ifindexes, index, st.workers, fanout_base)
-                pids[new] = index
-                problem = _await_ready(ready)
+                # The kernel's forwarding is off: no handover window.
+                new, chan = _fork_worker(ifindexes, index, st.workers, fanout_base, watching=False)
+                pids[new], channels[new] = index, chan
+                problem = _await_ready(chan)
                 if problem:
                     log(f"worker {index} failed to restart: {problem}")
     except StopIteration:
         pass
     finally:
-        _stop_workers(pids)
-        restore_sysctls(st.sysctls)
-        state.remove()
+        try:
+            _hand_back(pids, channels, st.sysctls)
+        except BaseException:
+            _stop_workers(pids)
+            restore_sysctls(st.sysctls)
+            raise
+        finally:
+            state.remove()
         log("stopped; forwarding sysctls restored")
     return code
 

@@ -16,6 +16,7 @@ import time
 from xdpfwd.afpacket import packet, slowpath
 from xdpfwd.afpacket.fib import Fib
 from xdpfwd.afpacket.fragment import fragment
+from xdpfwd.afpacket.handover import Handover
 from xdpfwd.afpacket.icmp import IcmpErrors
 from xdpfwd.afpacket.rings import RxRing, TxRing
 from xdpfwd.afpacket.state import WorkerCounters
@@ -26,8 +27,11 @@ PENDING_SECONDS = 3.0  # the kernel gives up on ARP after about that
 
 
 class Worker:
-    def __init__(self, ports: list[int], worker: int, workers: int, fanout_base: int):
+    def __init__(self, ports: list[int], worker: int, workers: int, fanout_base: int,
+                 control=None, watching: bool = False):
         self.ports = ports
+        # Before the rings: see handover.py.
+        self.handover = Handover(ports, control, watching)
         self.portset = frozenset(ports)
         lay = layout()
         self.slot = {ifindex: i * lay.value_size // 8 for i, ifindex in enumerate(ports)}
@@ -115,6 +119,7 @@ class Worker:
 
     def _retry_pending(self) -> None:
         held, self.pending = self.pending, {}
+        self.handover.settle()
         for queue in held.values():
             for frame, ingress, vlan, since in queue:
                 self._handle(frame, ingress, vlan, since)
@@ -124,16 +129,22 @@ class Worker:
         for ring in self.rx:
             poller.register(ring.fileno(), select.POLLIN)
         poller.register(self.fib.fileno(), select.POLLIN)
+        if self.handover.fileno() >= 0:
+            poller.register(self.handover.fileno(), select.POLLIN)
         if on_ready:
             on_ready()
         last_expiry = time.monotonic()
-        while not self.stopping:
+        while not self.stopping and not self.handover.done:
             poller.poll(100)
-            for ring in self.rx:
-                for frames in ring.blocks():
-                    for frame, vlan in frames:
-                        self._received(ring.ifindex, len(frame))
-                        self._handle(frame, ring.ifindex, vlan)
+            for ring, frames in self.handover.blocks(self.rx):
+                for frame, vlan in frames:
+                    if self.handover.kernel_forwarded(frame):
+                        # The kernel's, during a handover (fast or slow
+                        # path alike): neither sent nor counted, as in
+                        # XDP mode before attach and after detach.
+                        continue
+                    self._received(ring.ifindex, len(frame))
+                    self._handle(frame, ring.ifindex, vlan)
             for tx in self.tx.values():
                 tx.flush()
             if self.fib.poll_events() and self.pending:
@@ -144,6 +155,7 @@ class Worker:
                 last_expiry = now
             for tx in self.tx.values():
                 tx.flush()
+            self.handover.step(self.rx, bool(self.pending))
             self.counters.publish()
         self.close()
 
@@ -159,9 +171,11 @@ class Worker:
         self.fib.close()
 
 
-def main(ports: list[int], worker: int, workers: int, fanout_base: int, ready) -> None:
-    """Entry point of a worker process (forked by the supervisor)."""
+def main(ports: list[int], worker: int, workers: int, fanout_base: int, ready,
+         control=None, watching: bool = False) -> None:
+    """Entry point of a worker process (forked by the supervisor). control:
+    its socket to the supervisor; watching: start in a handover window."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides
-    w = Worker(ports, worker, workers, fanout_base)
+    w = Worker(ports, worker, workers, fanout_base, control, watching)
     signal.signal(signal.SIGTERM, w.stop)
     w.run(on_ready=ready)
