@@ -3,7 +3,7 @@
  * The benchmark's packet sink, on recvbox's eth0: count and drop IPv4/UDP
  * (the benchmark's traffic), pass everything else so that ARP still
  * answers the router. An XDP program here also makes frames that the
- * router XDP-redirects into this veth deliverable (lab-findings.md).
+ * router XDP-redirects into this veth deliverable (docs/kernel-facts.md, veth).
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>

@@ -4,7 +4,7 @@ The kernel is the only record of what is attached: netlink gives each
 interface's program id, the id leads to the program's name and maps, and
 the maps hold the counters. Nothing is pinned and no state file is kept,
 so `status`, `stats` and `detach` work from any new process, also under a
-new `ip netns exec` (which hides /sys/fs/bpf, see lab-findings.md).
+new `ip netns exec` (which hides /sys/fs/bpf, see docs/kernel-facts.md).
 
 An xdpfwd program is recognised by its name (layout.prog_name) and its
 maps' names; anything else attached to an interface is foreign and is

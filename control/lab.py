@@ -113,7 +113,7 @@ def _build(log):
             _run(["ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], log)
         else:
             # A frame XDP-redirected into a veth is dropped unless the peer
-            # has an XDP program or GRO (lab-findings.md). And veth leaves
+            # has an XDP program or GRO (docs/kernel-facts.md). And veth leaves
             # UDP/TCP checksums to "hardware" that a redirected frame never
             # meets: the hosts compute them themselves, as a NIC would.
             for ifname in host["interfaces"]:

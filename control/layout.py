@@ -6,13 +6,16 @@ exactly those two shapes, so a change to the header reaches user space
 without a second copy to keep in step.
 """
 
+import importlib.resources
 import re
 import struct
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-BPF_DIR = Path(__file__).with_name("bpf")
+# The bpf/ folder: beside this module when installed, the checkout's own
+# under an editable install (pip install -e .), which maps it to xdpfwd.bpf.
+BPF_DIR = Path(str(importlib.resources.files("xdpfwd.bpf")))
 HEADER = BPF_DIR / "counters.h"
 SOURCE = BPF_DIR / "redirect.c"
 

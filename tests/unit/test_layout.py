@@ -80,3 +80,19 @@ def test_summarize_takes_rx_from_the_received_counter():
     lost = datapath.summarize({**counts, "received": (22, 1900)})
     assert lost["rx_packets"] == 22 != lost["forwarded_packets"] + lost["passed_packets"] + \
         lost["dropped_packets"]
+
+
+def test_the_package_is_the_checkout():
+    """`make setup` installs editable: the code the tests run is this tree's
+    (control/, exporter/, bpf/), so an edit needs no reinstall."""
+    from pathlib import Path
+
+    import xdpfwd
+    import xdpfwd.exporter
+    from xdpfwd import layout as layout_module
+
+    tree = Path(__file__).resolve().parents[2]
+    assert Path(xdpfwd.__file__).resolve() == tree / "control" / "__init__.py"
+    assert Path(xdpfwd.exporter.__file__).resolve() == tree / "exporter" / "__init__.py"
+    assert layout_module.BPF_DIR.resolve() == tree / "bpf"
+    assert layout_module.HEADER.is_file() and layout_module.SOURCE.is_file()
