@@ -199,7 +199,7 @@ def stats(
     interval: float = typer.Option(1.0, "--interval", min=0.1, help="Seconds between --watch frames."),
 ):
     """Show the counters of every interface xdpfwd forwards on."""
-    from xdpfwd import datapath, forwarder
+    from xdpfwd import forwarder
 
     if watch:
         from xdpfwd import watch as live
@@ -209,7 +209,7 @@ def stats(
         except KeyboardInterrupt:  # the way to stop watching: not an error
             print()
         return
-    records = {name: datapath.summarize(c) for name, c in forwarder.counters().items()}
+    records = {name: c.record() for name, c in forwarder.counters().items()}
     if as_json:
         _json(records)
         return

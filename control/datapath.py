@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from xdpfwd import bpfsys, compiler, failpoints, netlink
 from xdpfwd.errors import (Conflict, ForwardingDisabled, KernelRefused, PermissionDenied,
                            UsageError, XdpfwdError)
-from xdpfwd.layout import PORT_FORMAT, PORT_SIZE, RECEIVED, TRANSMITTED, layout
+from xdpfwd.counters import PortCounters
+from xdpfwd.layout import PORT_FORMAT, PORT_SIZE, layout
 
 MODES = ("auto", "native", "skb", "afpacket")
 FAMILIES = ("ipv4", "ipv6")
@@ -365,8 +366,8 @@ def detach(states: list[PortState]) -> list[str]:
 # -- counters ---------------------------------------------------------------
 
 
-def program_counters(prog_id: int) -> dict[int, dict[str, tuple[int, int]]]:
-    """{port ifindex: {label: (packets, bytes)}} of one program."""
+def program_counters(prog_id: int) -> dict[int, PortCounters]:
+    """{port ifindex: its counters} of one program."""
     lay = layout()
     prog = identify(prog_id)
     if not isinstance(prog, OurProgram):
@@ -382,12 +383,12 @@ def program_counters(prog_id: int) -> dict[int, dict[str, tuple[int, int]]]:
         for slot, ifindex in sorted(_port_slots(prog).items()):
             values = bpfsys.percpu_values(stats.fd, struct.pack("=I", slot), info.value_size)
             if values is not None:
-                result[ifindex] = lay.decode(values)
+                result[ifindex] = PortCounters.decode(values)
     return result
 
 
-def read_counters() -> dict[str, dict[str, tuple[int, int]]]:
-    """{interface: {outcome label: (packets, bytes)}} for every interface
+def read_counters() -> dict[str, PortCounters]:
+    """{interface: its counters} for every interface
     counted by an xdpfwd program attached in this namespace. An interface
     that is gone shows as unknown:IFINDEX."""
     names = netlink.link_names_by_index()
@@ -396,22 +397,3 @@ def read_counters() -> dict[str, dict[str, tuple[int, int]]]:
         for ifindex, counts in sorted(program_counters(prog_id).items()):
             result[names.get(ifindex, f"unknown:{ifindex}")] = counts
     return result
-
-
-def summarize(counts: dict[str, tuple[int, int]]) -> dict:
-    """One interface's outcomes as the `stats --json` record."""
-    lay = layout()
-    out = {k: 0 for k in ("rx_packets", "rx_bytes", "forwarded_packets", "forwarded_bytes",
-                          "passed_packets", "passed_bytes", "dropped_packets", "dropped_bytes")}
-    out["rx_packets"], out["rx_bytes"] = counts.get(RECEIVED, (0, 0))
-    out["tx_packets"], out["tx_bytes"] = counts.get(TRANSMITTED, (0, 0))
-    out["pass_reasons"], out["drop_reasons"] = {}, {}
-    for o in lay.outcomes:
-        packets, nbytes = counts.get(o.label, (0, 0))
-        out[f"{o.kind}_packets"] += packets
-        out[f"{o.kind}_bytes"] += nbytes
-        if o.kind == "passed":
-            out["pass_reasons"][o.label] = packets
-        elif o.kind == "dropped":
-            out["drop_reasons"][o.label] = packets
-    return out

@@ -11,6 +11,7 @@ import signal
 from contextlib import suppress
 
 from xdpfwd import datapath, netfilter, netlink
+from xdpfwd.counters import PortCounters
 from xdpfwd.afpacket import process, state
 from xdpfwd.afpacket.service import restore_sysctls, serve
 from xdpfwd.datapath import AttachResult, PortState
@@ -156,8 +157,8 @@ def status() -> dict[str, PortState]:
     return ports
 
 
-def counters() -> dict[str, dict[str, tuple[int, int]]]:
-    """{interface: {outcome label: (packets, bytes)}}, both datapaths."""
+def counters() -> dict[str, PortCounters]:
+    """{interface: its counters}, both datapaths."""
     result = datapath.read_counters()
     st = _afpacket(repair=False)
     if st:

@@ -62,19 +62,6 @@ class Layout:
         """Where `transmitted` sits, counted in struct xdpfwd_count."""
         return len(self.outcomes) + 1
 
-    def decode(self, per_cpu_values: list[bytes]) -> dict[str, tuple[int, int]]:
-        """Sum per-CPU struct xdpfwd_counters into {label: (packets, bytes)},
-        with RECEIVED for the ingress total and TRANSMITTED for the egress
-        side."""
-        slots = len(self.outcomes) + 2
-        totals = [[0, 0] for _ in range(slots)]
-        for raw in per_cpu_values:
-            for i in range(slots):
-                packets, nbytes = struct.unpack_from(COUNT_FORMAT, raw, i * COUNT_SIZE)
-                totals[i][0] += packets
-                totals[i][1] += nbytes
-        labels = [RECEIVED] + [o.label for o in self.outcomes] + [TRANSMITTED]
-        return {label: (p, b) for label, (p, b) in zip(labels, totals)}
 
 
 _DEFINE = re.compile(r"^#define\s+(XDPFWD_\w+)\s+(\w+)\s*$", re.M)

@@ -3,10 +3,7 @@ outcome, from two readings of the counters a second apart."""
 
 import time
 
-from xdpfwd.datapath import summarize
-
-ROWS = (("received", "rx"), ("forwarded", "forwarded"), ("passed", "passed"),
-        ("dropped", "dropped"), ("transmitted", "tx"))
+from xdpfwd.counters import PortCounters
 
 
 def human(value: float) -> str:
@@ -17,24 +14,21 @@ def human(value: float) -> str:
     return f"{value:.0f}"
 
 
-def rates(before: dict, after: dict, seconds: float) -> dict[str, list[tuple[str, float, float]]]:
+def rates(before: dict[str, PortCounters], after: dict[str, PortCounters],
+          seconds: float) -> dict[str, list[tuple[str, float, float]]]:
     """{device: [(row, packets/s, bits/s)]}: the totals, then each reason
     that moved, under the outcome it belongs to."""
     table = {}
-    for device, counts in after.items():
-        now, then = summarize(counts), summarize(before.get(device, {}))
+    for device, now in after.items():
+        d = now - before.get(device, PortCounters.of({}))
         rows = []
-        for row, key in ROWS:
-            pps = (now[f"{key}_packets"] - then[f"{key}_packets"]) / seconds
-            bps = 8 * (now[f"{key}_bytes"] - then[f"{key}_bytes"]) / seconds
-            rows.append((row, pps, bps))
+        for row, count in (("received", d.received), ("forwarded", d.total("forwarded")),
+                           ("passed", d.total("passed")), ("dropped", d.total("dropped")),
+                           ("transmitted", d.transmitted)):
+            rows.append((row, count.packets / seconds, 8 * count.bytes / seconds))
             if row in ("passed", "dropped"):
-                for reason, (packets, nbytes) in counts.items():
-                    if reason not in now[f"{'pass' if row == 'passed' else 'drop'}_reasons"]:
-                        continue
-                    p0, b0 = before.get(device, {}).get(reason, (0, 0))
-                    if packets != p0:
-                        rows.append((f"  {reason}", (packets - p0) / seconds, 8 * (nbytes - b0) / seconds))
+                rows += [(f"  {reason}", c.packets / seconds, 8 * c.bytes / seconds)
+                         for reason, c in d.reasons(row).items() if c.packets]
         table[device] = rows
     return table
 

@@ -13,7 +13,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from xdpfwd import __version__, netfilter
-from xdpfwd.layout import RECEIVED, TRANSMITTED, layout
+from xdpfwd.counters import ZERO
+from xdpfwd.layout import layout
 
 KIND_HELP = {
     "forwarded": "arrived on the device and were forwarded",
@@ -98,16 +99,14 @@ class XdpfwdCollector(Collector):
                 family(f"xdpfwd_{kind}_{unit}", f"{unit.capitalize()} that {text}.", labels)
 
         for device, counts in sorted(counters.items()):
-            # Counted on arrival, apart from the outcomes: the sum of the
-            # outcomes equals it only while every path counts one.
-            received = counts.get(RECEIVED, (0, 0))
             for o in lay.outcomes:
-                packets, nbytes = counts.get(o.label, (0, 0))
-                for unit, value in (("packets", packets), ("bytes", nbytes)):
+                c = counts.outcomes.get(o.label, ZERO)
+                for unit, value in (("packets", c.packets), ("bytes", c.bytes)):
                     labels = [device] if o.kind == "forwarded" else [device, o.label]
                     families[f"xdpfwd_{o.kind}_{unit}"].add_metric(labels, value)
-            sent = counts.get(TRANSMITTED, (0, 0))
-            for i, unit in enumerate(("packets", "bytes")):
-                families[f"xdpfwd_receive_{unit}"].add_metric([device], received[i])
-                families[f"xdpfwd_transmit_{unit}"].add_metric([device], sent[i])
+            # receive is counted on arrival, apart from the outcomes: it
+            # equals their sum only while every path counts one.
+            for unit in ("packets", "bytes"):
+                families[f"xdpfwd_receive_{unit}"].add_metric([device], getattr(counts.received, unit))
+                families[f"xdpfwd_transmit_{unit}"].add_metric([device], getattr(counts.transmitted, unit))
         yield from families.values()

@@ -11,6 +11,7 @@ import socket
 from dataclasses import dataclass, field
 
 from xdpfwd import datapath
+from xdpfwd.counters import PortCounters
 from xdpfwd.afpacket import state
 from xdpfwd.errors import XdpfwdError
 
@@ -25,7 +26,7 @@ class Device:
 @dataclass
 class Snapshot:
     devices: list[Device] = field(default_factory=list)
-    counters: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
+    counters: dict[str, PortCounters] = field(default_factory=dict)
     errors: int = 0
 
 

@@ -15,6 +15,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from xdpfwd.counters import PortCounters
 from xdpfwd.layout import layout
 
 RUN_DIR = Path("/run/xdpfwd")
@@ -121,8 +122,8 @@ class WorkerCounters:
         self._file.close()
 
 
-def read_counters(st: State) -> dict[int, dict[str, tuple[int, int]]]:
-    """{ifindex: {outcome label: (packets, bytes)}}, summed over workers."""
+def read_counters(st: State) -> dict[int, PortCounters]:
+    """{ifindex: its counters}, summed over workers."""
     lay = layout()
     raw = counters_path().read_bytes()
     per_port = lay.value_size
@@ -130,5 +131,5 @@ def read_counters(st: State) -> dict[int, dict[str, tuple[int, int]]]:
     for p, ifindex in enumerate(st.ports.values()):
         values = [raw[(w * len(st.ports) + p) * per_port:(w * len(st.ports) + p + 1) * per_port]
                   for w in range(st.workers)]
-        result[ifindex] = lay.decode(values)
+        result[ifindex] = PortCounters.decode(values)
     return result

@@ -11,7 +11,6 @@ and header checksum and the IPv6 flow label of an error may differ.
 
 import contextlib
 import socket
-import struct
 import subprocess
 import threading
 import time
@@ -148,7 +147,7 @@ class Router:
                         assert fragment.decision(bytes(packet), mtu) == "fragment"
                         packet[8] -= 1  # ip_forward() decrements before ip_output() fragments
                         packet[10:12] = b"\0\0"
-                        packet[10:12] = fragment._check(bytes(packet[:20])).to_bytes(2, "big")
+                        packet[10:12] = fragment.checksum(bytes(packet[:20])).to_bytes(2, "big")
                         head = mac(self.recvbox_mac) + mac(links["eth0"].mac) + b"\x08\x00"
                         for piece in fragment.fragment(bytes(packet), mtu):
                             tx.send(head + piece)

@@ -33,7 +33,7 @@ def program(router):
 
 
 def counters(program):
-    return datapath.program_counters(program["id"])[program["links"]["eth1"].index]
+    return datapath.program_counters(program["id"])[program["links"]["eth1"].index].as_dict()
 
 
 def run_frame(program, frame: bytes):
@@ -72,9 +72,9 @@ def check(program, frame, action, outcome):
 def test_forwards_ipv4_rewriting_macs_ttl_and_checksum(program):
     frame = to_router(program, v4(ttl=64))
     eth0 = program["links"]["eth0"].index
-    sent_before = datapath.program_counters(program["id"])[eth0]["transmitted"]
+    sent_before = datapath.program_counters(program["id"])[eth0].as_dict()["transmitted"]
     out = Ether(check(program, frame, XDP_REDIRECT, "forwarded").data)
-    sent_after = datapath.program_counters(program["id"])[eth0]["transmitted"]
+    sent_after = datapath.program_counters(program["id"])[eth0].as_dict()["transmitted"]
     assert (sent_after[0] - sent_before[0], sent_after[1] - sent_before[1]) == (1, len(bytes(frame)))
     assert out.dst == program["macs"]["recvbox"]
     assert out.src == program["links"]["eth0"].mac

@@ -50,7 +50,7 @@ def datapaths(router):
 
 
 def xdp_outcome(prog_id, ingress, before):
-    after = datapath.program_counters(prog_id)[ingress]
+    after = datapath.program_counters(prog_id)[ingress].as_dict()
     grew = [label for label in after if label not in ("transmitted", "received")
             and after[label] != before[label]]
     # Every frame is also counted as received, apart from its outcome.
@@ -72,7 +72,7 @@ def test_datapaths_agree_with_the_model(datapaths):
     gen = FrameGenerator(SEED, bytes.fromhex(d["links"]["eth1"].mac.replace(":", "")),
                          [bytes.fromhex("020000000099")])
     mismatches, seen = [], {}
-    counts = datapath.program_counters(d["id"])
+    counts = {i: c.as_dict() for i, c in datapath.program_counters(d["id"]).items()}
     portset = frozenset(d["ports"])
     with inside("router"):
         for i in range(FRAMES):

@@ -4,6 +4,7 @@ of client_python's own process collector tests."""
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
+from xdpfwd.counters import PortCounters
 from xdpfwd.exporter.collector import XdpfwdCollector
 from xdpfwd.exporter.reader import Device, Snapshot
 
@@ -28,9 +29,11 @@ def registry(snap):
 SNAP = Snapshot(
     devices=[Device("eth1", "native", 42), Device("eth0", "native", 42)],
     counters={
-        "eth1": {"received": (106, 10444), "forwarded": (100, 10000), "fib_no_neighbour": (2, 200),
-                 "multicast": (3, 180), "redirect_failed": (1, 64), "transmitted": (7, 700)},
-        "eth0": {"received": (8, 760), "forwarded": (7, 700), "transmitted": (100, 10000)},
+        "eth1": PortCounters.of({"received": (106, 10444), "forwarded": (100, 10000),
+                                 "fib_no_neighbour": (2, 200), "multicast": (3, 180),
+                                 "redirect_failed": (1, 64), "transmitted": (7, 700)}),
+        "eth0": PortCounters.of({"received": (8, 760), "forwarded": (7, 700),
+                                 "transmitted": (100, 10000)}),
     },
 )
 

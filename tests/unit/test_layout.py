@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from xdpfwd import datapath
+from xdpfwd.counters import PortCounters
 from xdpfwd.layout import COUNT_SIZE, HEADER, SOURCE, layout, parse
 
 
@@ -55,7 +55,7 @@ def test_decode_sums_per_cpu_values():
     cpu0 = _value(lay, {"received": (11, 1060), "forwarded": (10, 1000), "ttl_exceeded": (1, 60)})
     cpu1 = _value(lay, {"received": (7, 620), "forwarded": (5, 500), "redirect_failed": (2, 120),
                         "transmitted": (7, 70)})
-    totals = lay.decode([cpu0, cpu1])
+    totals = PortCounters.decode([cpu0, cpu1]).as_dict()
     assert totals["received"] == (18, 1680)
     assert totals["transmitted"] == (7, 70)
     assert totals["forwarded"] == (15, 1500)
@@ -67,7 +67,7 @@ def test_decode_sums_per_cpu_values():
 def test_summarize_takes_rx_from_the_received_counter():
     counts = {"received": (21, 1860), "forwarded": (15, 1500), "ttl_exceeded": (1, 60),
               "fib_no_neighbour": (3, 180), "redirect_failed": (2, 120), "transmitted": (9, 900)}
-    s = datapath.summarize(counts)
+    s = PortCounters.of(counts).record()
     assert (s["tx_packets"], s["tx_bytes"]) == (9, 900)
     assert s["rx_packets"] == 21 and s["rx_bytes"] == 1860
     assert (s["forwarded_packets"], s["forwarded_bytes"]) == (15, 1500)
@@ -77,7 +77,7 @@ def test_summarize_takes_rx_from_the_received_counter():
     assert s["drop_reasons"] == {"redirect_failed": 2}
     assert s["rx_packets"] == s["forwarded_packets"] + s["passed_packets"] + s["dropped_packets"]
     # rx is not the sum of the outcomes: a path that counts no outcome shows
-    lost = datapath.summarize({**counts, "received": (22, 1900)})
+    lost = PortCounters.of({**counts, "received": (22, 1900)}).record()
     assert lost["rx_packets"] == 22 != lost["forwarded_packets"] + lost["passed_packets"] + \
         lost["dropped_packets"]
 

@@ -79,13 +79,15 @@ def test_metric_list_is_what_the_exporter_serves(monkeypatch):
     # The exporter's own registry and collector; its reader (the injection
     # point the collector is built around) hands over a fixed Snapshot with
     # every outcome of the shared layout instead of reading the kernel.
+    from xdpfwd.counters import PortCounters
     from xdpfwd.exporter import server
     from xdpfwd.exporter.reader import Device, Snapshot
-    from xdpfwd.layout import TRANSMITTED, layout
+    from xdpfwd.layout import RECEIVED, TRANSMITTED, layout
 
     monkeypatch.setattr("xdpfwd.netfilter.scan", lambda ports, mode: [])  # not this machine's rules
     outcomes = layout().outcomes
-    counts = {o.label: (1, 64) for o in outcomes} | {TRANSMITTED: (1, 64)}
+    counts = PortCounters.of({o.label: (1, 64) for o in outcomes}
+                             | {RECEIVED: (1, 64), TRANSMITTED: (1, 64)})
 
     class FixedReader:
         def read(self):
