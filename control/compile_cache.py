@@ -80,19 +80,25 @@ def _stat_sig(path: Path) -> list | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def headers(kernel_headers: Path, source: Path) -> dict:
+def header_trees(kernel_headers: Path) -> list[Path]:
+    """The trees bcc reads headers from: the resolved build directory and,
+    where the distribution splits them (Debian: include/uapi lives in the
+    -common package), the source directory beside it."""
+    trees = [kernel_headers]
+    src = (Path("/lib/modules") / platform.release() / "source").resolve()
+    if kernel_headers.is_dir() and src.is_dir() and src != kernel_headers:
+        trees.append(src)
+    return trees
+
+
+def headers(trees: list[Path], source: Path) -> dict:
     """The kernel headers bcc compiles against: where they resolve to, and
     size and mtime of the kernel's configuration and of each header the
     source includes (an upgraded or reinstalled headers package changes
-    them)."""
-    if kernel_headers.is_file():  # /sys/kernel/kheaders.tar.xz
-        return {"archive": str(kernel_headers), "sig": _stat_sig(kernel_headers)}
-    trees = [kernel_headers]
-    # Debian splits the headers: the arch-specific "build" tree and the
-    # "source" tree beside it (include/uapi lives there).
-    src = (Path("/lib/modules") / platform.release() / "source").resolve()
-    if src.is_dir() and src != kernel_headers:
-        trees.append(src)
+    them). A single file is the kernel's own archive
+    (/sys/kernel/kheaders.tar.xz)."""
+    if len(trees) == 1 and trees[0].is_file():
+        return {"archive": str(trees[0]), "sig": _stat_sig(trees[0])}
     wanted = ["include/generated/autoconf.h", "include/generated/package.h", ".config"]
     wanted += [f"include/{name.decode()}" for name in _SYSTEM_INCLUDE.findall(source.read_bytes())]
     return {"trees": [str(t) for t in trees],

@@ -102,7 +102,8 @@ def cache_key(ifindexes: list[int], bpf_dir: Path | None = None) -> tuple[str, d
     # covered by its contents, wherever it is installed.
     flags = cflags("<bpf>", {role: f"<{role}>" for role in compile_cache.ROLES}, ifindexes)
     mat = compile_cache.material(bpf_dir, flags, compile_cache.running_kernel(),
-                                 compile_cache.headers(headers, bpf_dir / "redirect.c"),
+                                 compile_cache.headers(compile_cache.header_trees(headers),
+                                                       bpf_dir / "redirect.c"),
                                  bcc_version)
     return compile_cache.key(mat), mat
 
