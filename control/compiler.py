@@ -156,7 +156,12 @@ def load(ports_map_fd: int, stats_map_fd: int, config_map_fd: int, ifindexes: li
     else compiled by bcc (and then stored there)."""
     fds = {"ports": ports_map_fd, "stats": stats_map_fd, "config": config_map_fd}
     # Only root can make the root-owned entries the cache trusts.
-    found = cache_key(ifindexes) if os.geteuid() == 0 else None
+    try:
+        found = cache_key(ifindexes) if os.geteuid() == 0 else None
+    except OSError as e:  # bpf/ or the headers unreadable: bcc will say why
+        if verbose:
+            _note(f"not used ({e})")
+        found = None
     store = found is not None
     if found:
         try:
