@@ -21,6 +21,9 @@ MAP_TYPE_PERCPU_HASH = 5
 MAP_TYPE_PERCPU_ARRAY = 6
 MAP_TYPE_DEVMAP_HASH = 25
 
+# enum bpf_prog_type
+PROG_TYPE_XDP = 6
+
 # XDP attach flags (uapi/linux/if_link.h)
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS_SKB_MODE = 1 << 1
@@ -195,6 +198,7 @@ def lib():
         "bpf_prog_test_run_opts": ([i32, vp], i32),
         "libbpf_num_possible_cpus": ([], i32),
         "libbpf_set_print": ([_PRINT_FN], vp),
+        "bpf_prog_load": ([i32, ctypes.c_char_p, ctypes.c_char_p, vp, ctypes.c_size_t, vp], i32),
     }
     for name, (args, res) in sig.items():
         fn = getattr(libbpf, name)
@@ -410,3 +414,26 @@ def test_run(prog_fd: int, frame: bytes, ingress_ifindex: int, repeat: int = 1) 
     )
     _check(lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "test-run the program")
     return TestRun(opts.retval, data_out.raw[: opts.data_size_out], opts.duration)
+
+
+def prog_load(prog_type: int, name: str, license: str, insns: bytes) -> Fd:
+    """Load ready instructions (map fds already in place): what bcc does
+    after compiling, without bcc. The verifier's log is not kept; callers
+    that need it compile again with bcc."""
+    buf = ctypes.create_string_buffer(insns, len(insns))
+    rc = lib().bpf_prog_load(prog_type, name.encode(), license.encode(), buf, len(insns) // 8, None)
+    return Fd(_check(rc, f"load BPF program {name}"))
+
+
+def prog_xlated(fd: int) -> bytes:
+    """The program's instructions as the verifier left them (what `bpftool
+    prog dump xlated` shows): map references carry map ids."""
+    info = _ProgInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), "read program info")
+    buf = ctypes.create_string_buffer(info.xlated_prog_len)
+    info = _ProgInfo(xlated_prog_len=len(buf), xlated_prog_insns=ctypes.addressof(buf))
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
+           "read program instructions")
+    return buf.raw[: info.xlated_prog_len]

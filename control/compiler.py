@@ -5,6 +5,10 @@ Nothing else imports bcc, so every command that does not load a program
 bcc raises bare Exceptions and prints the compiler's and verifier's output
 on fd 2; here both become one XdpfwdError, and the log is shown only with
 --verbose.
+
+An attach first looks in the compile cache (compile_cache.py): a valid
+entry is loaded through libbpf and bcc is not even imported. bcc compiles
+whenever there is no valid entry, and its result becomes the entry.
 """
 
 import os
@@ -14,8 +18,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from xdpfwd.errors import KernelRefused, MissingDependency, PermissionDenied
-from xdpfwd.layout import BPF_DIR, SOURCE, layout
+from xdpfwd import bpfsys, compile_cache
+from xdpfwd.errors import KernelRefused, MissingDependency, PermissionDenied, XdpfwdError
+from xdpfwd.layout import BPF_DIR, layout
 
 BCC_HINT = (
     "apt-get install python3-bpfcc, and run xdpfwd with a Python that sees it "
@@ -46,10 +51,12 @@ def kernel_headers() -> Path | None:
 @dataclass
 class Program:
     """A loaded (not yet attached) xdpfwd program. Keep it referenced until
-    the program is attached: its file descriptors die with the bcc object."""
+    the program is attached: its file descriptor dies with `bpf` (the bcc
+    object, or a bpfsys.Fd when it came from the compile cache)."""
 
     bpf: object
     prog_fd: int
+    cached: bool = False  # loaded from the compile cache, without bcc
 
 
 class _CaptureStderr:
@@ -71,10 +78,107 @@ class _CaptureStderr:
         self._file.close()
 
 
+def cflags(bpf_dir, fds: dict, ifindexes: list[int]) -> list[str]:
+    """bcc's flags: the maps' fds (ports, stats, config) and the ports'
+    slots (slot i is ifindexes[i]), both compiled into the program."""
+    slots = " ".join(f"X({ifindex}, {slot})" for slot, ifindex in enumerate(ifindexes))
+    return [f"-I{bpf_dir}", f"-DXDPFWD_PORTS_FD={fds['ports']}",
+            f"-DXDPFWD_STATS_FD={fds['stats']}", f"-DXDPFWD_CONFIG_FD={fds['config']}",
+            f"-DXDPFWD_PORT_SLOTS(X)={slots}"]
+
+
+def _note(message: str) -> None:
+    print(f"xdpfwd: compile cache: {message}", file=sys.stderr)
+
+
+def cache_key(ifindexes: list[int], bpf_dir: Path | None = None) -> tuple[str, dict] | None:
+    """(name, key material) of the cache entry for these ports, or None
+    where it cannot be known without bcc (no headers, no bcc found)."""
+    bpf_dir = bpf_dir or BPF_DIR
+    headers, bcc_version = kernel_headers(), compile_cache.bcc_version()
+    if headers is None or bcc_version is None:
+        return None
+    # The fds differ on every attach and are patched in at load; bpf/ is
+    # covered by its contents, wherever it is installed.
+    flags = cflags("<bpf>", {role: f"<{role}>" for role in compile_cache.ROLES}, ifindexes)
+    mat = compile_cache.material(bpf_dir, flags, compile_cache.running_kernel(),
+                                 compile_cache.headers(compile_cache.header_trees(headers),
+                                                       bpf_dir / "redirect.c"),
+                                 bcc_version)
+    return compile_cache.key(mat), mat
+
+
+def _from_cache(name: str, mat: dict, fds: dict, verbose: bool) -> Program | None:
+    prog_name = layout().prog_name
+    try:
+        entry = compile_cache.read(name, mat)
+        if entry is None:
+            return None
+        if (entry.prog_name, entry.license) != (prog_name, compile_cache.LICENSE):
+            raise compile_cache.BadEntry(f"it holds {entry.prog_name} ({entry.license})")
+        insns = compile_cache.relocate(entry.insns, entry.relocs, fds)
+        fd = bpfsys.prog_load(bpfsys.PROG_TYPE_XDP, prog_name, entry.license, insns)
+    except compile_cache.Untrusted as e:
+        # Whoever can write the cache chooses the code the kernel runs.
+        _note(f"not trusted, ignored ({e}); compiling afresh")
+        raise
+    except (compile_cache.BadEntry, XdpfwdError) as e:
+        # A kernel whose verifier now refuses the program, a damaged entry:
+        # compile afresh and replace the entry.
+        if verbose:
+            _note(f"entry {name} not used ({e}); compiling afresh")
+        return None
+    if verbose:
+        _note(f"loaded {prog_name} from {compile_cache.directory() / name}.json")
+    return Program(bpf=fd, prog_fd=fd.fd, cached=True)
+
+
+def _store(name: str, mat: dict, program: Program, fds: dict, verbose: bool) -> None:
+    prog_name = layout().prog_name
+    try:
+        insns, relocs = compile_cache.relocations(program.bpf.dump_func(prog_name.encode()), fds)
+        path = compile_cache.write(name, mat, insns, relocs, prog_name)
+    except compile_cache.Untrusted as e:
+        _note(f"not trusted, nothing stored ({e})")
+        return
+    except (compile_cache.NotCacheable, OSError) as e:
+        if verbose:
+            _note(f"nothing stored ({e})")
+        return
+    if verbose:
+        _note(f"stored {path}")
+
+
 def load(ports_map_fd: int, stats_map_fd: int, config_map_fd: int, ifindexes: list[int],
          verbose: bool = False) -> Program:
-    """Compile bpf/redirect.c against the maps user space created, for
-    these ports (slot i is ifindexes[i])."""
+    """The program for the maps user space created and these ports (slot i
+    is ifindexes[i]): from the compile cache when it holds a valid entry,
+    else compiled by bcc (and then stored there)."""
+    fds = {"ports": ports_map_fd, "stats": stats_map_fd, "config": config_map_fd}
+    # Only root can make the root-owned entries the cache trusts.
+    try:
+        found = cache_key(ifindexes) if os.geteuid() == 0 else None
+    except OSError as e:  # bpf/ or the headers unreadable: bcc will say why
+        if verbose:
+            _note(f"not used ({e})")
+        found = None
+    store = found is not None
+    if found:
+        try:
+            program = _from_cache(*found, fds, verbose)
+        except compile_cache.Untrusted as e:
+            program, store = None, e.what == "entry"  # a bad entry is replaced
+        if program:
+            return program
+    program = compile_program(fds, ifindexes, verbose)
+    if store:
+        _store(*found, program, fds, verbose)
+    return program
+
+
+def compile_program(fds: dict, ifindexes: list[int], verbose: bool = False) -> Program:
+    """Compile bpf/redirect.c with bcc against these maps and ports, and
+    load it."""
     bcc = import_bcc()
     if kernel_headers() is None:
         raise MissingDependency(
@@ -83,14 +187,11 @@ def load(ports_map_fd: int, stats_map_fd: int, config_map_fd: int, ifindexes: li
             "closest distribution headers)"
         )
     lay = layout()
-    slots = " ".join(f"X({ifindex}, {slot})" for slot, ifindex in enumerate(ifindexes))
-    cflags = [f"-I{BPF_DIR}", f"-DXDPFWD_PORTS_FD={ports_map_fd}",
-              f"-DXDPFWD_STATS_FD={stats_map_fd}", f"-DXDPFWD_CONFIG_FD={config_map_fd}",
-              f"-DXDPFWD_PORT_SLOTS(X)={slots}"]
     capture = _CaptureStderr()
     try:
         with capture:
-            bpf = bcc.BPF(src_file=str(SOURCE).encode(), cflags=cflags)
+            bpf = bcc.BPF(src_file=str(BPF_DIR / "redirect.c").encode(),
+                          cflags=cflags(BPF_DIR, fds, ifindexes))
             fn = bpf.load_func(lay.prog_name.encode(), bcc.BPF.XDP)
     except Exception as e:  # bcc raises bare Exception for every failure
         log = capture.text.strip()
