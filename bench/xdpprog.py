@@ -4,36 +4,23 @@ namespace, their per-CPU counts read through bcc's table API.
 """
 
 import ctypes
-import os
-import tempfile
 from pathlib import Path
 
-from xdpfwd import bpfsys, netlink, netns
+from xdpfwd import bpfsys, compiler, netlink, netns
+from xdpfwd.errors import XdpfwdError
 
 HERE = Path(__file__).parent
 
 
 def compile_bpf(source: str, functions: list[tuple[str, int]], cflags: list[str] = ()):
-    """Compile HERE/source with bcc and load the XDP functions, each with
-    its expected attach type (-1: none). Returns (bcc object, [fds]); keep
-    the object: the programs and maps live as long as it does."""
-    import bcc  # Debian's python3-bpfcc, seen by the venv
-
-    # bcc prints clang's chatter on fd 2: keep it for a failure only.
-    with tempfile.TemporaryFile() as log:
-        saved = os.dup(2)
-        os.dup2(log.fileno(), 2)
-        try:
-            b = bcc.BPF(src_file=str(HERE / source).encode(), cflags=list(cflags))
-            fds = [b.load_func(name.encode(), bcc.BPF.XDP, attach_type=attach).fd
-                   for name, attach in functions]
-        except Exception as e:  # bcc raises bare Exception
-            log.seek(0)
-            raise RuntimeError(f"{source}: {e}\n{log.read().decode(errors='replace')}") from None
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-    return b, fds
+    """Compile HERE/source with bcc (xdpfwd's one bcc adapter) and load the
+    XDP functions, each with its expected attach type (-1: none). Returns
+    (bcc object, [fds]); keep the object: the programs and maps live as
+    long as it does."""
+    try:
+        return compiler.bcc_compile(HERE / source, functions, list(cflags))
+    except XdpfwdError as e:
+        raise RuntimeError(f"{source}: {e}") from None
 
 
 class XdpProgram:

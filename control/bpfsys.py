@@ -28,7 +28,6 @@ PROG_TYPE_XDP = 6
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
-XDP_FLAGS_HW_MODE = 1 << 3
 XDP_FLAGS_REPLACE = 1 << 4
 
 # enum xdp_attach_mode as bpf_xdp_query reports it (XDP_ATTACHED_*)
@@ -150,9 +149,10 @@ class BpfError(XdpfwdError):
     """A bpf syscall failed; errno is kept for callers that branch on it."""
 
     def __init__(self, what: str, errno: int, detail: str = ""):
+        self.what = what
         self.errno = errno
-        reason = detail or os.strerror(errno)
-        super().__init__(f"failed to {what}: {reason}")
+        self.reason = detail or os.strerror(errno)
+        super().__init__(f"failed to {what}: {self.reason}")
 
 
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)

@@ -262,9 +262,9 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
 @lab_app.command("up")
 def lab_up(verbose: bool = typer.Option(False, "--verbose", "-v", help="Print each command.")):
     """Create the namespaces sendbox, router, recvbox and their links."""
-    from xdpfwd import datapath, lab
+    from xdpfwd import forwarder, lab
 
-    datapath.require_privileges()
+    forwarder.require_privileges()
     log: list[str] = []
     if not lab.up(log):
         print("lab is already up")
@@ -278,9 +278,9 @@ def lab_up(verbose: bool = typer.Option(False, "--verbose", "-v", help="Print ea
 @lab_app.command("down")
 def lab_down():
     """Delete the lab's namespaces. Safe to run twice."""
-    from xdpfwd import datapath, lab
+    from xdpfwd import forwarder, lab
 
-    datapath.require_privileges()
+    forwarder.require_privileges()
     removed = lab.down()
     print(f"lab down: removed {', '.join(removed)}" if removed else "lab is not up")
 
@@ -309,9 +309,9 @@ def lab_traffic(
     rate: Optional[float] = typer.Option(None, "--rate", min=1, help="Datagrams per second at most."),
 ):
     """Send numbered UDP datagrams across the router and report what arrived."""
-    from xdpfwd import datapath, lab, traffic
+    from xdpfwd import forwarder, lab, traffic
 
-    datapath.require_privileges()
+    forwarder.require_privileges()
     if not lab.is_up():
         raise XdpfwdError("the lab is not up: run 'xdpfwd lab up' first")
     src, dst = ("recvbox", "sendbox") if reverse else ("sendbox", "recvbox")

@@ -179,6 +179,19 @@ def load(ports_map_fd: int, stats_map_fd: int, config_map_fd: int, ifindexes: li
 def compile_program(fds: dict, ifindexes: list[int], verbose: bool = False) -> Program:
     """Compile bpf/redirect.c with bcc against these maps and ports, and
     load it."""
+    bpf, (fd,) = bcc_compile(BPF_DIR / "redirect.c", [(layout().prog_name, -1)],
+                             cflags(BPF_DIR, fds, ifindexes), verbose)
+    return Program(bpf=bpf, prog_fd=fd)
+
+
+def bcc_compile(source: Path, functions: list[tuple[str, int]], flags: list[str],
+                verbose: bool = False) -> tuple[object, list[int]]:
+    """Compile a C file with bcc and load its XDP functions, each with its
+    expected attach type (-1: none). Returns (the bcc object, [program
+    fds]); keep the object referenced: the programs and maps live as long
+    as it does. Every failure is one XdpfwdError; the compiler's and
+    verifier's log is shown with verbose only. (The benchmark's own small
+    programs come through here too.)"""
     bcc = import_bcc()
     if kernel_headers() is None:
         raise MissingDependency(
@@ -186,22 +199,21 @@ def compile_program(fds: dict, ifindexes: list[int], verbose: bool = False) -> P
             f"linux-headers-{platform.release()} (or run 'make setup', which links the "
             "closest distribution headers)"
         )
-    lay = layout()
     capture = _CaptureStderr()
     try:
         with capture:
-            bpf = bcc.BPF(src_file=str(BPF_DIR / "redirect.c").encode(),
-                          cflags=cflags(BPF_DIR, fds, ifindexes))
-            fn = bpf.load_func(lay.prog_name.encode(), bcc.BPF.XDP)
+            bpf = bcc.BPF(src_file=str(source).encode(), cflags=list(flags))
+            fds = [bpf.load_func(name.encode(), bcc.BPF.XDP, attach_type=attach).fd
+                   for name, attach in functions]
     except Exception as e:  # bcc raises bare Exception for every failure
         log = capture.text.strip()
         if verbose and log:
             print(log, file=sys.stderr)
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "Operation not permitted" in reason:
-            raise PermissionDenied("failed to load the XDP program: permission denied (run as root)") from None
+            raise PermissionDenied(f"failed to load {source.name}: permission denied (run as root)") from None
         hint = "" if verbose else " (--verbose shows the compiler and verifier log)"
-        raise KernelRefused(f"failed to load the XDP program: {reason}{hint}") from None
+        raise KernelRefused(f"failed to load {source.name}: {reason}{hint}") from None
     if verbose and capture.text.strip():
         print(capture.text.strip(), file=sys.stderr)
-    return Program(bpf=bpf, prog_fd=fn.fd)
+    return bpf, fds

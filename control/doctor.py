@@ -14,7 +14,7 @@ import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from xdpfwd import bpfsys, compiler, datapath, netfilter, netlink
+from xdpfwd import bpfsys, compiler, forwarder, netfilter, netlink, xdp
 from xdpfwd.errors import MissingDependency, PermissionDenied, XdpfwdError
 
 LEVELS = {"ok": "ok", "warn": "warn", "fail": "FAIL"}
@@ -60,7 +60,7 @@ class Result:
 
 def check_privileges() -> Result:
     try:
-        datapath.require_privileges()
+        forwarder.require_privileges()
     except PermissionDenied:
         return Result("privileges", "fail", "not root, and no CAP_BPF plus CAP_NET_ADMIN",
                       "run as root (sudo xdpfwd ...)")
@@ -146,15 +146,15 @@ def check_bpffs() -> Result:
 
 
 def check_forwarding(ifname: str) -> list[Result]:
-    on = {fam: netlink.forwarding(fam, ifname) for fam in datapath.FAMILIES}
+    on = {fam: netlink.forwarding(fam, ifname) for fam in forwarder.FAMILIES}
     results = []
-    for fam in datapath.FAMILIES:
+    for fam in forwarder.FAMILIES:
         name = netlink.sysctl_name(fam, ifname)
         if on[fam]:
             results.append(Result("forwarding", "ok", f"{name}=1", interface=ifname))
             continue
         # attach refuses only when every family is off; one off just
-        # leaves that family to the kernel (datapath.check_forwarding).
+        # leaves that family to the kernel (forwarder.check_forwarding).
         what = "attach will refuse" if not any(on.values()) else f"{fam} is left to the kernel"
         results.append(Result("forwarding", "warn", f"{name}=0: {what}",
                               f"sysctl -w {name}=1, or attach --enable-forwarding", ifname))
@@ -254,7 +254,7 @@ def mtu_result(ifname: str, driver: str | None, mtu: int, peer: Peer | None = No
 
 def check_xdp(link: netlink.Link) -> list[Result]:
     try:
-        state = datapath.inspect(link)
+        state = xdp.inspect(link)
     except XdpfwdError as e:  # no libbpf, or not allowed to open programs
         fix = "run as root" if isinstance(e, PermissionDenied) else None
         return [Result("xdp", "warn", f"cannot read XDP programs: {e}", fix, link.name)]

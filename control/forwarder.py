@@ -1,22 +1,117 @@
 """attach, detach, status, counters and run across both datapaths: the XDP
-program (datapath.py) and the AF_PACKET forwarder (afpacket/).
+program (xdp.py) and the AF_PACKET forwarder (afpacket/). All policy is
+here: validation, privileges, the lock, the forwarding sysctls, netfilter,
+and which datapath serves.
 
 The rules that hold in every mode live here: one attach or detach at a
 time, another tool's XDP program is never touched, and an interface is
 served by at most one of the two datapaths.
 """
 
+import fcntl
 import os
 import signal
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 
-from xdpfwd import datapath, netfilter, netlink
-from xdpfwd.counters import PortCounters
+from xdpfwd import netfilter, netlink, xdp
 from xdpfwd.afpacket import process, state
 from xdpfwd.afpacket.service import restore_sysctls, serve
+from xdpfwd.counters import PortCounters
 from xdpfwd.datapath import AttachResult, PortState
 from xdpfwd.errors import (Conflict, ForwardingDisabled, KernelRefused, MissingDependency,
-                           NetfilterInPath, UsageError, XdpfwdError)
+                           NetfilterInPath, PermissionDenied, UsageError, XdpfwdError)
+from xdpfwd.layout import layout
+
+
+MODES = ("auto", "native", "skb", "afpacket")
+FAMILIES = ("ipv4", "ipv6")
+
+CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF = 12, 21, 39
+
+
+def require_privileges() -> None:
+    """Root, or CAP_NET_ADMIN plus CAP_BPF (or CAP_SYS_ADMIN)."""
+    with open("/proc/self/status") as f:
+        caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    has = lambda cap: bool(caps & (1 << cap))  # noqa: E731
+    if not (has(CAP_NET_ADMIN) and (has(CAP_BPF) or has(CAP_SYS_ADMIN))):
+        raise PermissionDenied("xdpfwd needs root (or CAP_BPF and CAP_NET_ADMIN) for this")
+
+
+@contextmanager
+def exclusive():
+    """One attach or detach at a time in this network namespace: a second
+    one fails at once instead of interleaving with the first. Namespaces
+    share no interfaces, so each has its own lock."""
+    from xdpfwd.afpacket.state import namespace_dir
+
+    fd = os.open(namespace_dir(create=True) / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise Conflict("another xdpfwd attach or detach is running; try again when it ends") from None
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def validate(ifnames: list[str], mode: str) -> list[netlink.Link]:
+    if mode not in MODES:
+        raise UsageError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+    if len(ifnames) < 2:
+        raise UsageError("attach needs at least two interfaces to forward between")
+    if len(set(ifnames)) != len(ifnames):
+        dup = next(n for n in ifnames if ifnames.count(n) > 1)
+        raise UsageError(f"{dup}: the same interface is given twice")
+    if len(ifnames) > layout().max_ports:
+        raise UsageError(f"at most {layout().max_ports} interfaces per program")
+    all_links = netlink.links()
+    chosen = []
+    for name in ifnames:
+        if name not in all_links:
+            raise UsageError(f"{name}: no such interface in this network namespace")
+        link = all_links[name]
+        if link.loopback:
+            raise UsageError(f"{name}: loopback carries no routed traffic; name the router's ports")
+        chosen.append(link)
+    return chosen
+
+
+def check_forwarding(links: list[netlink.Link], enable: bool) -> list[str]:
+    """bpf_fib_lookup() refuses (FWD_DISABLED) on an interface whose
+    forwarding sysctl is off; say so now rather than pass every packet."""
+    notes = []
+    for link in links:
+        if enable:
+            for fam in FAMILIES:
+                if not netlink.forwarding(fam, link.name):
+                    netlink.set_forwarding(fam, link.name, True)
+                    notes.append(f"{link.name}: set {netlink.sysctl_name(fam, link.name)}=1")
+            continue
+        off = [fam for fam in FAMILIES if not netlink.forwarding(fam, link.name)]
+        if len(off) == len(FAMILIES):
+            names = ", ".join(f"{netlink.sysctl_name(f, link.name)}=0" for f in off)
+            raise ForwardingDisabled(
+                f"{link.name}: forwarding is disabled ({names}); enable it or pass --enable-forwarding"
+            )
+        for fam in off:
+            notes.append(
+                f"{link.name}: {fam} forwarding is off ({netlink.sysctl_name(fam, link.name)}=0): "
+                f"{fam} packets are left to the kernel"
+            )
+    return notes
+
+
+def refuse_foreign(states: list[PortState]) -> None:
+    for s in states:
+        if s.foreign:
+            raise Conflict(
+                f"{s.name}: XDP program {s.foreign.prog_id} ({s.foreign.name}) is attached "
+                "by another tool; xdpfwd does not replace it"
+            )
+
 
 
 def _afpacket(repair: bool) -> state.State | None:
@@ -32,15 +127,15 @@ def _afpacket(repair: bool) -> state.State | None:
 
 
 def _prepare(ifnames: list[str], mode: str):
-    links = datapath.validate(ifnames, mode)
-    datapath.require_privileges()
+    links = validate(ifnames, mode)
+    require_privileges()
     return links
 
 
 def _check_free(links, states, mode) -> AttachResult | None:
     """Refuse what would mix datapaths; an identical afpacket attach is
     answered as already done."""
-    datapath.refuse_foreign(states)
+    refuse_foreign(states)
     st = _afpacket(repair=True)
     names = [l.name for l in links]
     if st:
@@ -84,8 +179,8 @@ def _attached_as_asked(links, states) -> bool:
 def attach(ifnames: list[str], mode: str = "auto", enable_forwarding: bool = False,
            verbose: bool = False, bypass_netfilter: bool = False) -> AttachResult:
     links = _prepare(ifnames, mode)
-    with datapath.exclusive():
-        states = [datapath.inspect(l) for l in links]
+    with exclusive():
+        states = [xdp.inspect(l) for l in links]
         done = _check_free(links, states, mode)
         if done:
             return done
@@ -103,7 +198,11 @@ def _xdp_or_fallback(links, states, mode, enable_forwarding, verbose):
     if mode == "afpacket":
         return None, []
     try:
-        return datapath.attach(links, states, mode, enable_forwarding, verbose), []
+        done = xdp.already(states, {l.index for l in links}, mode)
+        if done:
+            return done, []
+        notes = check_forwarding(links, enable_forwarding)
+        return xdp.attach(links, mode, verbose, notes), []
     except (MissingDependency, KernelRefused) as e:
         # Only where XDP itself is unavailable; a router that does not
         # forward, or a half-attached program, is the user's to fix.
@@ -113,7 +212,7 @@ def _xdp_or_fallback(links, states, mode, enable_forwarding, verbose):
 
 
 def _start_afpacket(links, enable_forwarding, notes) -> AttachResult:
-    notes += datapath.check_forwarding(links, enable_forwarding)
+    notes += check_forwarding(links, enable_forwarding)
     st = process.start({l.name: l.index for l in links})
     return AttachResult(0, {n: "afpacket" for n in st.ports}, notes, pid=st.pid)
 
@@ -121,15 +220,15 @@ def _start_afpacket(links, enable_forwarding, notes) -> AttachResult:
 def detach(ifnames: list[str] | None = None) -> list[str]:
     """Stop xdpfwd on the named interfaces, or everywhere in this namespace.
     The AF_PACKET forwarder stops as a whole when any of its ports is named."""
-    datapath.require_privileges()
+    require_privileges()
     all_links = netlink.links()
     for name in ifnames or []:
         if name not in all_links:
             raise UsageError(f"{name}: no such interface in this network namespace")
     targets = [all_links[n] for n in ifnames] if ifnames else [
         l for l in all_links.values() if not l.loopback]
-    with datapath.exclusive():
-        states = [datapath.inspect(l) for l in targets]
+    with exclusive():
+        states = [xdp.inspect(l) for l in targets]
         st = _afpacket(repair=False)
         served = set(st.ports) if st else set()
         if ifnames:
@@ -137,7 +236,7 @@ def detach(ifnames: list[str] | None = None) -> list[str]:
                 if s.foreign and not s.prog_id and s.name not in served:
                     raise Conflict(f"{s.name}: XDP program {s.foreign.prog_id} ({s.foreign.name}) "
                                    "was not attached by xdpfwd; not touching it")
-        done = datapath.detach(states)
+        done = xdp.detach(states)
         if st and (not ifnames or served & set(ifnames)):
             process.stop(st)
             done += [n for n in st.ports if n not in done]
@@ -145,7 +244,7 @@ def detach(ifnames: list[str] | None = None) -> list[str]:
 
 
 def status() -> dict[str, PortState]:
-    ports = datapath.status()
+    ports = xdp.status()
     st = _afpacket(repair=False)
     if st:
         running = st.alive
@@ -159,7 +258,7 @@ def status() -> dict[str, PortState]:
 
 def counters() -> dict[str, PortCounters]:
     """{interface: its counters}, both datapaths."""
-    result = datapath.read_counters()
+    result = xdp.read_counters()
     st = _afpacket(repair=False)
     if st:
         names = netlink.link_names_by_index()
@@ -175,14 +274,14 @@ def run(ifnames: list[str], mode: str = "auto", enable_forwarding: bool = False,
     process logs every change of the netfilter rules on the forward path."""
     links = _prepare(ifnames, mode)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    with datapath.exclusive():
-        states = [datapath.inspect(l) for l in links]
+    with exclusive():
+        states = [xdp.inspect(l) for l in links]
         if _check_free(links, states, mode) or any(s.prog_id for s in states):
             raise Conflict("already attached; `run` would detach it when it stops: detach first")
         warned = _check_netfilter(links, mode, bypass_netfilter)
         result, notes = _xdp_or_fallback(links, states, mode, enable_forwarding, verbose)
         if result is None:
-            notes += datapath.check_forwarding(links, enable_forwarding)
+            notes += check_forwarding(links, enable_forwarding)
     names = [l.name for l in links]
     if result is not None:
         result.notes[:0] = warned
@@ -195,8 +294,8 @@ def run(ifnames: list[str], mode: str = "auto", enable_forwarding: bool = False,
         finally:  # also when on_ready fails: nothing stays attached
             if follower:
                 netfilter.stop_follower(follower)
-            with datapath.exclusive():
-                datapath.detach([datapath.inspect(l) for l in links])
+            with exclusive():
+                xdp.detach([xdp.inspect(l) for l in links])
         return 0
     ports = {l.name: l.index for l in links}
     ready = AttachResult(0, {n: "afpacket" for n in ports}, warned + notes, pid=os.getpid())

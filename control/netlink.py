@@ -10,7 +10,6 @@ from pathlib import Path
 from xdpfwd.errors import UsageError
 
 IFF_LOOPBACK = 0x8
-IFF_UP = 0x1
 
 
 @dataclass(frozen=True)
@@ -20,7 +19,6 @@ class Link:
     mtu: int
     kind: str  # rtnetlink link kind: veth, bridge, ...; "" for a physical NIC
     mac: str
-    up: bool
     loopback: bool
     running: bool  # operationally up: carrier, and the peer of a veth up
 
@@ -40,7 +38,6 @@ def _to_link(msg) -> Link:
         mtu=msg.get_attr("IFLA_MTU"),
         kind=kind,
         mac=msg.get_attr("IFLA_ADDRESS") or "",
-        up=bool(msg["flags"] & IFF_UP),
         loopback=bool(msg["flags"] & IFF_LOOPBACK),
         running=msg.get_attr("IFLA_OPERSTATE") in ("UP", "UNKNOWN"),
     )

@@ -10,7 +10,7 @@ system calls. Anything that cannot be read is left out and counted in
 import socket
 from dataclasses import dataclass, field
 
-from xdpfwd import datapath
+from xdpfwd import xdp
 from xdpfwd.counters import PortCounters
 from xdpfwd.afpacket import state
 from xdpfwd.errors import XdpfwdError
@@ -45,7 +45,7 @@ class KernelReader:
             if name == "lo":
                 continue
             try:
-                port = datapath.inspect(_Link(name, index))
+                port = xdp.inspect(_Link(name, index))
             except (XdpfwdError, OSError):
                 snap.errors += 1
                 continue
@@ -54,7 +54,7 @@ class KernelReader:
                 programs.add(port.prog_id)
         for prog_id in sorted(programs):
             try:
-                for ifindex, counts in datapath.program_counters(prog_id).items():
+                for ifindex, counts in xdp.program_counters(prog_id).items():
                     snap.counters[names.get(ifindex, f"unknown:{ifindex}")] = counts
             except (XdpfwdError, OSError):
                 snap.errors += 1

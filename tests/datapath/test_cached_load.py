@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from xdpfwd import bpfsys, compile_cache, compiler, datapath
+from xdpfwd import bpfsys, compile_cache, compiler, xdp
 from xdpfwd.layout import BPF_DIR, layout
 
 PORTS = [2, 3]
@@ -37,7 +37,7 @@ def cache_dir(monkeypatch):
 
 
 def load(ports=PORTS):
-    return datapath.load_program(ports)
+    return xdp.load_program(ports)
 
 
 def entries(cache_dir):
@@ -85,7 +85,7 @@ def test_a_cached_program_counts_in_its_own_maps(cache_dir):
     arp = b"\xff" * 6 + b"\x02" * 6 + b"\x08\x06" + bytes(46)
     assert bpfsys.test_run(prog.prog_fd, arp, PORTS[0]).retval == 2  # XDP_PASS
     prog_id = bpfsys.prog_info(prog.prog_fd).id
-    counts = datapath.program_counters(prog_id)[PORTS[0]]
+    counts = xdp.program_counters(prog_id)[PORTS[0]].as_dict()
     assert counts.pop("received") == (1, len(arp))
     counts.pop("transmitted")
     assert sorted(v for v in counts.values() if v != (0, 0)) == [(1, len(arp))]
@@ -163,8 +163,8 @@ def test_a_damaged_entry_is_compiled_afresh_and_replaced(cache_dir):
 
 PROBE = """
 import json, sys
-from xdpfwd import datapath
-prog = datapath.load_program([2, 3])
+from xdpfwd import xdp
+prog = xdp.load_program([2, 3])
 print(json.dumps({"cached": prog.cached, "bcc": "bcc" in sys.modules}))
 """
 

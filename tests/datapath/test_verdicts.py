@@ -11,7 +11,7 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
 from helpers import inside, router_ip, router_with_every_route
-from xdpfwd import bpfsys, datapath, netlink
+from xdpfwd import bpfsys, netlink, xdp
 
 XDP_DROP, XDP_PASS, XDP_REDIRECT = 1, 2, 4
 PAYLOAD = b"xdpfwd-test-payload"
@@ -27,13 +27,13 @@ def router(lab):
 def program(router):
     links = router["links"]
     with inside("router"):
-        prog = datapath.load_program([links["eth1"].index, links["eth0"].index])
+        prog = xdp.load_program([links["eth1"].index, links["eth0"].index])
     prog_id = bpfsys.prog_info(prog.prog_fd).id
     yield {"prog": prog, "id": prog_id, **router}
 
 
 def counters(program):
-    return datapath.program_counters(program["id"])[program["links"]["eth1"].index].as_dict()
+    return xdp.program_counters(program["id"])[program["links"]["eth1"].index].as_dict()
 
 
 def run_frame(program, frame: bytes):
@@ -72,9 +72,9 @@ def check(program, frame, action, outcome):
 def test_forwards_ipv4_rewriting_macs_ttl_and_checksum(program):
     frame = to_router(program, v4(ttl=64))
     eth0 = program["links"]["eth0"].index
-    sent_before = datapath.program_counters(program["id"])[eth0].as_dict()["transmitted"]
+    sent_before = xdp.program_counters(program["id"])[eth0].as_dict()["transmitted"]
     out = Ether(check(program, frame, XDP_REDIRECT, "forwarded").data)
-    sent_after = datapath.program_counters(program["id"])[eth0].as_dict()["transmitted"]
+    sent_after = xdp.program_counters(program["id"])[eth0].as_dict()["transmitted"]
     assert (sent_after[0] - sent_before[0], sent_after[1] - sent_before[1]) == (1, len(bytes(frame)))
     assert out.dst == program["macs"]["recvbox"]
     assert out.src == program["links"]["eth0"].mac
@@ -273,11 +273,11 @@ def test_port_address_is_followed_on_reattach(program):
         frame = Ether(src=program["macs"]["sendbox"], dst="02:00:00:00:10:20") / v4()
         check(program, frame, XDP_PASS, "other_host")
         with inside("router"):
-            datapath.refresh_port_addresses(program["id"])
+            xdp.refresh_port_addresses(program["id"])
         check(program, frame, XDP_REDIRECT, "forwarded")
         check(program, to_router(program, v4()), XDP_PASS, "other_host")  # the old address
     finally:
         router_ip("link", "set", "eth1", "address", eth1.mac)
         with inside("router"):
-            datapath.refresh_port_addresses(program["id"])
+            xdp.refresh_port_addresses(program["id"])
     check(program, to_router(program, v4()), XDP_REDIRECT, "forwarded")

@@ -18,7 +18,7 @@ from frames import FrameGenerator
 from helpers import inside, router_with_every_route
 from model import decide as model_decide
 from model import read_tables
-from xdpfwd import bpfsys, datapath, lab
+from xdpfwd import bpfsys, lab, xdp
 from xdpfwd.afpacket import packet
 from xdpfwd.afpacket.fib import Fib
 from xdpfwd.layout import layout
@@ -39,10 +39,10 @@ def router(lab):
 def datapaths(router):
     ports = [router["eth1"].index, router["eth0"].index]
     with inside("router"):
-        prog = datapath.load_program(ports)
+        prog = xdp.load_program(ports)
         fib = Fib()
     prog_id = bpfsys.prog_info(prog.prog_fd).id
-    ours = datapath.identify(prog_id)
+    ours = xdp.identify(prog_id)
     tables = read_tables(lab.ns("router"), set(ports))
     yield {"prog": prog, "id": ours.prog_id, "fib": fib, "tables": tables, "ports": ports,
            "links": router}
@@ -50,7 +50,7 @@ def datapaths(router):
 
 
 def xdp_outcome(prog_id, ingress, before):
-    after = datapath.program_counters(prog_id)[ingress].as_dict()
+    after = xdp.program_counters(prog_id)[ingress].as_dict()
     grew = [label for label in after if label not in ("transmitted", "received")
             and after[label] != before[label]]
     # Every frame is also counted as received, apart from its outcome.
@@ -72,7 +72,7 @@ def test_datapaths_agree_with_the_model(datapaths):
     gen = FrameGenerator(SEED, bytes.fromhex(d["links"]["eth1"].mac.replace(":", "")),
                          [bytes.fromhex("020000000099")])
     mismatches, seen = [], {}
-    counts = {i: c.as_dict() for i, c in datapath.program_counters(d["id"]).items()}
+    counts = {i: c.as_dict() for i, c in xdp.program_counters(d["id"]).items()}
     portset = frozenset(d["ports"])
     with inside("router"):
         for i in range(FRAMES):
@@ -85,11 +85,11 @@ def test_datapaths_agree_with_the_model(datapaths):
 
             run = bpfsys.test_run(d["prog"].prog_fd, frame, ingress)
             grew, counts[ingress] = xdp_outcome(d["id"], ingress, counts[ingress])
-            xdp = (ACTIONS.get(run.retval, run.retval), grew)
+            verdict = (ACTIONS.get(run.retval, run.retval), grew)
             xdp_out = run.data if run.retval == 4 else None
-            if xdp != (want.action, [want.outcome]) or (xdp_out or None) != want.frame or \
+            if verdict != (want.action, [want.outcome]) or (xdp_out or None) != want.frame or \
                     (run.retval != 4 and run.data != frame):
-                mismatches.append(describe(frame, ingress, model=want, xdp=xdp, xdp_out=run.data.hex()))
+                mismatches.append(describe(frame, ingress, model=want, xdp=verdict, xdp_out=run.data.hex()))
 
             outcome, egress, out = packet.decide(frame, ingress, False, d["fib"], portset)
             if (LABEL[outcome], out) != (want.outcome, want.frame) or \

@@ -164,7 +164,7 @@ def _link(name="eth1"):
 def test_foreign_program_warns(monkeypatch):
     state = datapath.PortState("eth1", 7, mode="native",
                                foreign=datapath.Foreign(42, "xdp_firewall"))
-    monkeypatch.setattr(doctor.datapath, "inspect", lambda link: state)
+    monkeypatch.setattr(doctor.xdp, "inspect", lambda link: state)
     [r] = doctor.check_xdp(_link())
     assert r.level == "warn"
     assert r.message.startswith("foreign XDP program 42 (xdp_firewall) attached: xdpfwd will refuse")
@@ -172,7 +172,7 @@ def test_foreign_program_warns(monkeypatch):
 
 def test_own_program_is_ok(monkeypatch):
     state = datapath.PortState("eth1", 7, mode="native", prog_id=9)
-    monkeypatch.setattr(doctor.datapath, "inspect", lambda link: state)
+    monkeypatch.setattr(doctor.xdp, "inspect", lambda link: state)
     [r] = doctor.check_xdp(_link())
     assert (r.level, r.message) == ("ok", "xdpfwd program 9 (native)")
 
@@ -181,7 +181,7 @@ def test_unreadable_programs_warn_instead_of_raising(monkeypatch):
     def refuse(link):
         raise PermissionDenied("failed to open BPF program 3: permission denied (run as root)")
 
-    monkeypatch.setattr(doctor.datapath, "inspect", refuse)
+    monkeypatch.setattr(doctor.xdp, "inspect", refuse)
     [r] = doctor.check_xdp(_link())
     assert r.level == "warn" and r.fix == "run as root" and "program 3" in r.message
 
@@ -212,7 +212,7 @@ def test_no_privileges_fails_with_run_as_root(monkeypatch):
     def refuse():
         raise PermissionDenied("no")
 
-    monkeypatch.setattr(doctor.datapath, "require_privileges", refuse)
+    monkeypatch.setattr(doctor.forwarder, "require_privileges", refuse)
     r = doctor.check_privileges()
     assert r.level == "fail" and "root" in r.fix
 
