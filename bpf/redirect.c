@@ -38,7 +38,9 @@
 #define AF_INET  2
 #define AF_INET6 10
 #define IPV6_FLOWINFO_MASK bpf_htonl(0x0FFFFFFF)
-#define IP_DF 0x4000
+/* BPF_FIB_LOOKUP_SKIP_NEIGH (6.3, backported to Debian's 6.1), spelled out
+ * for headers that predate it. */
+#define XDPFWD_FIB_SKIP_NEIGH (1U << 2)
 
 /* DEVMAP_HASH, ifindex -> ifindex: the redirect targets. */
 #define XDPFWD_PORTS ((void *)bpf_pseudo_fd(1, XDPFWD_PORTS_FD))
@@ -318,7 +320,12 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 		rev.ipv4_src = iph->daddr;
 		rev.ipv4_dst = iph->saddr;
 		rev.ifindex = fib.ifindex;
-		rc = bpf_fib_lookup(ctx, &rev, sizeof(rev), 0);
+		/* Only the route matters here, not the source's neighbour:
+		 * SKIP_NEIGH saves a lookup; a kernel that does not know the
+		 * flag refuses it (-EINVAL), and then gets the full lookup. */
+		rc = bpf_fib_lookup(ctx, &rev, sizeof(rev), XDPFWD_FIB_SKIP_NEIGH);
+		if (rc < 0)
+			rc = bpf_fib_lookup(ctx, &rev, sizeof(rev), 0);
 		if ((rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) ||
 		    rev.ifindex != ifindex)
 			return PASS(PASS_REVERSE_PATH);
