@@ -49,6 +49,9 @@ import socket
 import time
 from pathlib import Path
 
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
 from xdpfwd.afpacket import ipoptions, packet
 
 # The fast path's outcomes that the kernel's forwarding may still forward
@@ -304,7 +307,6 @@ class SlowPath:
 
     def _iproute(self):
         if self._ipr is None:
-            from pyroute2 import IPRoute
             self._ipr = IPRoute()
         return self._ipr
 
@@ -316,8 +318,8 @@ class SlowPath:
             req["oif"] = oif
         try:
             (route,) = self._iproute().route("get", **req)
-        except Exception:  # noqa: BLE001 - no route: the caller falls back as the kernel does
-            return None
+        except NetlinkError:
+            return None  # no route: the caller falls back as the kernel does
         pref = route.get_attr("RTA_PREFSRC")
         return socket.inet_aton(pref) if pref else None
 

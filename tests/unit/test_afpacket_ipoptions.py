@@ -8,12 +8,12 @@ import socket
 import struct
 
 import pytest
-from scapy.layers.inet import ICMP, IP, UDP, IPOption_LSRR, IPOption_NOP, IPOption_RR, \
-    IPOption_Router_Alert, IPOption_SSRR, IPOption_Timestamp
+from scapy.layers.inet import IP, UDP, IPOption_LSRR, IPOption_NOP, IPOption_RR, \
+    IPOption_Router_Alert, IPOption_SSRR
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop, HBHOptUnknown, PadN, RouterAlert
 from scapy.layers.l2 import Ether
 
-from xdpfwd.afpacket import ipoptions, slowpath
+from xdpfwd.afpacket import slowpath
 from xdpfwd.afpacket.fib import Hop
 from xdpfwd.afpacket.ipoptions import RTN_LOCAL, RTN_UNICAST, compile_v4, forward_v4, \
     hbh_refusal, srr_next_hop
@@ -157,7 +157,7 @@ def test_nothing_changed_keeps_the_header():
 
 
 def test_source_route_through_the_router():
-    router, nxt = A("10.0.10.20"), A("10.0.11.20")
+    nxt = A("10.0.11.20")
     h = header(IPOption_LSRR(routers=["10.0.11.10", "10.0.11.20", "10.0.11.30"]),
                dst="10.0.10.20")
     opts, _ = compile_(h)
@@ -171,7 +171,6 @@ def test_source_route_through_the_router():
     o = ip.options[0]
     assert o.routers == ["10.0.11.10", "10.0.11.10", "10.0.11.30"] and o.pointer == 12
     assert checksum(out) == 0
-    assert router  # the original destination is gone from the header
 
 
 def test_source_route_verdicts():
@@ -364,4 +363,3 @@ def test_slow_path_hop_by_hop():
     refused = bytes(Ether(dst="02:00:00:00:00:01") / IPv6(src="fd00:10::10", dst="fd00:11::20")
                     / IPv6ExtHdrHopByHop(options=[unknown(0x9E)]) / UDP() / b"x")
     assert s.handle(refused, ETH1, False, None) == 0 and len(sent) == 1 and not errors
-    assert ICMP  # scapy layers imported for the frames above
