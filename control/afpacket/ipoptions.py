@@ -5,14 +5,16 @@ passed in as a callable, asked only when the kernel would ask.
 
 IPv4 (net/ipv4/ip_options.c):
 
-    opts = compile_v4(header, spec_dst, addr_type, now_ms)
+    opts = compile_v4(header, addr_type, now_ms)
         __ip_options_compile() on a received header (the IP header with its
         options, from a packet ip_rcv_core() accepted). opts.problem is the
         Parameter Problem pointer when the kernel refuses the options (it
         drops the packet; ip_options_compile() sends the error), else None.
         opts.header is the header as the kernel holds it afterwards:
         record route and timestamp filled in for this hop, padding after
-        END zeroed, the checksum not yet updated (as in the kernel).
+        END zeroed, the checksum not yet updated (as in the kernel), except
+        for the spec_dst address, left to fill_spec_dst() (it costs a route
+        lookup, and forwarding overwrites it in record route).
 
     srr_next_hop(opts, route_input) -> (verdict, nexthop)
         ip_options_rcv_srr() for a packet to one of the router's addresses:
@@ -70,22 +72,30 @@ class V4Options:
     ts_needtime: bool = False
     router_alert: int = 0
     cipso: int = 0
+    spec_slots: tuple = ()      # where __ip_options_compile() wrote spec_dst
 
 
-def compile_v4(header: bytes, spec_dst, addr_type, now_ms) -> V4Options:
+def fill_spec_dst(opt: V4Options, addr: bytes) -> None:
+    """spec_dst_fill()'s address (fib_compute_spec_dst()) into the slots
+    compile_v4() left for it."""
+    for at in opt.spec_slots:
+        opt.header[at:at + 4] = addr
+
+
+def compile_v4(header: bytes, addr_type, now_ms) -> V4Options:
     """__ip_options_compile() with an skb and its input route, as
-    ip_rcv_options() calls it. spec_dst() gives fib_compute_spec_dst()
-    (asked at most once, and only for record route or a timestamp with
-    addresses); addr_type(addr) gives inet_addr_type() (RTN_*); now_ms()
-    gives inet_current_timestamp() as an int."""
+    ip_rcv_options() calls it. addr_type(addr) gives inet_addr_type()
+    (RTN_*); now_ms() gives inet_current_timestamp() as an int. Where the
+    kernel writes spec_dst (record route, a timestamp with addresses) the
+    slot is noted in spec_slots (see fill_spec_dst())."""
     h = bytearray(header)
     opt = V4Options(h)
     spec = []
 
-    def fill() -> bytes:  # spec_dst_fill(): computed once
-        if not spec:
-            spec.append(spec_dst())
-        return spec[0]
+    def fill() -> bytes:
+        spec.append(i + h[i + 2] - 1)
+        opt.spec_slots = tuple(spec)
+        return bytes(4)
 
     i, left = 20, len(h) - 20
     while left > 0:

@@ -159,7 +159,10 @@ class SlowPath:
         self.hold = hold  # hold(frame, ingress, vlan, since, hop) -> bool
         self.sysctls = Sysctls()
         self._names: dict[int, str] = {}
-        self._ipr = None  # opened for the first options packet that needs an address
+        # Opened now: opening it for the first options packet stalled the
+        # worker for up to a quarter of a second (measured under load).
+        self._ipr = IPRoute()
+        self._sources: dict[tuple[bytes, int], tuple] = {}  # (dst, oif) -> (FIB hop, prefsrc)
 
     def _name(self, ifindex: int) -> str:
         name = self._names.get(ifindex)
@@ -190,6 +193,16 @@ class SlowPath:
                 return 0  # link-local destination: never routed off the link
         hop = self.fib.lookup(family, dst)
         opts = None
+
+        def reply(cause: str, mtu: int = 0, pointer: int = 0) -> None:
+            # The error quotes the packet as the kernel holds it by then,
+            # spec_dst included.
+            quote = frame
+            if opts and opts.spec_slots:
+                ipoptions.fill_spec_dst(opts, self._spec_dst(received, ingress, hop))
+                quote = frame[:14] + bytes(opts.header) + frame[14 + len(opts.header):]
+            self.icmp.reply(quote, ingress, cause, mtu, pointer=pointer)
+
         if options:
             # ip_rcv_finish_core(): the route first, then ip_rcv_options().
             opts = self._compile(frame, ingress, hop)
@@ -208,40 +221,50 @@ class SlowPath:
                     frame = frame[:14] + bytes(opts.header) + frame[14 + len(opts.header):]
                     dst = opts.nexthop
         if hop.outcome in ROUTE_ICMP:
-            self.icmp.reply(frame, ingress, ROUTE_ICMP[hop.outcome])
+            reply(ROUTE_ICMP[hop.outcome])
             return 0
         if hop.outcome == "fib_not_forwarded" or hop.outcome == "fib_other":
             if hop.no_route:
-                self.icmp.reply(frame, ingress, "no_route")
+                reply("no_route")
             return 0  # local, broadcast...: the kernel has its own copy
         if hop.outcome == "fib_blackhole":
             return 0
-        if family == 4 and not source_valid(self.fib, self.sysctls.conf(self._name(ingress)),
-                                            src, ingress, hop.ifindex):
+        # An options packet did not meet the fast path's reverse check:
+        # the same cached answer first (a unicast way back out of the
+        # ingress port passes every rp_filter mode), the full rules only
+        # when it fails.
+        if family == 4 and not (options and self.fib.reverse_ok(src, dst, ingress, hop.ifindex)) \
+                and not source_valid(self.fib, self.sysctls.conf(self._name(ingress)),
+                                     src, ingress, hop.ifindex):
             return 0
         if opts and opts.srr and opts.is_strictroute and not opts.srr_is_hit:
             # ip_options_rcv_srr(): a strict route may not pass through.
-            self.icmp.reply(frame, ingress, "param_problem", pointer=ipoptions.SSRR_NOT_LOCAL)
+            reply("param_problem", pointer=ipoptions.SSRR_NOT_LOCAL)
             return 0
         if ttl <= 1:
-            self.icmp.reply(frame, ingress, "time_exceeded")
+            reply("time_exceeded")
             return 0
         if family == 6 and src[0] == 0xFE and src[1] & 0xC0 == 0x80:
-            self.icmp.reply(frame, ingress, "source_link_local")
+            reply("source_link_local")
             return 0
         if opts and opts.is_strictroute and hop.nexthop != dst:
-            self.icmp.reply(frame, ingress, "sr_failed")  # ip_forward(): rt_uses_gateway
+            reply("sr_failed")  # ip_forward(): rt_uses_gateway
             return 0
         mtu = hop.mtu if family == 4 else max(hop.mtu, IPV6_MIN_MTU)
         too_big = total > mtu
         if too_big and (family == 6 or (frame[20] << 8 | frame[21]) & IP_DF):
-            self.icmp.reply(frame, ingress, "frag_needed", mtu)
+            reply("frag_needed", mtu)
             return 0
         if hop.outcome == "fib_no_neighbour":
             # Held as received: it comes back here whole once resolved.
             return -1 if self.hold(received, ingress, vlan, since, hop) else 0
         if hop.outcome != "forwarded":
             return 0
+        if opts and opts.ts_needaddr and not opts.srr_is_hit:
+            # The only spec_dst that leaves the router: a timestamp's
+            # address (forwarding overwrites the record-route one).
+            ipoptions.fill_spec_dst(opts, self._spec_dst(received, ingress, hop))
+            frame = frame[:14] + bytes(opts.header) + frame[14 + len(opts.header):]
         # ip_forward() decrements the TTL, ip_forward_finish() completes
         # the options, then ip_output() fragments.
         ip = decremented(frame[14:14 + total], family)
@@ -261,19 +284,19 @@ class SlowPath:
     def _compile(self, frame: bytes, ingress: int, hop) -> ipoptions.V4Options | None:
         """ip_options_compile() on the kernel's terms; None when it refuses
         the options (the kernel's own copy sends the Parameter Problem)."""
-        src, dst = frame[26:30], frame[30:34]
-
-        def spec_dst() -> bytes:
-            # fib_compute_spec_dst(): a packet for us records the address it
-            # was sent to, any other the source of the route back.
-            if not hop.no_route and hop.outcome in ("fib_not_forwarded", "fib_other") \
-                    and self.fib.route_back(dst)[0] == RTN_LOCAL:
-                return dst
-            return self._prefsrc(src, 0) or self._select_addr(ingress, src)
-
         ihl = (frame[14] & 0xF) * 4
-        opts = ipoptions.compile_v4(frame[14:14 + ihl], spec_dst, self._addr_type, now_ms)
+        opts = ipoptions.compile_v4(frame[14:14 + ihl], self._addr_type, now_ms)
         return None if opts.problem is not None else opts
+
+    def _spec_dst(self, frame: bytes, ingress: int, hop) -> bytes:
+        """fib_compute_spec_dst() for the frame as received: a packet for
+        us records the address it was sent to, any other the preferred
+        source of the route back to its sender."""
+        src, dst = frame[26:30], frame[30:34]
+        if not hop.no_route and hop.outcome in ("fib_not_forwarded", "fib_other") \
+                and self.fib.route_back(dst)[0] == RTN_LOCAL:
+            return dst
+        return self._prefsrc(src, 0) or self._select_addr(ingress, src)
 
     def _srr_local(self, opts, src: bytes, dst: bytes, ingress: int):
         """A source-routed packet not routed as unicast: only a route to one
@@ -306,22 +329,33 @@ class SlowPath:
         return hops[nexthop] if verdict == "forward" else None
 
     def _iproute(self):
-        if self._ipr is None:
-            self._ipr = IPRoute()
         return self._ipr
+
+    def close(self) -> None:
+        self._ipr.close()
 
     def _prefsrc(self, dst: bytes, oif: int) -> bytes | None:
         """The source the route to dst (out of oif, if given) prefers:
-        fib_result_prefsrc(), as an output route lookup reports it."""
+        fib_result_prefsrc(), as an output route lookup reports it. Kept
+        while the FIB's own answer for dst stays the same object: the FIB
+        cache starts over on any routing change."""
+        key, current = (dst, oif), self.fib.lookup(4, dst)
+        hit = self._sources.get(key)
+        if hit is not None and hit[0] is current:
+            return hit[1]
         req = {"family": socket.AF_INET, "dst": socket.inet_ntop(socket.AF_INET, dst)}
         if oif:
             req["oif"] = oif
         try:
             (route,) = self._iproute().route("get", **req)
+            pref = route.get_attr("RTA_PREFSRC")
+            answer = socket.inet_aton(pref) if pref else None
         except NetlinkError:
-            return None  # no route: the caller falls back as the kernel does
-        pref = route.get_attr("RTA_PREFSRC")
-        return socket.inet_aton(pref) if pref else None
+            answer = None  # no route: the caller falls back as the kernel does
+        if len(self._sources) >= 4096:
+            self._sources.clear()
+        self._sources[key] = (current, answer)
+        return answer
 
     def _select_addr(self, ifindex: int, dst: bytes) -> bytes:
         """inet_select_addr(dev, dst, RT_SCOPE_UNIVERSE): the device's first

@@ -15,8 +15,8 @@ from scapy.layers.l2 import Ether
 
 from xdpfwd.afpacket import slowpath
 from xdpfwd.afpacket.fib import Hop
-from xdpfwd.afpacket.ipoptions import RTN_LOCAL, RTN_UNICAST, compile_v4, forward_v4, \
-    hbh_refusal, srr_next_hop
+from xdpfwd.afpacket.ipoptions import RTN_LOCAL, RTN_UNICAST, compile_v4, fill_spec_dst, \
+    forward_v4, hbh_refusal, srr_next_hop
 from xdpfwd.afpacket.packet import checksum
 
 A = socket.inet_aton
@@ -38,27 +38,16 @@ def raw_header(opts: bytes, dst="10.0.11.20") -> bytes:
     return h[:10] + checksum(h).to_bytes(2, "big") + h[12:]
 
 
-class Calls:
-    def __init__(self):
-        self.spec = 0
-
-    def spec_dst(self):
-        self.spec += 1
-        return SPEC
-
-
 def compile_(h, local=()):
-    calls = Calls()
-    opts = compile_v4(h, calls.spec_dst, lambda a: RTN_LOCAL if a in local else RTN_UNICAST,
-                      lambda: NOW)
-    return opts, calls
+    opts = compile_v4(h, lambda a: RTN_LOCAL if a in local else RTN_UNICAST, lambda: NOW)
+    return opts, len(opts.spec_slots)
 
 
 # -- __ip_options_compile() ---------------------------------------------------
 
 def test_nop_and_end_pass_untouched():
-    opts, calls = compile_(raw_header(bytes([1, 1, 1, 0])))
-    assert opts.problem is None and not opts.changed and calls.spec == 0
+    opts, spec = compile_(raw_header(bytes([1, 1, 1, 0])))
+    assert opts.problem is None and not opts.changed and spec == 0
 
 
 def test_bytes_after_end_are_zeroed():
@@ -69,17 +58,18 @@ def test_bytes_after_end_are_zeroed():
 
 def test_record_route_takes_this_hop_and_advances():
     h = header(IPOption_RR(routers=["0.0.0.0", "0.0.0.0"], pointer=4))
-    opts, calls = compile_(h)
+    opts, spec = compile_(h)
     assert opts.problem is None and opts.rr == 20 and opts.rr_needaddr
-    assert calls.spec == 1  # spec_dst_fill(): once
+    assert spec == 1  # spec_dst_fill()'s slot, filled on demand
+    fill_spec_dst(opts, SPEC)
     o = IP(bytes(opts.header) + bytes(8)).options[0]
     assert o.pointer == 8 and o.routers[0] == "10.0.10.20"
 
 
 def test_full_record_route_is_left_alone():
     h = header(IPOption_RR(routers=["1.2.3.4"], pointer=8))
-    opts, calls = compile_(h)
-    assert opts.problem is None and not opts.rr_needaddr and calls.spec == 0
+    opts, spec = compile_(h)
+    assert opts.problem is None and not opts.rr_needaddr and spec == 0
 
 
 @pytest.mark.parametrize("opt,pointer", [
@@ -117,12 +107,14 @@ def test_source_routes_are_noted_not_changed():
 
 def test_timestamps():
     ts_only = bytes([68, 12, 5, 0]) + bytes(8)
-    opts, calls = compile_(raw_header(ts_only))
-    assert opts.ts_needtime and opts.header[22] == 9 and calls.spec == 0
+    opts, spec = compile_(raw_header(ts_only))
+    assert opts.ts_needtime and opts.header[22] == 9 and spec == 0
     assert struct.unpack_from("!I", opts.header, 24)[0] == NOW
     with_addr = bytes([68, 12, 5, 1]) + bytes(8)
-    opts, calls = compile_(raw_header(with_addr))
-    assert opts.ts_needaddr and bytes(opts.header[24:28]) == SPEC and calls.spec == 1
+    opts, spec = compile_(raw_header(with_addr))
+    assert opts.ts_needaddr and spec == 1
+    fill_spec_dst(opts, SPEC)
+    assert bytes(opts.header[24:28]) == SPEC
     assert struct.unpack_from("!I", opts.header, 28)[0] == NOW and opts.header[22] == 13
     full = bytes([68, 8, 9, 0x31]) + bytes(4)  # overflow 3 -> 4
     opts, _ = compile_(raw_header(full))
@@ -274,6 +266,9 @@ class Fib:
 
     def ipv4_state(self):
         return {A("10.0.10.20"): ETH1, A("10.0.11.10"): ETH0}, False
+
+    def reverse_ok(self, src, dst, ingress, egress):
+        return self.route_back(src) == (RTN_UNICAST, ingress)
 
 
 class Icmp:
