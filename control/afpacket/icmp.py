@@ -32,6 +32,11 @@ Interface
     neighbour_failed   the next hop never answered ARP / ND
     source_link_local  an IPv6 packet with a link-local source that would be
                        forwarded (ip6_forward(): ICMPV6_NOT_NEIGHBOUR)
+    param_problem      IPv4 only: Parameter Problem, `pointer` the offset
+                       reported (ip_options_rcv_srr(): a strict source route
+                       that is not the router's to follow)
+    sr_failed          IPv4 only: a strict source route through a gateway
+                       (ip_forward(): ICMP_SR_FAILED)
 
 What is decided here, and where each rule comes from, is said at each rule.
 The pure parts (parse(), refusal(), build_ipv4(), build_icmpv6(), the
@@ -70,11 +75,13 @@ from pyroute2.netlink.rtnl import (
 from xdpfwd.afpacket.packet import checksum
 
 CAUSES = frozenset({"time_exceeded", "no_route", "unreachable", "prohibit", "blackhole",
-                    "frag_needed", "neighbour_failed", "source_link_local"})
+                    "frag_needed", "neighbour_failed", "source_link_local",
+                    "param_problem", "sr_failed"})
 
 # include/uapi/linux/icmp.h, include/uapi/linux/icmpv6.h
-ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED = 3, 11
+ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, ICMP_PARAMETERPROB = 3, 11, 12
 ICMP_NET_UNREACH, ICMP_HOST_UNREACH, ICMP_FRAG_NEEDED, ICMP_PKT_FILTERED = 0, 1, 4, 13
+ICMP_SR_FAILED = 5
 NR_ICMP_TYPES = 18
 # icmp_pointers[] in net/ipv4/icmp.c: the types marked .error = 1.
 ICMP_ERROR_TYPES = frozenset({1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12})
@@ -101,6 +108,8 @@ V4_ERRORS = {
     "prohibit": (ICMP_DEST_UNREACH, ICMP_PKT_FILTERED),
     "frag_needed": (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED),  # ip_forward(): ip_exceeds_mtu()
     "neighbour_failed": (ICMP_DEST_UNREACH, ICMP_HOST_UNREACH),
+    "param_problem": (ICMP_PARAMETERPROB, 0),
+    "sr_failed": (ICMP_DEST_UNREACH, ICMP_SR_FAILED),
 }
 V6_ERRORS = {
     "time_exceeded": (ICMPV6_TIME_EXCEED, 0),           # ip6_forward(): hop_limit <= 1
@@ -189,7 +198,7 @@ def _decrease_ttl(packet: bytes) -> bytes:
     return packet[:8] + bytes((packet[8] - 1, packet[9])) + check.to_bytes(2, "big") + packet[12:]
 
 
-def parse(frame: bytes, cause: str, mtu: int = 0) -> Error | str:
+def parse(frame: bytes, cause: str, mtu: int = 0, pointer: int = 0) -> Error | str:
     """The error the kernel's forward path raises for this frame, or why it
     raises none, before any rate limit or __icmp_send() / icmp6_send() rule
     (see refusal())."""
@@ -219,6 +228,8 @@ def parse(frame: bytes, cause: str, mtu: int = 0) -> Error | str:
             packet = _decrease_ttl(packet)
         type_, code = V4_ERRORS[cause]
         info = mtu if cause == "frag_needed" else 0  # htonl(mtu) in ip_forward()
+        if cause == "param_problem":
+            info = (pointer & 0xFF) << 24  # htonl(pointer << 24)
         return Error(4, type_, code, info & 0xFFFFFFFF, packet, src, dst, cause)
     if ethertype == b"\x86\xdd":
         if len(frame) < 54:
@@ -236,6 +247,8 @@ def parse(frame: bytes, cause: str, mtu: int = 0) -> Error | str:
             return "multicast source"
         if cause == "blackhole":
             return "blackhole route: dst_discard() sends nothing"
+        if cause not in V6_ERRORS:
+            raise ValueError(f"{cause} is an IPv4 cause")
         if cause == "neighbour_failed":
             # ip6_forward() decrements hop_limit before ip6_forward_finish().
             packet = packet[:7] + bytes((packet[7] - 1,)) + packet[8:]
@@ -719,12 +732,12 @@ class IcmpErrors:
         self.close()
 
     def reply(self, frame: bytes, ingress_ifindex: int, cause: str, mtu: int = 0,
-              pkt_type: int | None = None) -> bool:
+              pkt_type: int | None = None, pointer: int = 0) -> bool:
         """Send the error the kernel would send for `frame`; True if sent.
         pkt_type (PACKET_*) defaults to what the frame's destination MAC
         makes of it on the ingress device."""
         self._poll_events()
-        err = parse(frame, cause, mtu)
+        err = parse(frame, cause, mtu, pointer)
         if isinstance(err, str):
             return self._refuse(err)
         if pkt_type is None:

@@ -24,16 +24,35 @@ frames only, what the forward path would have done, in the kernel's order:
   transmit        out of any interface, a port or not, and back out of the
                   ingress port (hairpin) too
 
-What it does not do (README, LIMITATIONS): IPv4 options and IPv6
-hop-by-hop options are not processed (such packets are not forwarded in
-AF_PACKET mode), and no ICMP redirect is sent for hairpinned packets.
+IPv4 options and IPv6 hop-by-hop headers (the fast path stops at them, as
+the XDP program does) come here whole: first what the fast path did not
+check yet (checksum, martians, multicast). A hop-by-hop header the kernel
+refuses (ipv6_parse_hopopts()) is dropped before routing: the kernel's own
+copy already got its Parameter Problem if any. IPv4 options go through
+ip_rcv_options() after the route lookup, as in ip_rcv_finish_core():
+options the kernel refuses are dropped (the kernel's copy answers them),
+source routes follow accept_source_route and ip_options_rcv_srr() (a
+strict route through this router -> Parameter Problem, a route that names
+this router as the destination -> its next hop), then ip_forward()'s
+strict-route check (Source Route Failed) and, on the way out,
+ip_forward_options() (record route, the source route hop) - see
+ipoptions.py. The ICMP errors quote the packet as the kernel holds it by
+then (with the record-route and timestamp entries it filled in).
+
+What it does not do (README, LIMITATIONS): no ICMP redirect is sent for
+hairpinned packets; router-alert packets are forwarded as when no socket
+asked for them (ip_call_ra_chain(), ip6_call_ra_chain()); ICMP errors do
+not echo IPv4 options.
 """
 
 import socket
 import time
 from pathlib import Path
 
-from xdpfwd.afpacket import packet
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from xdpfwd.afpacket import ipoptions, packet
 
 # The fast path's outcomes that the kernel's forwarding may still forward
 # or answer with an ICMP error. The others (frames for other hosts,
@@ -43,10 +62,10 @@ SLOW = frozenset({
     packet.TTL, packet.LINK_LOCAL, packet.OUTCOME_INDEX["fib_unreachable"],
     packet.OUTCOME_INDEX["fib_prohibit"], packet.OUTCOME_INDEX["fib_not_forwarded"],
     packet.FRAG_NEEDED, packet.NOT_A_PORT, packet.SAME_PORT, packet.REVERSE_PATH,
-    packet.NO_NEIGH,
+    packet.NO_NEIGH, packet.IP_OPTIONS,
 })
 
-RTN_UNICAST, RTN_LOCAL = 1, 2  # rtnetlink route types
+RTN_UNICAST, RTN_LOCAL, RTN_BROADCAST, RTN_MULTICAST = 1, 2, 3, 5  # rtnetlink route types
 ROUTE_ICMP = {"fib_unreachable": "unreachable", "fib_prohibit": "prohibit"}
 IP_DF = 0x4000
 IPV6_MIN_MTU = 1280
@@ -54,32 +73,51 @@ SYSCTL_SECONDS = 0.1  # how long a read of the ingress port's sysctls is trusted
 
 
 class Sysctls:
-    """The IPv4 conf values fib_validate_source() reads, per interface,
-    re-read at most every SYSCTL_SECONDS so that a change takes effect
-    while the forwarder runs, as it does in the kernel."""
+    """The conf values the slow path's rules read, per interface, re-read at
+    most every SYSCTL_SECONDS so that a change takes effect while the
+    forwarder runs, as it does in the kernel."""
 
     def __init__(self):
-        self._cache: dict[str, tuple[float, dict[str, int]]] = {}
+        self._cache: dict[tuple[int, str], tuple[float, dict[str, int]]] = {}
 
     @staticmethod
-    def _read(ifname: str, key: str) -> int:
+    def _read(path: str, default: int = 0) -> int:
         try:
-            return int(Path(f"/proc/sys/net/ipv4/conf/{ifname}/{key}").read_text())
+            return int(Path(f"/proc/sys/net/{path}").read_text())
         except (FileNotFoundError, ValueError):
-            return 0
+            return default
 
-    def conf(self, ifname: str) -> dict[str, int]:
+    def _cached(self, key: tuple[int, str], read) -> dict[str, int]:
         now = time.monotonic()
-        hit = self._cache.get(ifname)
+        hit = self._cache.get(key)
         if hit and now - hit[0] < SYSCTL_SECONDS:
             return hit[1]
-        r = lambda key: (self._read("all", key), self._read(ifname, key))  # noqa: E731
-        rp, local, redirects = r("rp_filter"), r("accept_local"), r("send_redirects")
-        conf = {"rp_filter": max(rp),               # IN_DEV_RPFILTER: IN_DEV_MAXCONF
-                "accept_local": int(any(local)),    # IN_DEV_ACCEPT_LOCAL: IN_DEV_ORCONF
-                "send_redirects": int(any(redirects))}  # IN_DEV_TX_REDIRECTS: IN_DEV_ORCONF
-        self._cache[ifname] = (now, conf)
+        conf = read()
+        self._cache[key] = (now, conf)
         return conf
+
+    def conf(self, ifname: str) -> dict[str, int]:
+        """IPv4: what fib_validate_source() and ip_rcv_options() read."""
+        def read():
+            r = lambda key: (self._read(f"ipv4/conf/all/{key}"),  # noqa: E731
+                             self._read(f"ipv4/conf/{ifname}/{key}"))
+            rp, local, redirects = r("rp_filter"), r("accept_local"), r("send_redirects")
+            return {"rp_filter": max(rp),               # IN_DEV_RPFILTER: IN_DEV_MAXCONF
+                    "accept_local": int(any(local)),    # IN_DEV_ACCEPT_LOCAL: IN_DEV_ORCONF
+                    "send_redirects": int(any(redirects)),  # IN_DEV_TX_REDIRECTS: IN_DEV_ORCONF
+                    # IN_DEV_SOURCE_ROUTE: IN_DEV_ANDCONF
+                    "accept_source_route": int(all(r("accept_source_route")))}
+        return self._cached((4, ifname), read)
+
+    def conf6(self, ifname: str) -> dict[str, int]:
+        """IPv6: what ipv6_parse_hopopts() reads (the namespace's limits,
+        the ingress interface's ioam6_enabled)."""
+        def read():
+            # IP6_DEFAULT_MAX_HBH_OPTS_CNT, IP6_DEFAULT_MAX_HBH_OPTS_LEN
+            return {"max_hbh_opts_number": self._read("ipv6/max_hbh_opts_number", 8),
+                    "max_hbh_length": self._read("ipv6/max_hbh_length", 2**31 - 1),
+                    "ioam6_enabled": self._read(f"ipv6/conf/{ifname}/ioam6_enabled")}
+        return self._cached((6, ifname), read)
 
 
 def source_valid(fib, conf: dict[str, int], src: bytes, ingress: int, egress: int) -> bool:
@@ -121,6 +159,10 @@ class SlowPath:
         self.hold = hold  # hold(frame, ingress, vlan, since, hop) -> bool
         self.sysctls = Sysctls()
         self._names: dict[int, str] = {}
+        # Opened now: opening it for the first options packet stalled the
+        # worker for up to a quarter of a second (measured under load).
+        self._ipr = IPRoute()
+        self._sources: dict[tuple[bytes, int], tuple] = {}  # (dst, oif) -> (FIB hop, prefsrc)
 
     def _name(self, ifindex: int) -> str:
         name = self._names.get(ifindex)
@@ -132,57 +174,252 @@ class SlowPath:
         """Do what the kernel's forward path would. Returns the number of
         frames sent: 0 when it dropped the frame or answered it with an
         ICMP error, -1 when it holds it for its neighbour."""
+        received, options = frame, False
         if frame[12:14] == packet.ETH_IPV4:
             family, total, ttl = 4, (frame[16] << 8) | frame[17], frame[22]
             src, dst = frame[26:30], frame[30:34]
-            if frame[14] & 0xF != 5:
-                return 0  # options: not processed here (LIMITATIONS)
+            options = frame[14] & 0xF != 5
+            if options and not receivable_v4(frame):
+                return 0  # ip_rcv_core() / ip_route_input_slow(): the kernel drops its copy
         else:
             family, total, ttl = 6, 40 + ((frame[18] << 8) | frame[19]), frame[21]
             src, dst = frame[22:38], frame[38:54]
             if frame[20] == packet.IPPROTO_HOPOPTS:
-                return 0  # hop-by-hop options: not processed here (LIMITATIONS)
+                if total == 40:
+                    total = len(frame) - 14  # ip6_rcv_core(): no trim, a jumbogram's length is elsewhere
+                if not receivable_v6(src, dst) or self._hbh_refusal(frame, ingress, total):
+                    return 0
             if dst[0] == 0xFE and dst[1] & 0xC0 == 0x80:
                 return 0  # link-local destination: never routed off the link
         hop = self.fib.lookup(family, dst)
+        opts = None
+
+        def reply(cause: str, mtu: int = 0, pointer: int = 0) -> None:
+            # The error quotes the packet as the kernel holds it by then,
+            # spec_dst included.
+            quote = frame
+            if opts and opts.spec_slots:
+                ipoptions.fill_spec_dst(opts, self._spec_dst(received, ingress, hop))
+                quote = frame[:14] + bytes(opts.header) + frame[14 + len(opts.header):]
+            self.icmp.reply(quote, ingress, cause, mtu, pointer=pointer)
+
+        if options:
+            # ip_rcv_finish_core(): the route first, then ip_rcv_options().
+            opts = self._compile(frame, ingress, hop)
+            if opts is None:
+                return 0
+            frame = frame[:14] + opts.header + frame[14 + len(opts.header):]
+            if opts.srr:
+                if not self.sysctls.conf(self._name(ingress))["accept_source_route"]:
+                    return 0  # ip_rcv_options(): IN_DEV_SOURCE_ROUTE off
+                if hop.outcome not in ("forwarded", "fib_no_neighbour"):
+                    # ip_options_rcv_srr(): only a route to one of our
+                    # addresses goes on; every other type is dropped.
+                    hop = self._srr_local(opts, src, dst, ingress)
+                    if hop is None:
+                        return 0
+                    frame = frame[:14] + bytes(opts.header) + frame[14 + len(opts.header):]
+                    dst = opts.nexthop
         if hop.outcome in ROUTE_ICMP:
-            self.icmp.reply(frame, ingress, ROUTE_ICMP[hop.outcome])
+            reply(ROUTE_ICMP[hop.outcome])
             return 0
         if hop.outcome == "fib_not_forwarded" or hop.outcome == "fib_other":
             if hop.no_route:
-                self.icmp.reply(frame, ingress, "no_route")
+                reply("no_route")
             return 0  # local, broadcast...: the kernel has its own copy
         if hop.outcome == "fib_blackhole":
             return 0
-        if family == 4 and not source_valid(self.fib, self.sysctls.conf(self._name(ingress)),
-                                            src, ingress, hop.ifindex):
+        # An options packet did not meet the fast path's reverse check:
+        # the same cached answer first (a unicast way back out of the
+        # ingress port passes every rp_filter mode), the full rules only
+        # when it fails.
+        if family == 4 and not (options and self.fib.reverse_ok(src, dst, ingress, hop.ifindex)) \
+                and not source_valid(self.fib, self.sysctls.conf(self._name(ingress)),
+                                     src, ingress, hop.ifindex):
+            return 0
+        if opts and opts.srr and opts.is_strictroute and not opts.srr_is_hit:
+            # ip_options_rcv_srr(): a strict route may not pass through.
+            reply("param_problem", pointer=ipoptions.SSRR_NOT_LOCAL)
             return 0
         if ttl <= 1:
-            self.icmp.reply(frame, ingress, "time_exceeded")
+            reply("time_exceeded")
             return 0
         if family == 6 and src[0] == 0xFE and src[1] & 0xC0 == 0x80:
-            self.icmp.reply(frame, ingress, "source_link_local")
+            reply("source_link_local")
+            return 0
+        if opts and opts.is_strictroute and hop.nexthop != dst:
+            reply("sr_failed")  # ip_forward(): rt_uses_gateway
             return 0
         mtu = hop.mtu if family == 4 else max(hop.mtu, IPV6_MIN_MTU)
         too_big = total > mtu
         if too_big and (family == 6 or (frame[20] << 8 | frame[21]) & IP_DF):
-            self.icmp.reply(frame, ingress, "frag_needed", mtu)
+            reply("frag_needed", mtu)
             return 0
         if hop.outcome == "fib_no_neighbour":
-            return -1 if self.hold(frame, ingress, vlan, since, hop) else 0
+            # Held as received: it comes back here whole once resolved.
+            return -1 if self.hold(received, ingress, vlan, since, hop) else 0
         if hop.outcome != "forwarded":
             return 0
-        # ip_forward() decrements the TTL, then ip_output() fragments.
+        if opts and opts.ts_needaddr and not opts.srr_is_hit:
+            # The only spec_dst that leaves the router: a timestamp's
+            # address (forwarding overwrites the record-route one).
+            ipoptions.fill_spec_dst(opts, self._spec_dst(received, ingress, hop))
+            frame = frame[:14] + bytes(opts.header) + frame[14 + len(opts.header):]
+        # ip_forward() decrements the TTL, ip_forward_finish() completes
+        # the options, then ip_output() fragments.
         ip = decremented(frame[14:14 + total], family)
+        if opts:
+            ip = ipoptions.forward_v4(opts, ip, lambda d: self._rt_source(d, hop.ifindex))
         pieces = self.fragment(ip, mtu) if too_big else [ip]
         ethertype = packet.ETH_IPV4 if family == 4 else packet.ETH_IPV6
         return sum(self.transmit(hop.ifindex, hop.dmac + hop.smac + ethertype + p) for p in pieces)
+
+    # -- options ---------------------------------------------------------------
+
+    def _hbh_refusal(self, frame: bytes, ingress: int, total: int) -> str:
+        conf = self.sysctls.conf6(self._name(ingress))
+        return ipoptions.hbh_refusal(frame[14:14 + total], conf["max_hbh_opts_number"],
+                                     conf["max_hbh_length"], bool(conf["ioam6_enabled"]))
+
+    def _compile(self, frame: bytes, ingress: int, hop) -> ipoptions.V4Options | None:
+        """ip_options_compile() on the kernel's terms; None when it refuses
+        the options (the kernel's own copy sends the Parameter Problem)."""
+        ihl = (frame[14] & 0xF) * 4
+        opts = ipoptions.compile_v4(frame[14:14 + ihl], self._addr_type, now_ms)
+        return None if opts.problem is not None else opts
+
+    def _spec_dst(self, frame: bytes, ingress: int, hop) -> bytes:
+        """fib_compute_spec_dst() for the frame as received: a packet for
+        us records the address it was sent to, any other the preferred
+        source of the route back to its sender."""
+        src, dst = frame[26:30], frame[30:34]
+        if not hop.no_route and hop.outcome in ("fib_not_forwarded", "fib_other") \
+                and self.fib.route_back(dst)[0] == RTN_LOCAL:
+            return dst
+        return self._prefsrc(src, 0) or self._select_addr(ingress, src)
+
+    def _srr_local(self, opts, src: bytes, dst: bytes, ingress: int):
+        """A source-routed packet not routed as unicast: only a route to one
+        of our addresses goes on (ip_options_rcv_srr()), to the first
+        address of the list that is not ours. Returns that next hop's route,
+        or None when the packet is not forwarded."""
+        if self.fib.route_back(dst)[0] != RTN_LOCAL:
+            return None
+        conf = self.sysctls.conf(self._name(ingress))
+        if not source_valid(self.fib, conf, src, ingress, 0):
+            return None  # ip_route_input_slow(): fib_validate_source() for local input
+        hops = {}
+
+        def route_input(nexthop: bytes) -> int:
+            # ip_route_input() with forwarding on, as the kernel would route it.
+            if packet.ipv4_martian_source(nexthop) or nexthop[0] >> 4 == 0xE:
+                return 0
+            hop = self.fib.lookup(4, nexthop)
+            if hop.outcome in ("forwarded", "fib_no_neighbour"):
+                hops[nexthop] = hop
+                return RTN_UNICAST
+            if hop.outcome == "fib_not_forwarded" and not hop.no_route \
+                    and self.fib.route_back(nexthop)[0] == RTN_LOCAL:
+                return RTN_LOCAL
+            return 0
+
+        verdict, nexthop = ipoptions.srr_next_hop(opts, route_input)
+        # "deliver": the kernel delivers its copy; "problem": its copy got
+        # the Parameter Problem.
+        return hops[nexthop] if verdict == "forward" else None
+
+    def _iproute(self):
+        return self._ipr
+
+    def close(self) -> None:
+        self._ipr.close()
+
+    def _prefsrc(self, dst: bytes, oif: int) -> bytes | None:
+        """The source the route to dst (out of oif, if given) prefers:
+        fib_result_prefsrc(), as an output route lookup reports it. Kept
+        while the FIB's own answer for dst stays the same object: the FIB
+        cache starts over on any routing change."""
+        key, current = (dst, oif), self.fib.lookup(4, dst)
+        hit = self._sources.get(key)
+        if hit is not None and hit[0] is current:
+            return hit[1]
+        req = {"family": socket.AF_INET, "dst": socket.inet_ntop(socket.AF_INET, dst)}
+        if oif:
+            req["oif"] = oif
+        try:
+            (route,) = self._iproute().route("get", **req)
+            pref = route.get_attr("RTA_PREFSRC")
+            answer = socket.inet_aton(pref) if pref else None
+        except NetlinkError:
+            answer = None  # no route: the caller falls back as the kernel does
+        if len(self._sources) >= 4096:
+            self._sources.clear()
+        self._sources[key] = (current, answer)
+        return answer
+
+    def _select_addr(self, ifindex: int, dst: bytes) -> bytes:
+        """inet_select_addr(dev, dst, RT_SCOPE_UNIVERSE): the device's first
+        primary address in dst's subnet, else its first primary address."""
+        first = bytes(4)
+        for msg in self._iproute().get_addr(family=socket.AF_INET, index=ifindex):
+            if msg["flags"] & 0x01 or msg["scope"] > 0:  # IFA_F_SECONDARY, not universe
+                continue
+            local = socket.inet_aton(msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS"))
+            plen = msg["prefixlen"]
+            mask = (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF if plen else 0
+            if int.from_bytes(local, "big") & mask == int.from_bytes(dst, "big") & mask:
+                return local
+            if first == bytes(4):
+                first = local
+        return first
+
+    def _rt_source(self, daddr: bytes, egress: int) -> bytes:
+        """ip_rt_get_source() for a forwarded packet: the preferred source of
+        the route to daddr out of the egress interface, else the egress'
+        own address."""
+        return self._prefsrc(daddr, egress) or self._select_addr(egress, daddr)
+
+    def _addr_type(self, addr: bytes) -> int:
+        """inet_addr_type()."""
+        if addr == bytes(4) or addr == b"\xff\xff\xff\xff":
+            return RTN_BROADCAST
+        if addr[0] >> 4 == 0xE:
+            return RTN_MULTICAST
+        kind = self.fib.route_back(addr)[0]
+        return kind if kind in (RTN_LOCAL, RTN_BROADCAST) else RTN_UNICAST
 
     def expired(self, frame: bytes, ingress: int) -> None:
         """A held frame whose next hop never answered: the kernel's
         neighbour code answers each queued packet with Host Unreachable
         (IPv6: Address Unreachable)."""
         self.icmp.reply(frame, ingress, "neighbour_failed")
+
+
+def receivable_v4(frame: bytes) -> bool:
+    """What packet.decide() checks after the options, where it stops:
+    ip_rcv_core()'s checksum over the whole header, and the martians and
+    group destinations ip_route_input_slow() never forwards as unicast."""
+    ihl = (frame[14] & 0xF) * 4
+    if packet.checksum(frame[14:14 + ihl]) != 0:
+        return False
+    src, dst = frame[26:30], frame[30:34]
+    if packet.ipv4_martian_source(src):
+        return False
+    return not (dst[0] >> 4 == 0xE or dst == b"\xff\xff\xff\xff" or dst == bytes(4)
+                or dst[0] == 127)
+
+
+def receivable_v6(src: bytes, dst: bytes) -> bool:
+    """packet.decide()'s address checks after the hop-by-hop header:
+    ip6_rcv_core() drops multicast and loopback sources and loopback
+    destinations; multicast is not forwarded as unicast."""
+    return not (src[0] == 0xFF or packet.ipv6_any_or_loopback(src)
+                or packet.ipv6_any_or_loopback(dst) or dst[0] == 0xFF)
+
+
+def now_ms() -> int:
+    """inet_current_timestamp(): milliseconds since midnight UTC."""
+    return time.time_ns() // 1_000_000 % 86_400_000
 
 
 def decremented(ip: bytes, family: int) -> bytes:
