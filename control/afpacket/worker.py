@@ -166,6 +166,7 @@ class Worker:
             tx.close()
         self.counters.close()
         self.icmp.close()
+        self.slow.close()
         for sock in self.others.values():
             sock.close()
         self.fib.close()
