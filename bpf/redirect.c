@@ -154,6 +154,31 @@ static __always_inline int ipv4_martian_destination(__be32 a)
 	return V4_ZERONET(a) || V4_LOOPBACK(a);
 }
 
+/* The ports the kernel's flow dissector gives to policy rules and the
+ * multipath hash (fib4_rules_early_flow_dissect(), proto_ports_offset()):
+ * from the first bytes of the transport header, none for a fragment. */
+static __always_inline void l4_ports(struct bpf_fib_lookup *fib, void *l4,
+				     void *data_end, __u8 proto)
+{
+	int off;
+
+	switch (proto) {
+	case IPPROTO_TCP: case IPPROTO_UDP: case IPPROTO_DCCP:
+	case IPPROTO_ESP: case IPPROTO_SCTP: case IPPROTO_UDPLITE:
+		off = 0;
+		break;
+	case IPPROTO_AH:
+		off = 4;
+		break;
+	default:
+		return;
+	}
+	if (l4 + off + 4 > data_end)
+		return;
+	fib->sport = *(__be16 *)(l4 + off);
+	fib->dport = *(__be16 *)(l4 + off + 2);
+}
+
 static __always_inline int ipv6_link_local(const struct in6_addr *a)
 {
 	return (a->s6_addr[0] == 0xFE) && ((a->s6_addr[1] & 0xC0) == 0x80);
@@ -215,8 +240,9 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 		if ((void *)(iph + 1) > data_end)
 			return PASS(PASS_MALFORMED);
 		l3_len = u16_bounded(bpf_ntohs(iph->tot_len));
+		/* ip_rcv_core(): a length shorter than the header is an error. */
 		if (iph->version != 4 || iph->ihl < 5 ||
-		    (void *)iph + l3_len > data_end || l3_len < sizeof(*iph))
+		    (void *)iph + l3_len > data_end || l3_len < iph->ihl * 4)
 			return PASS(PASS_MALFORMED);
 		/* Options (record route, source route...) are processed by
 		 * the kernel's forwarding path; leave them to it. */
@@ -240,6 +266,8 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 		fib.tos = iph->tos;
 		fib.l4_protocol = iph->protocol;
 		fib.tot_len = l3_len;
+		if (!(iph->frag_off & bpf_htons(0x3FFF)))	/* MF or an offset: a fragment */
+			l4_ports(&fib, iph + 1, data_end, iph->protocol);
 		fib.ipv4_src = iph->saddr;
 		fib.ipv4_dst = iph->daddr;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
@@ -273,6 +301,7 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 		fib.flowinfo = *(__be32 *)ip6h & IPV6_FLOWINFO_MASK;
 		fib.l4_protocol = ip6h->nexthdr;
 		fib.tot_len = l3_len;
+		l4_ports(&fib, ip6h + 1, data_end, ip6h->nexthdr);
 		__builtin_memcpy(fib.ipv6_src, &ip6h->saddr, sizeof(fib.ipv6_src));
 		__builtin_memcpy(fib.ipv6_dst, &ip6h->daddr, sizeof(fib.ipv6_dst));
 	} else {
@@ -317,6 +346,8 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 		rev.family = AF_INET;
 		rev.tos = iph->tos;
 		rev.l4_protocol = iph->protocol;
+		rev.sport = fib.dport;	/* the way back: the ports swapped */
+		rev.dport = fib.sport;
 		rev.ipv4_src = iph->daddr;
 		rev.ipv4_dst = iph->saddr;
 		rev.ifindex = fib.ifindex;

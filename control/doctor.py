@@ -150,6 +150,13 @@ def check_forwarding(ifname: str) -> list[Result]:
     results = []
     for fam in forwarder.FAMILIES:
         name = netlink.sysctl_name(fam, ifname)
+        if on[fam] and not netlink.kernel_forwards(fam, ifname):
+            every = netlink.sysctl_name(fam, "all")
+            results.append(Result("forwarding", "fail",
+                                  f"{name}=1 but {every}=0: the kernel does not forward {fam} "
+                                  "here and XDP would; attach will refuse",
+                                  f"sysctl -w {every}=1, or attach --enable-forwarding", ifname))
+            continue
         if on[fam]:
             results.append(Result("forwarding", "ok", f"{name}=1", interface=ifname))
             continue

@@ -80,26 +80,44 @@ def validate(ifnames: list[str], mode: str) -> list[netlink.Link]:
 
 
 def check_forwarding(links: list[netlink.Link], enable: bool) -> list[str]:
-    """bpf_fib_lookup() refuses (FWD_DISABLED) on an interface whose
-    forwarding sysctl is off; say so now rather than pass every packet."""
+    """The forwarding switches, family by family, as two parties read them:
+    bpf_fib_lookup() refuses (FWD_DISABLED) on a port whose own switch is
+    off, and the kernel forwards by netlink.kernel_forwards(). XDP must not
+    forward what the kernel would not (IPv6 on a port whose switch is on
+    while net.ipv6.conf.all.forwarding is off: refused), and a port that
+    forwards nothing in XDP is a mistake worth saying now. With enable,
+    the switches are turned on (IPv6 through all.forwarding, as the
+    kernel expects)."""
     notes = []
     for link in links:
-        if enable:
-            for fam in FAMILIES:
+        usable = []
+        for fam in FAMILIES:
+            port = netlink.sysctl_name(fam, link.name)
+            if enable:
+                if fam == "ipv6" and not netlink.kernel_forwards(fam, link.name):
+                    netlink.set_forwarding(fam, "all", True)  # the kernel sets every port's too
+                    notes.append(f"{link.name}: set {netlink.sysctl_name(fam, 'all')}=1")
                 if not netlink.forwarding(fam, link.name):
                     netlink.set_forwarding(fam, link.name, True)
-                    notes.append(f"{link.name}: set {netlink.sysctl_name(fam, link.name)}=1")
-            continue
-        off = [fam for fam in FAMILIES if not netlink.forwarding(fam, link.name)]
-        if len(off) == len(FAMILIES):
-            names = ", ".join(f"{netlink.sysctl_name(f, link.name)}=0" for f in off)
+                    notes.append(f"{link.name}: set {port}=1")
+            xdp, kernel = netlink.forwarding(fam, link.name), netlink.kernel_forwards(fam, link.name)
+            if xdp and not kernel:
+                raise ForwardingDisabled(
+                    f"{link.name}: {port}=1 but {netlink.sysctl_name(fam, 'all')}=0: the kernel "
+                    f"does not forward {fam} here and XDP would; pass --enable-forwarding, "
+                    f"or set {port}=0")
+            if xdp:
+                usable.append(fam)
+            elif kernel:
+                notes.append(f"{link.name}: {port}=0 while the kernel forwards {fam}: "
+                             f"{fam} packets are left to the kernel")
+            else:
+                notes.append(f"{link.name}: {fam} forwarding is off ({port}=0): "
+                             f"{fam} packets are left to the kernel")
+        if not usable:
+            names = ", ".join(f"{netlink.sysctl_name(f, link.name)}=0" for f in FAMILIES)
             raise ForwardingDisabled(
                 f"{link.name}: forwarding is disabled ({names}); enable it or pass --enable-forwarding"
-            )
-        for fam in off:
-            notes.append(
-                f"{link.name}: {fam} forwarding is off ({netlink.sysctl_name(fam, link.name)}=0): "
-                f"{fam} packets are left to the kernel"
             )
     return notes
 

@@ -76,6 +76,22 @@ def forwarding(family: str, ifname: str) -> bool:
         return False
 
 
+def kernel_forwards(family: str, ifname: str) -> bool:
+    """Whether the kernel's own forwarding forwards `family` arriving on
+    ifname. IPv4: the port's switch (ip_route_input_slow()). IPv6:
+    ip6_forward() asks net.ipv6.conf.all.forwarding, or the port's
+    force_forwarding (6.17 and later); the port's own forwarding value is
+    only what bpf_fib_lookup() asks."""
+    if family == "ipv4":
+        return forwarding(family, ifname)
+    force = Path(f"/proc/sys/net/ipv6/conf/{ifname}/force_forwarding")
+    try:
+        forced = force.read_text().strip() == "1"
+    except FileNotFoundError:
+        forced = False
+    return forwarding("ipv6", "all") or forced
+
+
 def set_forwarding(family: str, ifname: str, on: bool) -> None:
     _sysctl_path(family, ifname).write_text("1\n" if on else "0\n")
 

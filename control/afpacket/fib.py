@@ -29,6 +29,7 @@ from pyroute2.netlink.rtnl import (
 from pyroute2.netlink.rtnl import ndmsg
 
 RTN_UNICAST = 1
+RTAX_MTU = 2  # the metric's number, also its bit in RTAX_LOCK
 # Not in pyroute2's list. Deleting a nexthop object (ip nexthop del) silently
 # removes the routes that use it: observed, no message at all on the route
 # groups, only on this one.
@@ -76,7 +77,8 @@ class Hop:
     ifindex: int = 0   # egress interface (also set for fib_no_neighbour)
     dmac: bytes = b""  # 6 bytes, next hop's MAC (forwarded only)
     smac: bytes = b""  # 6 bytes, egress interface's MAC (forwarded only)
-    mtu: int = 0       # the route's MTU (RTAX_MTU metric) if set, else the egress link's MTU;
+    mtu: int = 0       # the MTU forwarding uses: the route's (IPv4: if set; IPv6: if locked),
+                       # else the egress link's;
                        # also set for fib_no_neighbour: like bpf_fib_lookup(), a packet
                        # too big is fib_frag_needed before any neighbour question
     nexthop: bytes = b""  # gateway address, or the destination itself when on-link (packed, 4 or 16 bytes)
@@ -145,7 +147,9 @@ class Fib:
     def ipv4_state(self) -> tuple[dict[bytes, int], bool]:
         """({local IPv4 address: ifindex}, whether custom rules exist)."""
         if self._v4 is None:
-            addrs = {_packed(a.get_attr("IFA_ADDRESS")): a["index"]
+            # IFA_LOCAL is the box's own address (IFA_ADDRESS is the peer's
+            # on a point-to-point link): what inet_lookup_ifaddr_rcu() finds.
+            addrs = {_packed(a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")): a["index"]
                      for a in self._ipr.get_addr(family=socket.AF_INET)}
             custom = any((r.get_attr("FRA_PRIORITY") or 0) not in DEFAULT_RULE_PRIORITIES
                          for r in self._ipr.get_rules(family=socket.AF_INET))
@@ -241,7 +245,11 @@ class Fib:
         nexthop = _packed(gateway) if gateway else dst
         smac, link_mtu = self._link(ifindex)
         metrics = route.get_attr("RTA_METRICS")
-        mtu = (metrics.get_attr("RTAX_MTU") if metrics else None) or link_mtu
+        route_mtu = (metrics.get_attr("RTAX_MTU") if metrics else None) or 0
+        locked = bool(metrics and (metrics.get_attr("RTAX_LOCK") or 0) & (1 << RTAX_MTU))
+        # ip_dst_mtu_maybe_forward() honours a route's MTU when forwarding;
+        # ip6_dst_mtu_maybe_forward() only a locked one, else the link's.
+        mtu = route_mtu if route_mtu and (af == socket.AF_INET or locked) else link_mtu
         dmac = self._neighbour(nexthop, ifindex)
         if dmac is None:
             return Hop("fib_no_neighbour", ifindex=ifindex, mtu=mtu, nexthop=nexthop)

@@ -20,6 +20,7 @@ FRAG_NEEDED, NOT_A_PORT = _IDX["fib_frag_needed"], _IDX["egress_not_a_port"]
 SAME_PORT, NO_NEIGH = _IDX["egress_is_ingress"], _IDX["fib_no_neighbour"]
 REDIRECT_FAILED = _IDX["redirect_failed"]
 OTHER_HOST, REVERSE_PATH = _IDX["other_host"], _IDX["reverse_path"]
+FWD_DISABLED = _IDX["fib_forwarding_disabled"]
 MARTIAN_SOURCE, MARTIAN_DEST = _IDX["martian_source"], _IDX["martian_destination"]
 OUTCOME_INDEX = _IDX
 
@@ -62,11 +63,14 @@ def ipv6_any_or_loopback(a: bytes) -> bool:
     return a[:15] == bytes(15) and a[15] in (0, 1)
 
 
-def decide(frame: bytes, ingress: int, vlan_tagged: bool, fib, ports) -> tuple:
+def decide(frame: bytes, ingress: int, vlan_tagged: bool, fib, ports,
+           disabled: frozenset = frozenset()) -> tuple:
     """One frame arriving on `ingress`. fib answers lookup(family, dst)
     with a Hop, mac(ifindex) with a port's address and reverse_ok() with
     the reverse-path check; ports is the set of ifindexes the forwarder
-    serves."""
+    serves; disabled holds the (family, ingress) pairs the kernel's own
+    forwarding was off for before the forwarder started (what
+    bpf_fib_lookup() answers with FWD_DISABLED)."""
     n = len(frame)
     if n < 14:
         return MALFORMED, 0, None
@@ -84,7 +88,8 @@ def decide(frame: bytes, ingress: int, vlan_tagged: bool, fib, ports) -> tuple:
             return MALFORMED, 0, None
         vihl = frame[14]
         total = (frame[16] << 8) | frame[17]
-        if vihl >> 4 != 4 or vihl & 0xF < 5 or total < 20 or 14 + total > n:
+        # ip_rcv_core(): the length must cover the header, options included.
+        if vihl >> 4 != 4 or vihl & 0xF < 5 or total < (vihl & 0xF) * 4 or 14 + total > n:
             return MALFORMED, 0, None
         if vihl & 0xF != 5:
             return IP_OPTIONS, 0, None
@@ -100,6 +105,8 @@ def decide(frame: bytes, ingress: int, vlan_tagged: bool, fib, ports) -> tuple:
         ttl = frame[22]
         if ttl <= 1:
             return TTL, 0, None
+        if (4, ingress) in disabled:
+            return FWD_DISABLED, 0, None
         hop = fib.lookup(4, dst)
     elif ethertype == ETH_IPV6:
         if n < 54:
@@ -123,6 +130,8 @@ def decide(frame: bytes, ingress: int, vlan_tagged: bool, fib, ports) -> tuple:
         if ttl <= 1:
             return TTL, 0, None
         total = 40 + payload
+        if (6, ingress) in disabled:
+            return FWD_DISABLED, 0, None
         hop = fib.lookup(6, frame[38:54])
     else:
         return NOT_IP, 0, None

@@ -11,9 +11,10 @@ frame is dropped, so this copy is the only one.
 import select
 import signal
 import socket
+import sys
 import time
 
-from xdpfwd.afpacket import packet, slowpath
+from xdpfwd.afpacket import packet, slowpath, state
 from xdpfwd.afpacket.fib import Fib
 from xdpfwd.afpacket.fragment import fragment
 from xdpfwd.afpacket.handover import Handover
@@ -26,6 +27,23 @@ PENDING_PER_HOP = 256  # about what the kernel's unres_qlen_bytes holds of small
 PENDING_SECONDS = 3.0  # the kernel gives up on ARP after about that
 
 
+def kernel_forwarding_off(ports: list[int]) -> frozenset[tuple[int, int]]:
+    """(family, port) pairs the kernel's own forwarding was off for before
+    the forwarder turned it off everywhere (the values the supervisor saved
+    first): the kernel would not forward those, so neither does this."""
+    st = state.load()
+    saved = st.sysctls if st else {}
+    off = set()
+    for ifindex in ports:
+        name = socket.if_indextoname(ifindex)
+        if saved.get(f"/proc/sys/net/ipv4/conf/{name}/forwarding", "1") != "1":
+            off.add((4, ifindex))
+        # ip6_forward() asks the namespace's switch.
+        if saved.get("/proc/sys/net/ipv6/conf/all/forwarding", "1") != "1":
+            off.add((6, ifindex))
+    return frozenset(off)
+
+
 class Worker:
     def __init__(self, ports: list[int], worker: int, workers: int, fanout_base: int,
                  control=None, watching: bool = False):
@@ -33,6 +51,7 @@ class Worker:
         # Before the rings: see handover.py.
         self.handover = Handover(ports, control, watching)
         self.portset = frozenset(ports)
+        self.disabled = kernel_forwarding_off(ports)
         lay = layout()
         self.slot = {ifindex: i * lay.value_size // 8 for i, ifindex in enumerate(ports)}
         self.rx_word = 2 * lay.received_index
@@ -46,6 +65,7 @@ class Worker:
         self.slow = slowpath.SlowPath(self.fib, self.icmp, fragment, self.transmit, self._hold)
         self.others: dict[int, socket.socket] = {}  # egress interfaces that are not ports
         self.pending: dict[tuple[bytes, int], list] = {}
+        self.slow_failures: set[str] = set()
         self.stopping = False
 
     def stop(self, *_):
@@ -92,7 +112,8 @@ class Worker:
             return False  # the interface went away or its queue is full: lost, as in the kernel
 
     def _handle(self, frame: bytes, ingress: int, vlan: bool, since: float | None = None) -> None:
-        outcome, egress, out = packet.decide(frame, ingress, vlan, self.fib, self.portset)
+        outcome, egress, out = packet.decide(frame, ingress, vlan, self.fib, self.portset,
+                                             self.disabled)
         if outcome == packet.FORWARDED:
             if not self.transmit(egress, out):
                 outcome = packet.REDIRECT_FAILED
@@ -100,9 +121,22 @@ class Worker:
             # What XDP would pass to the stack; here the stack does not
             # forward (forwarding is off on the ports): the slow path does
             # what it would have done. Counted under the fast path's outcome.
-            if self.slow.handle(frame, ingress, vlan, since) < 0:
-                return  # held for its neighbour: counted once it leaves the queue
+            try:
+                if self.slow.handle(frame, ingress, vlan, since) < 0:
+                    return  # held for its neighbour: counted once it leaves the queue
+            except Exception as e:  # noqa: BLE001 - one odd frame must not stop the worker
+                self._slow_failed(frame, e)
         self._count(ingress, outcome, len(frame))
+
+    def _slow_failed(self, frame: bytes, e: Exception) -> None:
+        """A frame the slow path could not handle is dropped (and counted
+        under its fast-path outcome); said once per kind of failure, on
+        the forwarder's log, with the frame to replay it."""
+        kind = f"{type(e).__name__}: {e}"
+        if kind not in self.slow_failures:
+            self.slow_failures.add(kind)
+            print(f"xdpfwd afpacket: slow path failed ({kind}) on frame {frame.hex()}",
+                  file=sys.stderr, flush=True)
 
     def _hold(self, frame, ingress, vlan, since, hop) -> bool:
         now = time.monotonic()

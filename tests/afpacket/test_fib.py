@@ -91,6 +91,9 @@ def pair():
                       ["unreachable", "10.9.3.0/24"],
                       ["prohibit", "10.9.4.0/24"],
                       ["10.9.5.0/24", "via", "10.9.0.2", "mtu", "lock", "1000"],
+                      ["10.9.8.0/24", "via", "10.9.0.2", "mtu", "1100"],
+                      ["fd09:5::/64", "via", "fd09::2", "mtu", "lock", "1300"],
+                      ["fd09:7::/64", "via", "fd09::2", "mtu", "1400"],
                       ["10.9.6.0/24", "via", "inet6", "fd09::2", "dev", VETH_A],
                       ["fd09:1::/64", "via", "fd09::2"],
                       ["blackhole", "fd09:2::/64"],
@@ -160,7 +163,11 @@ def test_resolve_makes_it_forwarded(fib, pair, dst, nexthop):
     assert hop == Hop("forwarded", pair["ifindex"], pair["dmac"], pair["smac"], 1500, packed(nexthop))
 
 
-@pytest.mark.parametrize("dst,mtu", [("10.9.5.1", 1000), ("10.9.1.1", 1500), ("fd09:1::1", 1500)])
+@pytest.mark.parametrize("dst,mtu", [
+    ("10.9.5.1", 1000), ("10.9.8.1", 1100),  # IPv4 forwarding honours any route MTU
+    ("10.9.1.1", 1500), ("fd09:1::1", 1500),
+    ("fd09:5::1", 1300), ("fd09:7::1", 1500),  # IPv6 only a locked one (ip6_dst_mtu_maybe_forward)
+])
 def test_mtu_from_route_else_link(fib, dst, mtu):
     hop = resolved(fib, dst)
     assert (hop.outcome, hop.mtu) == ("forwarded", mtu)

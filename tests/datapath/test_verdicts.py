@@ -122,9 +122,10 @@ def test_vlan_tagged_goes_to_the_stack(program):
     lambda p: bytes(to_router(p, v6()))[:14 + 30],                  # IPv6 header cut short
     lambda p: bytes(to_router(p, v4(ihl=4))),                       # IHL below 5
     lambda p: bytes(to_router(p, v4(len=400))),                     # tot_len past the frame
+    lambda p: bytes(to_router(p, v4(options=[IPOption_RR()] * 3, len=20))),  # tot_len < IHL*4
     lambda p: bytes(to_router(p, v4(version=6))),                   # version 6 in an IPv4 EtherType
     lambda p: bytes(to_router(p, v6(plen=400))),                    # payload_len past the frame
-], ids=["short-ipv4", "short-ipv6", "ihl4", "tot_len", "version", "payload_len"])
+], ids=["short-ipv4", "short-ipv6", "ihl4", "tot_len", "tot_len<ihl", "version", "payload_len"])
 def test_malformed_goes_to_the_stack(program, make):
     check(program, make(program), XDP_PASS, "malformed")
 
@@ -281,3 +282,19 @@ def test_port_address_is_followed_on_reattach(program):
         with inside("router"):
             xdp.refresh_port_addresses(program["id"])
     check(program, to_router(program, v4()), XDP_REDIRECT, "forwarded")
+
+
+def test_policy_rules_on_ports_are_followed(program):
+    """fib4_rules_early_flow_dissect(): rules that select on the protocol
+    and ports see the packet's; so must the program's lookups."""
+    router_ip("route", "add", "10.0.11.0/24", "via", "10.0.94.2", "table", "100")
+    router_ip("rule", "add", "ipproto", "udp", "dport", "7777", "lookup", "100", "pref", "100")
+    try:
+        to_7777 = IP(src="10.0.10.10", dst="10.0.11.20") / UDP(sport=40000, dport=7777) / PAYLOAD
+        check(program, to_router(program, to_7777), XDP_PASS, "egress_not_a_port")  # via spare0
+        check(program, to_router(program, v4()), XDP_REDIRECT, "forwarded")  # dport 2152: main
+        frag = IP(src="10.0.10.10", dst="10.0.11.20", flags="MF") / UDP(sport=40000, dport=7777) / PAYLOAD
+        check(program, to_router(program, frag), XDP_REDIRECT, "forwarded")  # a fragment has no ports
+    finally:
+        router_ip("rule", "del", "pref", "100")
+        router_ip("route", "del", "10.0.11.0/24", "table", "100")

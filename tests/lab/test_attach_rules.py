@@ -171,3 +171,26 @@ def test_concurrent_attaches_one_wins(clean):
         (loser[0] == 0 and "already attached" in loser[1]), loser
     st = status()
     assert st["eth1"]["prog_id"] == st["eth0"]["prog_id"] > 0
+
+
+@pytest.fixture
+def ipv6_port_on_namespace_off(clean):
+    """The kernel forwards IPv6 by net.ipv6.conf.all.forwarding (ip6_forward());
+    bpf_fib_lookup() asks the port's own value: here they disagree."""
+    run(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"], check=True)  # sets every port's to 0 too
+    run(["sysctl", "-qw", "net.ipv6.conf.eth1.forwarding=1"], check=True)
+    run(["sysctl", "-qw", "net.ipv6.conf.eth0.forwarding=1"], check=True)
+    try:
+        yield
+    finally:
+        run(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], check=True)
+
+
+def test_ipv6_forwarding_off_for_the_namespace_is_not_overridden(ipv6_port_on_namespace_off):
+    one_line_error(xdpfwd("attach", "eth1", "eth0"), 6, "net.ipv6.conf.eth1.forwarding=1",
+                   "net.ipv6.conf.all.forwarding=0", "--enable-forwarding")
+    assert xdp_line("router", "eth1") == ""
+    proc = xdpfwd("attach", "eth1", "eth0", "--enable-forwarding")
+    assert proc.returncode == 0, proc.stderr
+    assert "set net.ipv6.conf.all.forwarding=1" in proc.stderr
+    assert run(["sysctl", "-n", "net.ipv6.conf.all.forwarding"], check=True).stdout.strip() == "1"

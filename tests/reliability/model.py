@@ -136,7 +136,7 @@ def decide(frame: bytes, ingress: int, t: Tables) -> Verdict:
             return passed("malformed")
         version, ihl = frame[14] >> 4, frame[14] & 0xF
         total = int.from_bytes(frame[16:18], "big")
-        if version != 4 or ihl < 5 or 14 + total > len(frame) or total < 20:
+        if version != 4 or ihl < 5 or 14 + total > len(frame) or total < ihl * 4:
             return passed("malformed")
         if ihl != 5:
             return passed("ip_options")

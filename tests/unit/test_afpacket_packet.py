@@ -115,6 +115,7 @@ def test_forwarded_frame_is_cut_to_the_ip_length():
     (frame(v4())[:26], "malformed"),
     (frame(v4(ihl=4)), "malformed"),
     (frame(v4(len=400)), "malformed"),
+    (frame(v4(options=[IPOption_RR()] * 3, len=20)) + bytes(40), "malformed"),  # tot_len < IHL*4
     (frame(v6(plen=400)), "malformed"),
     (frame(v4(chksum=0x1234)), "bad_checksum"),
     (frame(v4(options=[IPOption_RR()])), "ip_options"),
@@ -148,6 +149,15 @@ def test_everything_else_goes_to_the_stack(raw, expected):
     label, _, out = decide(raw)
     assert label == expected
     assert out is None
+
+
+def test_forwarding_off_before_the_forwarder_stays_off():
+    """The kernel's switches as they were before AF_PACKET mode turned them
+    off: what the kernel would not forward, the forwarder does not either."""
+    off = frozenset({(6, IN)})
+    assert LABEL[packet.decide(frame(v6()), IN, False, FIB, {IN, OUT}, off)[0]] == \
+        "fib_forwarding_disabled"
+    assert LABEL[packet.decide(frame(v4()), IN, False, FIB, {IN, OUT}, off)[0]] == "forwarded"
 
 
 def test_vlan_metadata_from_the_ring_counts_as_vlan():

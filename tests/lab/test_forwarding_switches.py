@@ -1,0 +1,33 @@
+"""The kernel's forwarding switches decide in every mode: with IPv6
+forwarding off for the namespace (net.ipv6.conf.all.forwarding=0, which
+ip6_forward() asks), no IPv6 crosses the router, whichever datapath
+forwards IPv4."""
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+
+from helpers import run, xdpfwd
+from test_kernel_rules import MARK, macs, pinned, through_router  # noqa: F401  (pinned: a fixture)
+
+
+@pytest.mark.parametrize("mode", ["kernel", "native", "skb", "afpacket"])
+def test_ipv6_off_for_the_namespace_is_not_forwarded(pinned, mode):  # noqa: F811
+    router, sendbox = pinned
+    run(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"], check=True)
+    try:
+        if mode != "kernel":
+            proc = xdpfwd("attach", "eth1", "eth0", "--mode", mode)
+            assert proc.returncode == 0, proc.stderr
+            assert "ipv6 forwarding is off" in proc.stderr
+        v4 = Ether(src=sendbox, dst=router) / IP(src="10.0.10.10", dst="10.0.11.20") / UDP(dport=2152) / MARK
+        v6 = (Ether(src=sendbox, dst=router) / IPv6(src="fd00:10::10", dst="fd00:11::20")
+              / UDP(dport=2152) / MARK)
+        got, _ = through_router([bytes(v4)] * 3 + [bytes(v6)] * 3)
+        families = sorted(Ether(f).type for f in got)
+        assert families == [0x0800] * 3, f"{mode}: arrived {families}"
+    finally:
+        if mode != "kernel":
+            assert xdpfwd("detach").returncode == 0
+        run(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], check=True)
