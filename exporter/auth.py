@@ -11,6 +11,7 @@ memory; a hash changed in the file is a new key.
 import base64
 import binascii
 import hashlib
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 # exporter-toolkit's decoy: bcrypt of "fakepassword", cost 10.
@@ -45,6 +46,10 @@ def _check(password: bytes, hashed: bytes) -> bool:
 class BasicAuth:
     def __init__(self):
         self._cache: dict[bytes, bool] = {}
+        # Checks under way: fifty scrapers arriving together with the same
+        # new password wait for one bcrypt, not fifty in a row.
+        self._pending: dict[bytes, list] = {}  # key -> [future, connections waiting]
+        self._lock = threading.Lock()
         # One worker: bcrypt runs off the event loop and one at a time, so
         # a flood of guesses takes one CPU at most.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bcrypt")
@@ -56,9 +61,10 @@ class BasicAuth:
             h.update(len(part).to_bytes(4, "big") + part)
         return h.digest()
 
-    def check(self, users: dict[str, bytes], header: str | None) -> bool | Future:
+    def check(self, users: dict[str, bytes], header: str | None) -> bool | tuple[Future, bytes]:
         """True or False at once when known (or no credentials); else a
-        Future of the bcrypt comparison's outcome."""
+        Future of the bcrypt comparison's outcome and a key to release()
+        if the connection goes before it is done."""
         creds = credentials(header)
         if creds is None:
             return False
@@ -73,9 +79,28 @@ class BasicAuth:
         def compare() -> bool:
             ok = _check(password.encode(), hashed or _DECOY) and valid_user
             self._remember(key, ok)
+            with self._lock:
+                self._pending.pop(key, None)
             return ok
 
-        return self._pool.submit(compare)
+        with self._lock:
+            if key in self._cache:  # finished since the look-up above
+                return self._cache[key]
+            if key not in self._pending:
+                self._pending[key] = [self._pool.submit(compare), 0]
+            self._pending[key][1] += 1
+            return self._pending[key][0], key
+
+    def release(self, key: bytes) -> None:
+        """A connection stopped waiting; the last one cancels a check not
+        yet started, so that closed connections leave no bcrypt queue."""
+        with self._lock:
+            pending = self._pending.get(key)
+            if pending is None:
+                return
+            pending[1] -= 1
+            if pending[1] <= 0 and pending[0].cancel():
+                del self._pending[key]
 
     def _remember(self, key: bytes, ok: bool) -> None:
         # Only the bcrypt thread writes; the loop only get()s, a single

@@ -45,7 +45,7 @@ from xdpfwd.exporter.collector import XdpfwdCollector
 from xdpfwd.exporter.reader import KernelReader
 
 MAX_CONNECTIONS = 64
-DEADLINE = 5.0  # seconds; Prometheus' scrape timeout defaults to 10
+DEADLINE = 10.0  # seconds: Prometheus gives up on a scrape after 10 by default
 MAX_REQUEST = 8192  # request line and headers
 
 HANDSHAKE, READ, AUTH, WRITE = "handshake", "read", "auth", "write"
@@ -110,13 +110,13 @@ def prepare(listen: str, web_config: str | None = None, certfile: str | None = N
 
 class _Conn:
     __slots__ = ("sock", "tls", "config", "deadline", "state", "inbuf", "out", "sent", "future",
-                 "events", "head_only", "target", "headers")
+                 "events", "head_only", "target", "headers", "auth_key")
 
     def __init__(self, sock, config, deadline):
         self.sock, self.tls, self.config, self.deadline = sock, None, config, deadline
         self.state, self.inbuf, self.out, self.sent = READ, bytearray(), b"", 0
         self.future, self.events, self.head_only = None, 0, False
-        self.target, self.headers = "", {}
+        self.target, self.headers, self.auth_key = "", {}, b""
 
     @property
     def stream(self):
@@ -287,7 +287,7 @@ class Server:
         if self._conns.pop(id(conn), None) is None:
             return
         if conn.future is not None:
-            conn.future.cancel()
+            self._auth.release(conn.auth_key)
         self._want(conn, 0)
         if conn.tls is not None and conn.state == WRITE:
             try:
@@ -378,8 +378,8 @@ class Server:
         if conn.config.users:
             verdict = self._auth.check(conn.config.users, headers.get("authorization"))
             if not isinstance(verdict, bool):
-                conn.state, conn.future = AUTH, verdict
-                verdict.add_done_callback(lambda f, c=conn: self._posted(c, f))
+                conn.state, (conn.future, conn.auth_key) = AUTH, verdict
+                conn.future.add_done_callback(lambda f, c=conn: self._posted(c, f))
                 return
             if not verdict:
                 self._unauthorized(conn)
