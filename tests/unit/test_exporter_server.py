@@ -242,6 +242,44 @@ def test_verified_passwords_are_cached(serve, pki, tmp_path, monkeypatch):
     assert len(calls) == 2, "one bcrypt per (user, password), not one per scrape"
 
 
+def test_scrapers_arriving_together_share_one_bcrypt(serve, pki, tmp_path, monkeypatch):
+    calls = []
+    real = auth._check
+    monkeypatch.setattr(auth, "_check", lambda p, h: calls.append(p) or real(p, h))
+    srv = serve(webpki.web_config(pki, tmp_path / "web.yml", users={"prom": webpki.bcrypt_hash()},
+                                  tls=False))
+    creds = base64.b64encode(f"prom:{webpki.PASSWORD}".encode()).decode()
+    socks = [socket.create_connection(srv.address) for _ in range(20)]
+    for s in socks:
+        s.sendall(f"GET /metrics HTTP/1.1\r\nAuthorization: Basic {creds}\r\n\r\n".encode())
+    for s in socks:
+        s.settimeout(5)
+        assert s.recv(12) == b"HTTP/1.1 200"
+        s.close()
+    assert len(calls) == 1
+
+
+def test_closed_connections_leave_no_bcrypt_queue(serve, pki, tmp_path, monkeypatch):
+    calls = []
+    real = auth._check
+    monkeypatch.setattr(auth, "_check", lambda p, h: calls.append(p) or real(p, h))
+    srv = serve(webpki.web_config(pki, tmp_path / "web.yml", users={"prom": webpki.bcrypt_hash()},
+                                  tls=False), max_connections=4)
+    # Distinct wrong passwords from connections that are then pushed out
+    # by newer ones: the evicted ones' checks are dropped, not run.
+    socks = []
+    for i in range(40):
+        s = socket.create_connection(srv.address)
+        creds = base64.b64encode(f"prom:guess{i}".encode()).decode()
+        s.sendall(f"GET /metrics HTTP/1.1\r\nAuthorization: Basic {creds}\r\n\r\n".encode())
+        socks.append(s)
+    time.sleep(0.5)
+    for s in socks:
+        s.close()
+    assert wait_until(lambda: srv.connections == 0)
+    assert len(calls) < 15, f"{len(calls)} bcrypt runs for 40 connections, at most 4 open at once"
+
+
 def test_bcrypt_does_not_hold_up_other_scrapes(serve, pki, tmp_path):
     # Cost 14: about a second per comparison here; an open scrape must not
     # wait for it.
