@@ -68,11 +68,12 @@ class Stalled:
             half = socket.create_connection(self.addr)
             half.sendall(self._hello()[:60])
             self.socks.append(half)
-            t = self._ctx().wrap_socket(socket.create_connection(self.addr),
+            # A server that blocks in a handshake fails these, not hangs them.
+            t = self._ctx().wrap_socket(socket.create_connection(self.addr, timeout=3),
                                         server_hostname="127.0.0.1")
             t.sendall(b"GET /metr")
             self.socks.append(t)
-            slow = self._ctx().wrap_socket(socket.create_connection(self.addr),
+            slow = self._ctx().wrap_socket(socket.create_connection(self.addr, timeout=3),
                                            server_hostname="127.0.0.1")
         self.socks.append(slow)
 
