@@ -1,13 +1,15 @@
 """The xdpfwd command line: parse, call one module, print. Nothing else.
 
 Errors: every XdpfwdError and every usage error becomes one line on stderr,
-"xdpfwd: ...", and the exit status of its class (errors.py); no traceback
-reaches the user.
+"xdpfwd: ...", and the exit status of its class (errors.py); any other
+exception one line too, with status 70 (--verbose adds the traceback). No
+traceback reaches the user unasked.
 """
 
 import json
 import sys
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, List, Optional
 
 import click
@@ -15,7 +17,11 @@ import typer
 import typer.core
 
 from xdpfwd import __version__
-from xdpfwd.errors import XdpfwdError
+from xdpfwd.errors import UsageError, XdpfwdError
+
+# The exit status of an unexpected exception (a bug, or a state nobody
+# foresaw): sysexits.h's EX_SOFTWARE, apart from the statuses of errors.py.
+EXIT_INTERNAL = 70
 
 # Plain help like other networking tools: typer escapes "[default: ...]"
 # for rich whenever rich is importable, even with rich_markup_mode=None.
@@ -60,6 +66,10 @@ TlsCert = Annotated[Optional[str], typer.Option("--tls-cert", metavar="FILE",
                                                 help="Serve the metrics over HTTPS with this certificate.")]
 TlsKey = Annotated[Optional[str], typer.Option("--tls-key", metavar="FILE",
                                                help="The certificate's private key (PEM).")]
+WebConfig = Annotated[Optional[str], typer.Option(
+    "--web.config.file", metavar="FILE",
+    help="TLS, client certificates and basic auth, in the Prometheus exporter-toolkit's "
+         "web configuration format (instead of --tls-cert/--tls-key).")]
 
 
 def _version(value: bool):
@@ -122,20 +132,25 @@ def run(
         "--metrics", metavar="HOST:PORT", help="Also serve /metrics there (as `exporter`).")] = None,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
+    web_config: WebConfig = None,
 ):
     """Attach, stay in the foreground, detach on SIGTERM or SIGINT (for systemd)."""
     from xdpfwd import forwarder, systemd
 
+    settings = None
     if metrics:
         from xdpfwd.exporter import server
 
-        server.parse_listen(metrics)  # a typo fails before anything is attached
+        # A typo or a bad web configuration fails before anything is attached.
+        settings = server.prepare(metrics, web_config, tls_cert, tls_key)
+    elif tls_cert or tls_key or web_config:
+        raise UsageError("--tls-cert, --tls-key and --web.config.file need --metrics")
 
     def ready(result):
         _report(result)
-        if metrics:
-            server.start(metrics, tls_cert, tls_key)
-            print(f"serving {'https' if tls_cert else 'http'}://{metrics}/metrics")
+        if settings:
+            server.start(settings)
+            print(f"serving {settings.scheme}://{metrics}/metrics")
         sys.stdout.flush()
         systemd.notify("READY=1")
 
@@ -151,9 +166,19 @@ def detach(
                                                      help="Default: every interface xdpfwd is on."),
 ):
     """Stop forwarding; programs of other tools are left alone."""
-    from xdpfwd import forwarder
+    from xdpfwd import datapath, forwarder
+    from xdpfwd.afpacket import state
 
-    done = forwarder.detach(interfaces or None)
+    try:
+        done = forwarder.detach(interfaces or None)
+    except state.StateFileError as e:
+        # Refused everywhere else, removed here: nothing in it is trusted,
+        # so its sysctls are not restored.
+        with datapath.exclusive():
+            removed = state.discard(e)
+        if removed:
+            _note(f"removed {e.path} ({e.reason}); the sysctls it listed were not restored")
+        done = forwarder.detach(interfaces or None)
     if not done:
         print("nothing to detach: xdpfwd is not attached here")
     for name in done:
@@ -233,15 +258,17 @@ def exporter(
                                help="Where to serve /metrics. Loopback unless told otherwise."),
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
+    web_config: WebConfig = None,
 ):
     """Serve xdpfwd's counters to Prometheus, read from the kernel at scrape time."""
     from xdpfwd.exporter import server
 
-    def ready():
-        scheme = "https" if tls_cert else "http"
-        print(f"serving {scheme}://{listen}/metrics", flush=True)
+    settings = server.prepare(listen, web_config, tls_cert, tls_key)
 
-    server.serve_forever(listen, tls_cert, tls_key, on_ready=ready)
+    def ready():
+        print(f"serving {settings.scheme}://{listen}/metrics", flush=True)
+
+    server.serve_forever(settings, on_ready=ready)
 
 
 @app.command()
@@ -325,6 +352,28 @@ def lab_traffic(
         raise typer.Exit(1)
 
 
+def _command(argv: list[str]) -> str:
+    words = [a for a in argv if not a.startswith("-")]
+    return " ".join(words[:2] if words[:1] == ["lab"] else words[:1]) or "xdpfwd"
+
+
+def _unexpected(e: Exception) -> None:
+    """One line for an exception nobody foresaw: what failed, where, and
+    how to see the whole traceback."""
+    import traceback
+
+    cmd = _command(sys.argv[1:])
+    if _options["verbose"]:
+        traceback.print_exception(e)
+    frames = traceback.extract_tb(e.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}()" \
+        if frames else ""
+    what = " ".join(f"{type(e).__name__}: {e}".split())  # one line, whatever the message
+    hint = "" if _options["verbose"] else f"; `xdpfwd --verbose {cmd} ...` shows the traceback"
+    print(f"xdpfwd: {cmd}: unexpected error: {what}{where}{hint}", file=sys.stderr)
+    sys.exit(EXIT_INTERNAL)
+
+
 def main() -> None:
     command = typer.main.get_command(app)
     try:
@@ -352,5 +401,7 @@ def main() -> None:
         where = f": {e.filename}" if e.filename else ""
         print(f"xdpfwd: {e.strerror or e}{where}", file=sys.stderr)
         sys.exit(1)
+    except Exception as e:  # noqa: BLE001 - the promise: never a traceback
+        _unexpected(e)
     # standalone_mode=False hands back typer.Exit's code instead of exiting.
     sys.exit(rc if isinstance(rc, int) else 0)

@@ -79,7 +79,13 @@ def save_and_disable_forwarding(ports: list[str]) -> dict[str, str]:
 def restore_sysctls(saved: dict[str, str]) -> None:
     for path, value in saved.items():  # insertion order: "all" first
         try:
-            Path(path).write_text(value + "\n")
+            # Only network sysctls: the values may come from a state file.
+            target = state.sysctl_path(path)
+        except ValueError as e:
+            print(f"xdpfwd: not restoring a sysctl: {e}", file=sys.stderr, flush=True)
+            continue
+        try:
+            Path(target).write_text(value + "\n")
         except FileNotFoundError:
             pass  # the interface is gone, and its setting with it
 

@@ -9,13 +9,17 @@ workers write and anyone with root may read). /run is shared by
 """
 
 import ctypes
+import errno
 import json
 import mmap
 import os
-from dataclasses import asdict, dataclass, field
+import stat as statmod
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from xdpfwd.counters import PortCounters
+from xdpfwd.errors import XdpfwdError
 from xdpfwd.layout import layout
 
 RUN_DIR = Path("/run/xdpfwd")
@@ -40,8 +44,100 @@ def namespace_dir(create: bool = False) -> Path:
     d = RUN_DIR / f"netns-{ino}"
     if create:
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not statmod.S_ISDIR(os.lstat(d).st_mode):
+            raise XdpfwdError(f"{d} is not a directory: remove it")
+        # mkdir's mode is not applied to a directory that existed before
+        # (an older version's, or one made by hand).
         os.chmod(RUN_DIR, 0o700)
+        os.chmod(d, 0o700)
     return d
+
+
+class StateFileError(XdpfwdError):
+    """A state file this xdpfwd did not write as it is: malformed, or
+    foreign (not a regular file of ours). Nothing in it is acted on;
+    `detach` removes it (discard())."""
+
+    def __init__(self, path: Path, reason: str, ino: int):
+        super().__init__(f"{path}: {reason}: not a state file of this xdpfwd, so nothing in it "
+                         "is used; 'xdpfwd detach' removes it")
+        self.path, self.reason, self.ino = path, reason, ino
+
+
+SYSCTL_ROOT = "/proc/sys/net/"
+MAX_STATE_BYTES = 65536
+
+
+def sysctl_path(path: str) -> str:
+    """The path a recorded sysctl really names, if it is a network sysctl;
+    ValueError otherwise. `..` and symbolic links are resolved first
+    (/proc/self/root leads anywhere)."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ValueError(f"{path!r} is not an absolute path")
+    real = os.path.realpath(path)
+    if not real.startswith(SYSCTL_ROOT):
+        raise ValueError(f"{path} is outside {SYSCTL_ROOT}" + (f" (it leads to {real})" if real != path else ""))
+    return real
+
+
+def _is_ifname(name) -> bool:
+    # dev_valid_name() in net/core/dev.c: 1-15 bytes, not "." or "..",
+    # no "/", ":" or whitespace.
+    return (isinstance(name, str) and 0 < len(name.encode()) < 16 and name not in (".", "..")
+            and not any(c in name for c in "/:") and not any(c.isspace() for c in name))
+
+
+def _int(v, low, high=2**63) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and low <= v < high
+
+
+_FIELD_CHECKS = {
+    "pid": lambda v: _int(v, 1, 2**22 + 1),  # PID_MAX_LIMIT
+    "ports": lambda v: isinstance(v, dict) and len(v) > 0 and all(
+        _is_ifname(k) and _int(i, 1, 2**31) for k, i in v.items()),
+    "workers": lambda v: _int(v, 1, 4097),
+    "sysctls": lambda v: isinstance(v, dict) and all(
+        isinstance(k, str) and isinstance(x, str) and len(x) <= 64 and x.isprintable()
+        for k, x in v.items()),
+    "started": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+    "pid_start": lambda v: _int(v, 0),
+}
+
+
+def _type_check(f):
+    kind = typing.get_origin(f.type) or f.type
+    return lambda v: isinstance(v, kind) and not isinstance(v, bool) or kind is bool and isinstance(v, bool)
+
+
+def validate(raw: bytes, path: Path, ino: int = 0) -> "State":
+    """A State from a state file's bytes, every field checked, or
+    StateFileError naming the first thing wrong."""
+    def bad(reason):
+        raise StateFileError(path, reason, ino)
+
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        bad("not JSON")
+    if not isinstance(doc, dict):
+        bad("not a JSON object")
+    known = {f.name: f for f in fields(State)}
+    for name in doc:
+        if name not in known:
+            bad(f"unknown field {name!r}")
+    for name, f in known.items():
+        if name not in doc:
+            if f.default is MISSING and f.default_factory is MISSING:
+                bad(f"field {name!r} missing")
+            continue
+        if not _FIELD_CHECKS.get(name, _type_check(f))(doc[name]):
+            bad(f"field {name!r} has an impossible value")
+    for p in doc.get("sysctls", {}):
+        try:
+            sysctl_path(p)
+        except ValueError as e:
+            bad(f"sysctl {e}")
+    return State(**doc)
 
 
 @dataclass
@@ -68,10 +164,42 @@ class State:
 
 
 def load() -> State | None:
+    """The recorded forwarder, None if there is none, or StateFileError
+    for a file that is not a state file of ours."""
+    path = namespace_dir() / "afpacket.json"
     try:
-        return State(**json.loads((namespace_dir() / "afpacket.json").read_text()))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise StateFileError(path, "a symbolic link", os.lstat(path).st_ino) from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not statmod.S_ISREG(st.st_mode):
+            raise StateFileError(path, "not a regular file", st.st_ino)
+        if st.st_uid != os.geteuid():
+            raise StateFileError(path, f"owned by uid {st.st_uid}", st.st_ino)
+        if st.st_mode & 0o022:
+            raise StateFileError(path, f"writable by others (mode {st.st_mode & 0o777:o})", st.st_ino)
+        raw = f.read(MAX_STATE_BYTES + 1)
+    if len(raw) > MAX_STATE_BYTES:
+        raise StateFileError(path, f"larger than {MAX_STATE_BYTES} bytes", st.st_ino)
+    return validate(raw, path, st.st_ino)
+
+
+def discard(bad: StateFileError) -> bool:
+    """Remove a state file load() refused, and its counters, if it is still
+    that very file (hold datapath.exclusive())."""
+    try:
+        if os.lstat(bad.path).st_ino != bad.ino:
+            return False
+    except FileNotFoundError:
+        return False
+    os.unlink(bad.path)
+    (bad.path.parent / "afpacket.counters").unlink(missing_ok=True)
+    return True
 
 
 def remove() -> None:
@@ -127,6 +255,9 @@ def read_counters(st: State) -> dict[int, PortCounters]:
     lay = layout()
     raw = counters_path().read_bytes()
     per_port = lay.value_size
+    if len(raw) < st.workers * len(st.ports) * per_port:
+        raise StateFileError(counters_path(), f"{len(raw)} bytes, short of "
+                             f"{st.workers} workers x {len(st.ports)} ports", 0)
     result = {}
     for p, ifindex in enumerate(st.ports.values()):
         values = [raw[(w * len(st.ports) + p) * per_port:(w * len(st.ports) + p + 1) * per_port]

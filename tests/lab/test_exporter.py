@@ -144,19 +144,22 @@ def test_run_serves_metrics_while_forwarding(lab):
     assert not json.loads(xdpfwd("status", "--json").stdout)["interfaces"]["eth1"]["attached"]
 
 
-@pytest.fixture
-def prometheus(lab, tmp_path):
-    """A real Prometheus server in the router's namespace, scraping the
-    exporter every second."""
+def start_prometheus(tmp_path, job: str) -> subprocess.Popen:
+    """A real Prometheus server in the router's namespace, scraping with
+    `job` (one scrape_configs entry, YAML) every second."""
     config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        "scrape_configs:\n  - job_name: xdpfwd\n    static_configs:\n"
-        f"      - targets: ['{LISTEN}']\n")
-    proc = subprocess.Popen(
+    config.write_text("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+                      f"scrape_configs:\n{job}\n")
+    return subprocess.Popen(
         ["ip", "netns", "exec", lab.ns("router"), "prometheus", f"--config.file={config}",
          f"--storage.tsdb.path={tmp_path / 'data'}", "--web.listen-address=127.0.0.1:19090"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture
+def prometheus(lab, tmp_path):
+    proc = start_prometheus(tmp_path, "  - job_name: xdpfwd\n    static_configs:\n"
+                                      f"      - targets: ['{LISTEN}']")
     try:
         yield proc
     finally:

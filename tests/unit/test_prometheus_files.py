@@ -293,6 +293,24 @@ def test_commented_tls_example_is_a_valid_job(promtool, tmp_path):
     _promtool(promtool, "check", "config", config)
 
 
+def test_commented_mtls_example_is_a_valid_job(promtool, tmp_path):
+    # The job the lab's Prometheus scrapes with (test_exporter_hostile.py),
+    # its files made to exist here.
+    from deploy_examples import example_job
+
+    files = {}
+    for name in ("ca.pem", "prometheus.pem", "prometheus.key", "password"):
+        files[f"/etc/prometheus/xdpfwd/{name}"] = str(tmp_path / name)
+        (tmp_path / name).write_text("")
+    job = example_job("mTLS and basic auth example", files)
+    config = tmp_path / "prometheus.yml"
+    config.write_text(f"scrape_configs:\n{job}\n")
+    parsed = _load_yaml(config)["scrape_configs"][0]
+    assert parsed["job_name"] == "xdpfwd" and parsed["scheme"] == "https"
+    assert parsed["basic_auth"]["username"] == "prometheus"
+    _promtool(promtool, "check", "config", config)
+
+
 def test_promtool_check_rules(promtool):
     out = _promtool(promtool, "check", "rules", RULES)
     assert f"{len(_rules())} rules found" in out
