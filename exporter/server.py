@@ -25,7 +25,6 @@ handler did): nothing idles between scrapes.
 
 import errno
 import gzip
-import os
 import selectors
 import signal
 import socket
