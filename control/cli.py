@@ -166,7 +166,7 @@ def detach(
                                                      help="Default: every interface xdpfwd is on."),
 ):
     """Stop forwarding; programs of other tools are left alone."""
-    from xdpfwd import datapath, forwarder
+    from xdpfwd import forwarder
     from xdpfwd.afpacket import state
 
     try:
@@ -174,7 +174,7 @@ def detach(
     except state.StateFileError as e:
         # Refused everywhere else, removed here: nothing in it is trusted,
         # so its sysctls are not restored.
-        with datapath.exclusive():
+        with forwarder.exclusive():
             removed = state.discard(e)
         if removed:
             _note(f"removed {e.path} ({e.reason}); the sysctls it listed were not restored")

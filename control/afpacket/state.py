@@ -191,7 +191,7 @@ def load() -> State | None:
 
 def discard(bad: StateFileError) -> bool:
     """Remove a state file load() refused, and its counters, if it is still
-    that very file (hold datapath.exclusive())."""
+    that very file (hold forwarder.exclusive())."""
     try:
         if os.lstat(bad.path).st_ino != bad.ino:
             return False

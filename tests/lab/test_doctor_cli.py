@@ -42,6 +42,9 @@ def netns():
         sh("ip", "link", "add", "dt-e", "type", "veth", "peer", "name", "dt-f", "netns", PEER_NS)
         sh("ip", "link", "set", "dt-d", "mtu", "9000")
         sh("ip", "link", "set", "dt-f", "mtu", "9000", ns=PEER_NS)
+        # The kernel forwards IPv6 by all.forwarding (ip6_forward()); it
+        # also sets every interface's, which the loop then sets as listed.
+        sh("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
         for name, (v4, v6) in FORWARDING.items():
             sh("sysctl", "-qw", f"net.ipv4.conf.{name}.forwarding={v4}",
                f"net.ipv6.conf.{name}.forwarding={v6}")
