@@ -207,8 +207,10 @@ class Handover:
                      for ring in rings for frames in ring.blocks())
             for ring, frames, first in (*held, *fresh):
                 if self.leaving:
-                    # Past the count, the kernel forwards: not ours.
-                    frames = frames[:self.target[ring.ifindex] - first]
+                    # Past the count, the kernel forwards: not ours. A block
+                    # wholly past it keeps nothing (a negative slice bound
+                    # would keep all but its last frames).
+                    frames = frames[:max(0, self.target[ring.ifindex] - first)]
                 if frames:
                     yield ring, frames
 
