@@ -18,7 +18,7 @@ from xdpfwd.afpacket.fib import Fib
 from xdpfwd.afpacket.fragment import fragment
 from xdpfwd.afpacket.handover import Handover
 from xdpfwd.afpacket.icmp import IcmpErrors
-from xdpfwd.afpacket.rings import RxRing, TxRing
+from xdpfwd.afpacket.rings import TxRing, open_rx_rings
 from xdpfwd.afpacket.state import WorkerCounters
 from xdpfwd.layout import layout
 
@@ -39,7 +39,7 @@ class Worker:
         self.outcome_word = 2 * lay.outcome_index(0)
         self.tx_word = 2 * lay.transmitted_index
         self.fib = Fib()
-        self.rx = [RxRing(ifindex, fanout_id=fanout_base + i) for i, ifindex in enumerate(ports)]
+        self.rx = open_rx_rings(ports, fanout_base)
         self.tx = {ifindex: TxRing(ifindex) for ifindex in ports}
         self.counters = WorkerCounters(worker, workers, len(ports))
         self.icmp = IcmpErrors()
