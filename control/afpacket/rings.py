@@ -180,6 +180,11 @@ class RxRing:
         self.dropped += drops
         return self._received
 
+    def total_dropped(self) -> int:
+        """Frames the kernel found no room for in this ring since it opened."""
+        self.received()
+        return self.dropped
+
     def open_gate(self) -> None:
         """Take frames from now on (the filter the group was joined with goes)."""
         self.sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)

@@ -8,9 +8,11 @@ would hold it: with forwarding off on the ports, the kernel's copy of the
 frame is dropped, so this copy is the only one.
 """
 
+import os
 import select
 import signal
 import socket
+import sys
 import time
 
 from xdpfwd.afpacket import packet, slowpath
@@ -160,6 +162,14 @@ class Worker:
         self.close()
 
     def close(self) -> None:
+        # A worker not scheduled for longer than its rings hold loses what
+        # the kernel found no room for (tpacket_rcv() counts it): say how
+        # many, since no counter of ours sees them.
+        dropped = sum(ring.total_dropped() for ring in self.rx)
+        if dropped:
+            print(f"xdpfwd afpacket worker[{os.getpid()}]: its rings had no room for "
+                  f"{dropped} frames in all: lost, unless the kernel forwarded them",
+                  file=sys.stderr, flush=True)
         for ring in self.rx:
             ring.close()
         for tx in self.tx.values():

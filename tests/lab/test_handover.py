@@ -9,17 +9,25 @@ kernel forwarded too.
 
 XDPFWD_HANDOVER_CYCLES sets the attach/detach cycles per mode (3 here).
 
+One loss is not the handover's: an AF_PACKET worker that the scheduler
+keeps off the CPU for longer than its rings hold (on a machine shared with
+other tests) loses what the kernel found no room for. The kernel counts
+those frames and the worker logs how many; the test allows that many
+lost, never one more, and never a duplicate, and warns when it used that.
+
 Beneath the AF_PACKET handover, how its workers open their receive rings:
 joined to a port's fanout group one after another while frames arrive,
 the rings must take every frame at most once between them.
 """
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections import Counter
 
 import pytest
@@ -27,6 +35,7 @@ import pytest
 from helpers import inside, xdpfwd
 from xdpfwd import lab as labmod
 from xdpfwd import traffic
+from xdpfwd.afpacket import state
 from xdpfwd.afpacket.rings import open_rx_rings
 
 CYCLES = int(os.environ.get("XDPFWD_HANDOVER_CYCLES", "3"))
@@ -34,8 +43,29 @@ RATE = 1000.0   # datagrams/s per family: steady, and well within what every mod
 FLOWS = 8       # source ports, so that every AF_PACKET worker gets a share
 PAUSE = 0.2     # seconds of traffic between a switch and the next
 # Traffic must outlast the cycles: an attach and a detach take about 0.6 s
-# each here, more on a busy machine.
-SECONDS = CYCLES * (2 * PAUSE + 1.8) + 1.5
+# each here, well over 1 s on a machine shared with others' tests.
+SECONDS = CYCLES * (2 * PAUSE + 2.4) + 1.5
+NO_ROOM = re.compile(r"worker\[\d+\]: its rings had no room for (\d+) frames")
+
+
+def _log_size() -> int:
+    with inside("router"):
+        log = state.namespace_dir() / "afpacket.log"
+    return log.stat().st_size if log.exists() else 0
+
+
+def _no_room(since: int) -> int:
+    """Frames the AF_PACKET workers said their rings had no room for, in
+    what the log gained since `since`: a worker not scheduled for longer
+    than its rings hold loses them, whatever the handover does."""
+    with inside("router"):
+        log = state.namespace_dir() / "afpacket.log"
+    if not log.exists():
+        return 0
+    with log.open("rb") as f:
+        f.seek(since)
+        text = f.read().decode(errors="replace")
+    return sum(int(n) for n in NO_ROOM.findall(text))
 
 
 def _report(family: int, d: traffic.Delivery) -> str:
@@ -48,6 +78,7 @@ def test_attach_and_detach_under_traffic_lose_and_duplicate_nothing(lab, mode):
     xdpfwd("detach")
     for family in (4, 6):  # neighbours resolved before the count starts
         traffic.send_udp(3, family=family, timeout=3)
+    log_start = _log_size()
     count = int(RATE * SECONDS)
     results: dict[int, traffic.Delivery] = {}
 
@@ -71,10 +102,19 @@ def test_attach_and_detach_under_traffic_lose_and_duplicate_nothing(lab, mode):
             t.join()
         xdpfwd("detach")
     assert all(switches), "traffic ended before the last switch: raise SECONDS"
+    no_room = _no_room(log_start)
     report = "; ".join(_report(f, results[f]) for f in (4, 6))
+    report += f"; frames the AF_PACKET rings had no room for: {no_room}"
+    lost = sum(results[f].sent - results[f].unique for f in (4, 6))
     for family in (4, 6):
         d = results[family]
-        assert d.exactly_once and d.ttls == {63}, f"{mode}: {report}"
+        assert d.duplicates == 0 and d.ttls == {63}, f"{mode}: {report}"
+        assert d.exactly_once or no_room, f"{mode}: {report}"
+    # Nothing lost but what a starved worker's rings could not take, which
+    # the kernel counts and the worker reports (not the handover's doing).
+    assert lost <= no_room, f"{mode}: {report}"
+    if lost:
+        warnings.warn(f"{mode}: {report}")
 
 
 JOINS = 25        # groups of WORKERS rings opened under traffic
