@@ -42,9 +42,10 @@ CYCLES = int(os.environ.get("XDPFWD_HANDOVER_CYCLES", "3"))
 RATE = 1000.0   # datagrams/s per family: steady, and well within what every mode forwards
 FLOWS = 8       # source ports, so that every AF_PACKET worker gets a share
 PAUSE = 0.2     # seconds of traffic between a switch and the next
-# Traffic must outlast the cycles: an attach and a detach take about 0.6 s
-# each here, well over 1 s on a machine shared with others' tests.
-SECONDS = CYCLES * (2 * PAUSE + 2.4) + 1.5
+# Traffic must outlast the cycles: an attach and a detach take about 0.7 s
+# each here, several times that on a machine shared with others' tests, so
+# one cycle without traffic first says how long they take now.
+LOAD_MARGIN = 2.0
 NO_ROOM = re.compile(r"worker\[\d+\]: its rings had no room for (\d+) frames")
 
 
@@ -78,8 +79,13 @@ def test_attach_and_detach_under_traffic_lose_and_duplicate_nothing(lab, mode):
     xdpfwd("detach")
     for family in (4, 6):  # neighbours resolved before the count starts
         traffic.send_udp(3, family=family, timeout=3)
+    began = time.monotonic()
+    for args in (("attach", "eth1", "eth0", "--mode", mode), ("detach",)):
+        proc = xdpfwd(*args)
+        assert proc.returncode == 0, f"{' '.join(args)}: {proc.stderr.strip()}"
+    cycle = time.monotonic() - began
     log_start = _log_size()
-    count = int(RATE * SECONDS)
+    count = int(RATE * (CYCLES * (2 * PAUSE + LOAD_MARGIN * cycle) + 1.5))
     results: dict[int, traffic.Delivery] = {}
 
     def send(family):
@@ -101,7 +107,7 @@ def test_attach_and_detach_under_traffic_lose_and_duplicate_nothing(lab, mode):
         for t in senders:
             t.join()
         xdpfwd("detach")
-    assert all(switches), "traffic ended before the last switch: raise SECONDS"
+    assert all(switches), f"traffic ended before the last switch: raise LOAD_MARGIN (a cycle took {cycle:.1f} s)"
     no_room = _no_room(log_start)
     report = "; ".join(_report(f, results[f]) for f in (4, 6))
     report += f"; frames the AF_PACKET rings had no room for: {no_room}"
