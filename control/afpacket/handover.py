@@ -46,7 +46,10 @@ that figure the new rule holds: forward all (start) or none (stop).
 
 The sequence (service.py drives it):
 - start: the worker opens its watching sockets, then its rings, and
-  starts in the window; forwarding goes off; a grace period; "end".
+  starts in the window; forwarding goes off; a grace period; "end". A
+  ring takes frames only a grace period after it joined its fanout group
+  (rings.open_rx_rings()): what the group gave it before is dropped, and
+  the kernel, still forwarding, forwards it.
 - stop: "watch" (the worker opens the watching sockets and answers); a
   grace period, so every frame a worker read before is one the kernel did
   not forward; forwarding goes back on; a grace period; "end": the worker
@@ -57,7 +60,6 @@ sends nor counts them, as XDP never sees what the kernel had before
 attach or after detach.
 """
 
-import ctypes
 import os
 import socket
 import struct
@@ -66,13 +68,10 @@ import threading
 import time
 from collections import Counter
 
-from xdpfwd.afpacket.rings import ETH_P_ALL, SOL_PACKET
+from xdpfwd.afpacket.rings import ETH_P_ALL, SOL_PACKET, attach_filter, grace_period
 
 PACKET_STATISTICS = 6
-SO_ATTACH_FILTER = 26
 SO_RCVBUFFORCE = 33
-MEMBARRIER_CMD_GLOBAL = 1
-NR_MEMBARRIER = 324  # x86_64
 WATCH_BUFFER = 16 << 20  # a window's worth of the kernel's frames, at any rate this forwarder takes
 HOLD_SECONDS = 3.5  # worker.PENDING_SECONDS, and a margin
 
@@ -89,18 +88,6 @@ _FILTER = [
     (0x06, 0, 0, 0x40000),          # accept the whole frame
     (0x06, 0, 0, 0),                # drop
 ]
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def grace_period() -> None:
-    """Wait until every receive (and forward) the kernel had begun is over."""
-    if _libc.syscall(NR_MEMBARRIER, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0:
-        return
-    # Without membarrier (nohz_full, or not built): packet_release() calls
-    # synchronize_net() for the same reason, so that no receive still runs.
-    socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
-
 
 def key(frame: bytes) -> bytes | None:
     """The IP packet without what forwarding changes: TTL and header
@@ -121,17 +108,11 @@ class Watch:
     def __init__(self, ifindex: int):
         # Protocol 0: nothing arrives before the filter is in place.
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        self._filter(_FILTER)
+        attach_filter(self.sock, _FILTER)
         self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, WATCH_BUFFER)
         self.sock.setblocking(False)
         self.sock.bind((socket.if_indextoname(ifindex), ETH_P_ALL))
         self.ifindex = ifindex
-
-    def _filter(self, insns) -> None:
-        prog = b"".join(struct.pack("=HBBI", *insn) for insn in insns)
-        buf = ctypes.create_string_buffer(prog)
-        fprog = struct.pack("HL", len(insns), ctypes.addressof(buf))
-        self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
     def drain(self, seen: Counter) -> int:
         """Add what was transmitted so far to `seen`; returns how many frames
@@ -207,8 +188,10 @@ class Handover:
                      for ring in rings for frames in ring.blocks())
             for ring, frames, first in (*held, *fresh):
                 if self.leaving:
-                    # Past the count, the kernel forwards: not ours.
-                    frames = frames[:self.target[ring.ifindex] - first]
+                    # Past the count, the kernel forwards: not ours. A block
+                    # wholly past it keeps nothing (a negative slice bound
+                    # would keep all but its last frames).
+                    frames = frames[:max(0, self.target[ring.ifindex] - first)]
                 if frames:
                     yield ring, frames
 

@@ -6,12 +6,17 @@ Layouts are those of <linux/if_packet.h>; offsets are written out here
 because Python has no binding for them.
 """
 
+import ctypes
 import errno
 import mmap
 import socket
 import struct
 
 SOL_PACKET = 263
+SO_ATTACH_FILTER = 26
+SO_DETACH_FILTER = 27
+MEMBARRIER_CMD_GLOBAL = 1
+NR_MEMBARRIER = 324  # x86_64
 ETH_P_ALL = 0x0003
 PACKET_RX_RING = 5
 PACKET_VERSION = 10
@@ -43,6 +48,60 @@ TX_DATA_OFFSET = 32
 TX_STATUS_LEN = struct.Struct("=II")
 
 
+DROP_ALL = [(0x06, 0, 0, 0)]  # classic BPF: ret #0
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def grace_period() -> None:
+    """Wait until every receive (and forward) the kernel had begun is over."""
+    if _libc.syscall(NR_MEMBARRIER, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0:
+        return
+    # Without membarrier (nohz_full, or not built): packet_release() calls
+    # synchronize_net() for the same reason, so that no receive still runs.
+    socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
+
+
+def attach_filter(sock: socket.socket, insns) -> None:
+    """A classic BPF socket filter, [(code, jt, jf, k), ...]."""
+    prog = b"".join(struct.pack("=HBBI", *insn) for insn in insns)
+    buf = ctypes.create_string_buffer(prog)
+    fprog = struct.pack("HL", len(insns), ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+def open_rx_rings(ports: list[int], fanout_base: int) -> list["RxRing"]:
+    """One receive ring per port, each in its port's fanout group, that
+    takes only what the group hands it: each frame reaches one ring of the
+    group, once.
+
+    A socket can join a group only once bound (PACKET_SOCK_RUNNING), so for
+    a while its own hook takes every frame of the port while the group
+    hands the same frames to the other members; and fanout_add()
+    (net/packet/af_packet.c) unhooks it with __dev_remove_pack(), which does
+    not wait, then links it into the group at once: a receive on another CPU
+    that walked past the socket's own hook in __netif_receive_skb_core()
+    (net/core/dev.c) still delivers to it there, and the group may then
+    choose the same socket again (seen: one frame twice in a new ring, then
+    sent twice). So the rings join with a filter that drops everything; once
+    a grace period has passed no receive still holds their own hooks, and
+    the filters go. What the group gave them meanwhile is dropped: on a
+    start the kernel still forwards it (handover.py); on a worker restart it
+    is lost, as a full ring loses frames (README, AF_PACKET MODE)."""
+    rings = []
+    try:
+        for i, ifindex in enumerate(ports):
+            rings.append(RxRing(ifindex, fanout_id=fanout_base + i))
+        grace_period()
+        for ring in rings:
+            ring.open_gate()
+    except BaseException:
+        for ring in rings:
+            ring.close()
+        raise
+    return rings
+
+
 def _socket() -> socket.socket:
     # Protocol 0: the socket receives nothing until bind() names the
     # interface, so no other interface's frames land in the ring first.
@@ -60,7 +119,8 @@ class RxRing:
     """Frames received on one interface, a block at a time.
 
     Joining the fanout group `fanout_id` spreads flows (by hash) over every
-    socket in the group: one per worker process. PACKET_IGNORE_OUTGOING
+    socket in the group: one per worker process. Such a ring takes nothing
+    until open_gate() (open_rx_rings() says why). PACKET_IGNORE_OUTGOING
     keeps the frames the stack transmits out (the forwarder's own never
     reach a tap: PACKET_QDISC_BYPASS); in a fanout group only the group's
     hook counts, so the group is joined with PACKET_FANOUT_FLAG_IGNORE_OUTGOING
@@ -85,6 +145,8 @@ class RxRing:
         s.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
         self.map = mmap.mmap(s.fileno(), block_size * block_nr, mmap.MAP_SHARED,
                              mmap.PROT_READ | mmap.PROT_WRITE)
+        if fanout_id is not None:
+            attach_filter(s, DROP_ALL)  # until open_gate(): see open_rx_rings()
         _bind(s, ifindex, ETH_P_ALL)
         if fanout_id is not None:
             group = fanout_id & 0xFFFF
@@ -117,6 +179,15 @@ class RxRing:
         self._received += packets - drops
         self.dropped += drops
         return self._received
+
+    def total_dropped(self) -> int:
+        """Frames the kernel found no room for in this ring since it opened."""
+        self.received()
+        return self.dropped
+
+    def open_gate(self) -> None:
+        """Take frames from now on (the filter the group was joined with goes)."""
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
 
     def fileno(self) -> int:
         return self.sock.fileno()

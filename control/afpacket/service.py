@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from xdpfwd.afpacket import state
-from xdpfwd.afpacket.handover import grace_period
+from xdpfwd.afpacket.rings import grace_period
 from xdpfwd.errors import XdpfwdError
 
 PR_SET_PDEATHSIG = 1
