@@ -111,3 +111,22 @@ def test_rsync_sends_the_wheelhouse_and_not_the_images(tmp_path):
     sent = sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file())
     assert sent == ["control/lab.json", "vagrant/build/wheelhouse/typer-0.1-py3-none-any.whl",
                     "vagrant/provision"]
+
+
+def test_vagrant_lab_refuses_beside_a_libvirtd_of_the_users(tmp_path):
+    """make vagrant-lab starts a libvirtd of its own: where one runs already
+    it says so in one line and exits 5, before it changes anything. The
+    bad VG_DRIVER makes sure that, were the refusal gone, the script would
+    stop at its settings (exit 2) rather than build and boot a lab."""
+    fake = tmp_path / "libvirtd"  # the process name is what the script sees
+    shutil.copy("/bin/sleep", fake)
+    daemon = subprocess.Popen([str(fake), "60"])
+    try:
+        p = subprocess.run([str(VAGRANT / "libvirt" / "vagrant-lab")], env=dict(os.environ, VG_DRIVER="bogus"),
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        daemon.kill()
+        daemon.wait()
+    assert p.returncode == 5, p.stdout + p.stderr
+    assert p.stdout == "" and len(p.stderr.splitlines()) == 1, p.stdout + p.stderr
+    assert "a libvirt daemon already runs here" in p.stderr
