@@ -1,5 +1,5 @@
 # xdpfwd. Run as root on Debian 12; every target sets up what it needs.
-.PHONY: setup demo test bench soak vm-lab clean
+.PHONY: setup demo test bench soak vm-lab vagrant-lab clean
 
 setup:
 	@scripts/setup
@@ -26,6 +26,15 @@ bench: setup
 # so not part of `make test`. See vagrant/README.md.
 vm-lab: setup
 	vagrant/qemu/vm-lab
+
+# The Vagrant lab for real: `vagrant up` of vagrant/Vagrantfile with
+# vagrant-libvirt and a box built here from the same image, libvirtd started
+# in a network namespace of its own (TCG; VG_DRIVER=kvm where KVM works), a
+# second `vagrant provision` that must not reboot, the same check, then
+# everything torn down and the root namespace compared. Takes minutes, so not
+# part of `make test`. See vagrant/README.md.
+vagrant-lab: setup
+	vagrant/libvirt/vagrant-lab
 
 # The long reliability runs: every mode under minutes of numbered traffic,
 # the differential test on 100 000 generated frames, and the kernel-oracle

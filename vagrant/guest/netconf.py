@@ -39,6 +39,7 @@ LIB = Path("/usr/local/lib/xdpfwd-lab")
 UNIT = Path("/etc/systemd/system/xdpfwd-lab-names.service")
 NETWORKD = Path("/etc/systemd/network")
 REBOOT_FLAG = Path("/run/xdpfwd-lab/reboot-required")
+DHCLIENT = Path("/var/lib/dhcp")
 
 
 def say(msg: str) -> None:
@@ -142,6 +143,18 @@ def follow_in_ifupdown(renames: dict[str, str]) -> None:
         if text != orig:
             f.write_text(text)
             say(f"{f}: {', '.join(f'{o} -> {n}' for o, n in renames.items() if n.startswith('mgmt'))}")
+    # dhclient keeps its DUID, hence its client identifier, in the lease
+    # files named after the NIC: without them it makes a new DUID under the
+    # new name, the DHCP server hands out another address, and Vagrant keeps
+    # knocking at the old one (seen: "No route to host" after the reboot).
+    for old, new in renames.items():
+        if not new.startswith("mgmt"):
+            continue
+        for pattern in ("dhclient.{}.leases", "dhclient6.{}.leases"):
+            src, dst = DHCLIENT / pattern.format(old), DHCLIENT / pattern.format(new)
+            if src.is_file():
+                dst.write_text(src.read_text().replace(f'interface "{old}"', f'interface "{new}"'))
+                say(f"{dst}: the DHCP leases and DUID of {old}")
 
 
 def cmd_names(role: str, boot: bool) -> int:
