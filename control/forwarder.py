@@ -15,7 +15,7 @@ from contextlib import contextmanager, suppress
 
 from xdpfwd import netfilter, netlink, xdp
 from xdpfwd.afpacket import process, state
-from xdpfwd.afpacket.service import restore_sysctls, serve
+from xdpfwd.afpacket.service import serve, tear_down
 from xdpfwd.counters import PortCounters
 from xdpfwd.datapath import AttachResult, PortState
 from xdpfwd.errors import (Conflict, ForwardingDisabled, KernelRefused, MissingDependency,
@@ -138,8 +138,7 @@ def _afpacket(repair: bool) -> state.State | None:
     restored) and None returned."""
     st = state.load()
     if st and not st.alive and repair:
-        restore_sysctls(st.sysctls)
-        state.remove()
+        tear_down(st.sysctls)
         return None
     return st
 

@@ -11,7 +11,7 @@ import sys
 import time
 
 from xdpfwd.afpacket import state
-from xdpfwd.afpacket.service import restore_sysctls
+from xdpfwd.afpacket.service import tear_down
 from xdpfwd.errors import KernelRefused
 
 READY_TIMEOUT = 30.0
@@ -36,8 +36,7 @@ def start(ports: dict[str, int]) -> state.State:
             proc.wait()
         leftover = state.load()
         if leftover and leftover.pid == proc.pid:
-            restore_sysctls(leftover.sysctls)
-            state.remove()
+            tear_down(leftover.sysctls)
         raise KernelRefused(f"the AF_PACKET forwarder did not start: {answer}")
     st = state.load()
     assert st is not None and st.pid == proc.pid
@@ -78,5 +77,4 @@ def stop(st: state.State, timeout: float = 10.0) -> None:
     leftover = state.load()
     if leftover and leftover.pid == st.pid:
         # Killed, or died: nobody restored anything yet.
-        restore_sysctls(leftover.sysctls)
-        state.remove()
+        tear_down(leftover.sysctls)

@@ -90,6 +90,13 @@ def restore_sysctls(saved: dict[str, str]) -> None:
             pass  # the interface is gone, and its setting with it
 
 
+def tear_down(saved: dict[str, str]) -> None:
+    """What ends every forwarder, however it ends: the sysctls it changed
+    back, its state file gone. (The counters file goes with the state.)"""
+    restore_sysctls(saved)
+    state.remove()
+
+
 # -- workers ----------------------------------------------------------------
 
 
@@ -199,8 +206,7 @@ def serve(ports: dict[str, int], on_ready=None, workers: int | None = None) -> i
         _tell(channels, b"end\n")
     except BaseException:
         _stop_workers(pids)
-        restore_sysctls(st.sysctls)
-        state.remove()
+        tear_down(st.sysctls)
         raise
     log(f"forwarding between {' '.join(names)} with {workers} workers")
     return _supervise(st, pids, channels, ifindexes, fanout_base, signals, on_ready)
