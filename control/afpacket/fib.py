@@ -94,17 +94,39 @@ def _packed(text: str) -> bytes:
     return socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
 
 
+def event_socket(groups) -> socket.socket:
+    """A non-blocking rtnetlink socket subscribed to these groups, in the
+    calling thread's network namespace."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+                         socket.NETLINK_ROUTE)
+    sock.bind((0, 0))
+    for group in groups:
+        sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+    return sock
+
+
+def drain(sock: socket.socket) -> int:
+    """Read every waiting notification; how many there were. rtnetlink
+    sends each as a datagram of its own; ENOBUFS (the kernel dropped some
+    it could not queue) counts as one unknown change."""
+    events = 0
+    while True:
+        try:
+            sock.recv(65536)
+        except BlockingIOError:
+            return events
+        except OSError as e:
+            if e.errno != errno.ENOBUFS:
+                raise
+        events += 1
+
+
 class Fib:
     def __init__(self):
         # Both sockets belong to the network namespace of the calling thread.
         # The event socket comes first, so that every change after any of
         # our answers is waiting in it.
-        self._events = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-            socket.NETLINK_ROUTE)
-        self._events.bind((0, 0))
-        for group in EVENT_GROUPS:
-            self._events.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+        self._events = event_socket(EVENT_GROUPS)
         self._ipr = IPRoute()
         self._hops: dict[tuple[int, bytes], Hop] = {}
         self._back: dict[bytes, int] = {}  # IPv4 source -> egress of the unicast route to it, or 0
@@ -169,19 +191,7 @@ class Fib:
     def poll_events(self) -> int:
         # Whatever changed, dropping every answer is always right; working out
         # which ones a change affects is not worth its bugs.
-        events = 0
-        while True:
-            try:
-                self._events.recv(65536)
-            except BlockingIOError:
-                break
-            except OSError as e:
-                if e.errno != errno.ENOBUFS:
-                    raise
-                # The kernel dropped events it could not queue: unknown
-                # changes, which count as one.
-            # rtnetlink sends each notification as a datagram of its own.
-            events += 1
+        events = drain(self._events)
         if events:
             self._hops.clear()
             self._back.clear()

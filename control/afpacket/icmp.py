@@ -50,7 +50,6 @@ namespace); `ip addrlabel` changes are not seen by the IPv6 source address
 selection, which uses the kernel's default label table.
 """
 
-import errno
 import os
 import random
 import socket
@@ -60,7 +59,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
-from pyroute2.netlink import NETLINK_ADD_MEMBERSHIP, SOL_NETLINK
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import (
     RTNLGRP_IPV4_IFADDR,
@@ -72,6 +70,7 @@ from pyroute2.netlink.rtnl import (
     RTNLGRP_LINK,
 )
 
+from xdpfwd.afpacket.fib import drain, event_socket
 from xdpfwd.afpacket.packet import checksum
 
 CAUSES = frozenset({"time_exceeded", "no_route", "unreachable", "prohibit", "blackhole",
@@ -708,12 +707,7 @@ class IcmpErrors:
                                    socket.IPPROTO_ICMPV6)
         # Nothing is read from this socket: let nothing queue on it.
         self._raw6.setsockopt(socket.IPPROTO_ICMPV6, 1, b"\xff" * 32)  # ICMP6_FILTER: block all
-        self._events = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-            socket.NETLINK_ROUTE)
-        self._events.bind((0, 0))
-        for group in EVENT_GROUPS:
-            self._events.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+        self._events = event_socket(EVENT_GROUPS)
         self._ipr = IPRoute()
         self._routes: dict[tuple, RouteBack] = {}
         self._links: dict[int, tuple[bytes, int, bool]] = {}  # ifindex -> (MAC, MTU, loopback)
@@ -851,17 +845,7 @@ class IcmpErrors:
     # -- the kernel's tables, cached until anything changes ------------------
 
     def _poll_events(self) -> None:
-        changed = False
-        while True:
-            try:
-                self._events.recv(65536)
-            except BlockingIOError:
-                break
-            except OSError as e:
-                if e.errno != errno.ENOBUFS:
-                    raise
-            changed = True
-        if changed:
+        if drain(self._events):
             self._routes.clear()
             self._links.clear()
             self._addrs.clear()
