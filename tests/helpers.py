@@ -150,3 +150,37 @@ def passing_program(ifnames, mode: str = "native"):
         with inside("router"):
             for index in done:
                 bpfsys.xdp_detach(index, mode, fn.fd)
+
+
+@contextmanager
+def attached(mode: str):
+    """xdpfwd attached to the lab router's eth1 and eth0 in `mode`, then
+    one ping each way and family, so that the first packets (which go
+    through the kernel for ARP/ND: fib_no_neighbour) are behind us;
+    detached afterwards."""
+    proc = xdpfwd("attach", "eth1", "eth0", "--mode", mode)
+    assert proc.returncode == 0, proc.stderr
+    for ns, dst in (("sendbox", "10.0.11.20"), ("sendbox", "fd00:11::20"),
+                    ("recvbox", "10.0.10.10"), ("recvbox", "fd00:10::10")):
+        run(["ping", "-c", "1", "-W", "1", dst], ns=ns)
+    try:
+        yield mode
+    finally:
+        xdpfwd("detach")
+
+
+def assert_ping_crosses(ns: str, dst: str) -> None:
+    """Five pings answered with TTL 63, none doubled, and each request and
+    reply forwarded in XDP (counted on both ports)."""
+    import re
+
+    before = stats()
+    proc = run(["ping", "-c", "5", "-i", "0.2", "-W", "1", dst], ns=ns)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    replies = [line for line in proc.stdout.splitlines() if "bytes from" in line]
+    assert len(replies) == 5
+    assert all(re.search(r"ttl=63\b", line) for line in replies), proc.stdout
+    assert "DUP!" not in proc.stdout
+    after = stats()
+    for port in ("eth1", "eth0"):
+        assert after[port]["forwarded_packets"] - before[port]["forwarded_packets"] == 5

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import assert_forwarded, run, stats, xdpfwd
+from helpers import assert_forwarded, attached, run, stats
 from xdpfwd import lab, traffic
 
 
@@ -35,18 +35,12 @@ def quiet_reading(ifname: str) -> tuple[int, dict]:
 
 
 @pytest.fixture(params=["native", "skb", "afpacket"])
-def attached(request, lab):
-    proc = xdpfwd("attach", "eth1", "eth0", "--mode", request.param)
-    assert proc.returncode == 0, proc.stderr
-    for ns, dst in (("sendbox", "10.0.11.20"), ("recvbox", "10.0.10.10")):
-        run(["ping", "-c", "1", "-W", "1", dst], ns=ns)
-    try:
+def mode(request, lab):
+    with attached(request.param):
         yield request.param
-    finally:
-        xdpfwd("detach")
 
 
-def test_received_equals_the_interface_counter_and_the_outcomes(attached):
+def test_received_equals_the_interface_counter_and_the_outcomes(mode):
     iface_before, before = quiet_reading("eth1")
     full_before = stats()
     delivery = traffic.send_udp(300, "sendbox", "recvbox", 4)

@@ -5,11 +5,10 @@ so status and stats are read by processes that did not attach.
 """
 
 import json
-import re
 
 import pytest
 
-from helpers import assert_forwarded, run, stats, xdpfwd
+from helpers import assert_forwarded, assert_ping_crosses, attached, stats, xdpfwd
 from xdpfwd import traffic
 
 SENDBOX_V4, RECVBOX_V4 = "10.0.10.10", "10.0.11.20"
@@ -18,17 +17,8 @@ SENDBOX_V6, RECVBOX_V6 = "fd00:10::10", "fd00:11::20"
 
 @pytest.fixture(scope="module", params=["native", "skb"])
 def mode(request, lab):
-    proc = xdpfwd("attach", "eth1", "eth0", "--mode", request.param)
-    assert proc.returncode == 0, proc.stderr
-    # First packets resolve ARP/ND through the kernel (fib_no_neighbour);
-    # after this every lookup finds its neighbour.
-    for ns, dst in (("sendbox", RECVBOX_V4), ("sendbox", RECVBOX_V6),
-                    ("recvbox", SENDBOX_V4), ("recvbox", SENDBOX_V6)):
-        run(["ping", "-c", "1", "-W", "1", dst], ns=ns)
-    try:
+    with attached(request.param):
         yield request.param
-    finally:
-        xdpfwd("detach")
 
 
 def test_status_from_a_new_process_shows_both_ports(mode):
@@ -43,17 +33,8 @@ def test_status_from_a_new_process_shows_both_ports(mode):
 @pytest.mark.parametrize("ns,dst", [("sendbox", RECVBOX_V4), ("sendbox", RECVBOX_V6),
                                     ("recvbox", SENDBOX_V4), ("recvbox", SENDBOX_V6)])
 def test_ping_crosses_with_ttl_63(mode, ns, dst):
-    before = stats()
-    proc = run(["ping", "-c", "5", "-i", "0.2", "-W", "1", dst], ns=ns)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    replies = [line for line in proc.stdout.splitlines() if "bytes from" in line]
-    assert len(replies) == 5
-    assert all(re.search(r"ttl=63\b", line) for line in replies), proc.stdout
-    assert "DUP!" not in proc.stdout
-    after = stats()
     # Requests in on one port, replies in on the other: all in XDP.
-    for port in ("eth1", "eth0"):
-        assert after[port]["forwarded_packets"] - before[port]["forwarded_packets"] == 5
+    assert_ping_crosses(ns, dst)
 
 
 @pytest.mark.parametrize("family", [4, 6])
