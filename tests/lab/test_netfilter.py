@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import XDPFWD, run, status, xdpfwd
+from test_exporter import stop
 from xdpfwd import lab, traffic
 
 FORWARD_DROP = "nftables inet xdpfwd_test chain forward (hook forward, policy accept, 1 rule)"
@@ -181,13 +182,7 @@ def started(args, wait_for: str, timeout: float = 20.0):
                 f"{args} did not start: {proc.stderr.read() if proc.poll() is not None else ''}"
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
 
 
 def test_a_rule_added_after_attach_shows_in_doctor_and_the_gauge(clean):
