@@ -21,6 +21,7 @@ ETH_P_ALL = 0x0003
 PACKET_RX_RING = 5
 PACKET_VERSION = 10
 PACKET_TX_RING = 13
+PACKET_LOSS = 14
 PACKET_FANOUT = 18
 PACKET_QDISC_BYPASS = 20
 PACKET_IGNORE_OUTGOING = 23
@@ -46,6 +47,11 @@ PKT3_HDR = struct.Struct("=IIIIIIHH")
 # TPACKET_ALIGN(sizeof(struct tpacket2_hdr)) = 32 (without PACKET_TX_HAS_OFF).
 TX_DATA_OFFSET = 32
 TX_STATUS_LEN = struct.Struct("=II")
+# send() errors that mean the device dropped the frame at the ring's head
+# (tpacket_snd() gives net_xmit_errno(NET_XMIT_DROP) for a full veth peer
+# or no carrier), or that the device is down or gone: the kernel's own
+# forwarding drops the frame then, and so does the TX ring (drop_pending()).
+DEVICE_DROPPED = (errno.ENOBUFS, errno.ENETDOWN, errno.ENXIO, errno.ENODEV)
 
 
 DROP_ALL = [(0x06, 0, 0, 0)]  # classic BPF: ret #0
@@ -232,6 +238,9 @@ class TxRing:
         s = self.sock
         s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
         s.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+        # A slot with a bad format is skipped rather than stopping the ring:
+        # how drop_pending() drops a frame the device refused.
+        s.setsockopt(SOL_PACKET, PACKET_LOSS, 1)
         block_size = 1 << 16
         req = struct.pack("=4I", block_size, frame_size * frame_nr // block_size, frame_size, frame_nr)
         s.setsockopt(SOL_PACKET, PACKET_TX_RING, req)
@@ -272,11 +281,49 @@ class TxRing:
     def flush(self) -> None:
         if not self.queued:
             return
-        try:
-            self.sock.send(b"")
-        except (BlockingIOError, InterruptedError):
-            pass  # frames stay queued; the next flush sends them
+        for _ in range(self.frame_nr):
+            try:
+                self.sock.send(b"")
+            except (BlockingIOError, InterruptedError):
+                pass  # frames stay queued; the next flush sends them
+            except OSError as e:
+                if e.errno not in DEVICE_DROPPED:
+                    raise
+                # ENOBUFS: the head frame was refused, the ones behind it
+                # may still go. Down or gone: none of them can.
+                if self.drop_pending(every=e.errno != errno.ENOBUFS):
+                    continue
+            break
         self.queued = 0
+
+    def drop_pending(self, every: bool) -> bool:
+        """Drop the frame the kernel failed to send (every: all frames not
+        sent yet). tpacket_snd() puts a frame the device dropped back at the
+        ring's head, marked for sending, and offers it again on every
+        send(): it would arrive late, or never while the device refuses,
+        with every frame behind it held. The kernel's forwarding drops such
+        a frame (veth counts it in tx_dropped); so does this: a zero length
+        fails dev_validate_header(), and PACKET_LOSS makes tpacket_snd()
+        skip the slot. The frames not sent yet are the slots marked for
+        sending that run back from the next free one. False when no frame
+        was left to drop."""
+        m = self.map
+        pending = []
+        index = (self.next - 1) % self.frame_nr
+        for _ in range(self.frame_nr):
+            status, length = TX_STATUS_LEN.unpack_from(m, index * self.frame_size)
+            if status != TP_STATUS_SEND_REQUEST:
+                break
+            pending.append((index, length))
+            index = (index - 1) % self.frame_nr
+        dropped = False
+        for index, length in reversed(pending):  # from the head on
+            if length:
+                TX_STATUS_LEN.pack_into(m, index * self.frame_size, TP_STATUS_SEND_REQUEST, 0)
+                dropped = True
+                if not every:
+                    break
+        return dropped
 
     def fileno(self) -> int:
         return self.sock.fileno()

@@ -133,6 +133,18 @@ def _fork_worker(ports: list[int], index: int, workers: int, fanout_base: int,
     os._exit(code)
 
 
+def _last_words(chan: socket.socket) -> str:
+    """What a worker that died said on its way out (_fork_worker sends its
+    exception), for the log; the channel is closed."""
+    try:
+        chan.setblocking(False)
+        words = chan.recv(4096).decode(errors="replace").strip()
+    except OSError:
+        words = ""
+    chan.close()
+    return words.splitlines()[-1] if words else ""
+
+
 def _await_line(sock: socket.socket, expected: str, timeout: float = 15.0) -> str:
     """"" once the worker said `expected`, else what went wrong."""
     if not select.select([sock], [], [], timeout)[0]:
@@ -259,14 +271,15 @@ def _supervise(st, pids, channels, ifindexes, fanout_base, signals, on_ready) ->
                 index = pids.pop(pid, None)
                 if index is None:
                     continue
-                channels.pop(pid).close()
+                reason = _last_words(channels.pop(pid))
                 now = time.monotonic()
                 restarts = [t for t in restarts if now - t < 60] + [now]
                 if len(restarts) > MAX_RESTARTS:
                     log("workers keep dying; giving up")
                     code = 1
                     raise StopIteration
-                log(f"worker {index} (pid {pid}) exited with status {status}; restarting it")
+                log(f"worker {index} (pid {pid}) exited with status {status}"
+                    f"{f' ({reason})' if reason else ''}; restarting it")
                 # The kernel's forwarding is off: no handover window.
                 new, chan = _fork_worker(ifindexes, index, st.workers, fanout_base, watching=False)
                 pids[new], channels[new] = index, chan

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from helpers import XDPFWD, assert_forwarded, run, stats, status, without_bcc, xdpfwd
-from xdpfwd import traffic
+from helpers import XDPFWD, assert_forwarded, router_ip, run, stats, status, without_bcc, xdpfwd
+from xdpfwd import lab, traffic
 
 SENDBOX_V4, RECVBOX_V4 = "10.0.10.10", "10.0.11.20"
 SENDBOX_V6, RECVBOX_V6 = "fd00:10::10", "fd00:11::20"
@@ -96,6 +96,45 @@ def test_counters_add_up(afpacket):
     for record in stats().values():
         assert record["rx_packets"] == (record["forwarded_packets"] + record["passed_packets"]
                                         + record["dropped_packets"])
+
+
+def link_state(ns: str, ifname: str) -> str:
+    out = subprocess.run(["ip", "-n", lab.ns(ns), "-o", "link", "show", ifname],
+                         capture_output=True, text=True, check=True).stdout
+    return re.search(r"state (\S+)", out).group(1)
+
+
+def test_frames_the_egress_device_drops_are_dropped_and_the_worker_goes_on(afpacket):
+    """With recvbox's end down, the router's eth0 has no carrier and every
+    send() on its TX ring fails (ENOBUFS). The kernel's forwarding drops
+    those frames; so must the forwarder: no worker dies, and none of them
+    arrives once the link is back (tpacket_snd() keeps a refused frame at
+    the ring's head and would send it then)."""
+    mac = run(["cat", "/sys/class/net/eth0/address"], ns="recvbox", check=True).stdout.strip()
+    workers = sorted(worker_pids(afpacket["pid"]))
+    # A permanent neighbour: losing the carrier flushes the others, and the
+    # kernel queues packets for an unresolved neighbour by design.
+    router_ip("neigh", "replace", RECVBOX_V4, "lladdr", mac, "dev", "eth0", "nud", "permanent")
+    try:
+        subprocess.run(["ip", "-n", lab.ns("recvbox"), "link", "set", "eth0", "down"], check=True)
+        try:
+            refused = traffic.send_udp(200, "sendbox", "recvbox", 4, timeout=0.5)
+            assert refused.unique == 0
+            time.sleep(0.5)  # the workers' flushes meet the refusal
+        finally:
+            subprocess.run(["ip", "-n", lab.ns("recvbox"), "link", "set", "eth0", "up"], check=True)
+        deadline = time.monotonic() + 5
+        while link_state("router", "eth0") != "UP" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # Numbered from 0 again: a frame of the first 200 arriving late
+        # shows up as a second copy of its number.
+        after = traffic.send_udp(400, "sendbox", "recvbox", 4, timeout=3)
+        numbers = sorted(seq for _, seq, _ in after.arrivals)
+        assert numbers == list(range(400)), (
+            f"{len(numbers)} arrivals, {len(set(numbers))} distinct, expected 400")
+        assert sorted(worker_pids(afpacket["pid"])) == workers, "a worker died and was restarted"
+    finally:
+        router_ip("neigh", "del", RECVBOX_V4, "dev", "eth0")
 
 
 def test_attach_again_is_a_no_op(afpacket):
