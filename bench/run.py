@@ -101,7 +101,7 @@ def _row(bed, row, traffic, rnd, plan, samples, errors, where) -> dict | None:
         if rnd == 0 and row.prog_id:
             samples.append(measure(bed, row, traffic, rnd, STATS_SECONDS, bpf_stats=True))
         if rnd == 0 and row.key in ("xdp_native", "ceiling"):
-            shares = profile.profile(bed, traffic, ROUTER_CPU)
+            shares = profile.profile(bed, traffic)
             if shares:
                 where[(traffic.key, row.key)] = shares
         if first and row.key == "xdp_native":
@@ -197,7 +197,7 @@ def _where(summaries, where: dict) -> list[str]:
             shares = where.get((s.traffic, key))
             if shares:
                 parts = ", ".join(f"{name} {pct:.0f}%" for name, pct in shares.items() if pct >= 0.5)
-                out.append(f"{s.label}, `perf record` on the router's CPU for 1 s, "
+                out.append(f"{s.label}, `perf record` of the router's NAPI thread for 1 s, "
                            f"{s.rows[key].label if key in s.rows else key}: {parts}")
     return out
 
