@@ -19,7 +19,6 @@ import subprocess
 
 from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, genlmsg
 from pyroute2.netlink.generic import GenericNetlinkSocket
-
 from xdpfwd import netlink, netns
 
 NETDEV_CMD_NAPI_GET = 11  # include/uapi/linux/netdev.h

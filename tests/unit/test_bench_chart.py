@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bench import chart, report  # noqa: E402
-
 from test_bench_report import LABELS, lab_samples  # noqa: E402
+
+from bench import chart, report  # noqa: E402
 
 SVG = "{http://www.w3.org/2000/svg}"
 
