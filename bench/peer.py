@@ -49,13 +49,37 @@ def command() -> list[str]:
     return [str(LIB / "ld-linux-x86-64.so.2"), "--library-path", str(LIB), str(BINARY)]
 
 
+def mirror() -> str:
+    """The Debian archive this machine's own apt uses for its release (the
+    one-line or the deb822 format): Debian 13 is fetched from there too."""
+    release = next((line.split("=", 1)[1].strip().strip('"')
+                    for line in Path("/etc/os-release").read_text().splitlines()
+                    if line.startswith("VERSION_CODENAME=")), "")
+    one_line = Path("/etc/apt/sources.list")
+    for line in (one_line.read_text().splitlines() if one_line.exists() else []):
+        f = line.split("#", 1)[0].split()
+        if len(f) >= 3 and f[0] == "deb" and not f[1].startswith("["):
+            if f[2] == release:
+                return f[1]
+    for path in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+        for stanza in path.read_text().split("\n\n"):
+            fields = {}
+            for line in stanza.splitlines():
+                if ":" in line and not line.startswith(("#", " ")):
+                    key, value = line.split(":", 1)
+                    fields[key.strip()] = value.split()
+            if "deb" in fields.get("Types", []) and release in fields.get("Suites", []):
+                return fields["URIs"][0]
+    raise PeerUnavailable(f"no Debian archive for {release or 'this release'} in apt's sources")
+
+
 def fetch() -> None:
     if subprocess.run(["dpkg", "--print-architecture"], capture_output=True,
                       text=True).stdout.strip() != "amd64":
         raise PeerUnavailable("only amd64 packages are fetched")
     for d in ("lists/partial", "cache/archives/partial", "debs"):
         (BUILD / d).mkdir(parents=True, exist_ok=True)
-    (BUILD / "sources.list").write_text(f"deb http://deb.debian.org/debian {SUITE} main\n")
+    (BUILD / "sources.list").write_text(f"deb {mirror()} {SUITE} main\n")
     (BUILD / "status").touch()
     _run(["apt-get", *_apt_options(), "update"])
     _run(["apt-get", *_apt_options(), "download", *PACKAGES], cwd=BUILD / "debs")
