@@ -18,6 +18,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="2 rounds x 3 s, 64 B, 1 flow")
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
     parser.add_argument("--seconds", type=float, help="override the seconds per measurement")
+    parser.add_argument("--rows", help="only these rows (comma-separated keys), for trying things out")
     parser.add_argument("--command", default=" ".join(["python -m bench", *sys.argv[1:]]),
                         help="the command to name in the report")
     args = parser.parse_args()
@@ -35,7 +36,8 @@ def main() -> int:
     # on the generator's CPU, away from the router's.
     os.sched_setaffinity(0, {GENERATOR_CPU})
     try:
-        return run.run(run.Plan(args.quick, args.rounds, args.seconds), args.command)
+        return run.run(run.Plan(args.quick, args.rounds, args.seconds,
+                                 args.rows.split(",") if args.rows else None), args.command)
     except KeyboardInterrupt:
         print("bench: interrupted; the lab was removed", file=sys.stderr)
         return 130

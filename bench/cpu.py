@@ -8,7 +8,7 @@ idle CPU gets no tick at all: summing the busy columns undercounts it.
 
 This machine is shared: someone else's tests may run during a
 measurement. Their processes' CPU time is summed as "foreign"; the
-benchmark's own are this process, kernel threads (softirq and CPUMAP work
+benchmark's own are this process, kernel threads (softirq and NAPI work
 runs there) and everything inside the lab's namespaces.
 """
 
@@ -27,6 +27,7 @@ class Snapshot:
     idle: dict[int, float]      # cpu -> idle + iowait seconds since boot
     foreign: dict[int, float]   # pid -> CPU seconds of a process not ours
     tasks: dict[int, float]     # pid -> CPU seconds, for the pids asked about
+    trees: dict[int, float] = None  # pid -> CPU seconds of it and its children, dead or alive
 
 
 def _idle() -> dict[int, float]:
@@ -62,9 +63,12 @@ def _netns(pid: int) -> int:
         return 0
 
 
-def snapshot(ours_netns: set[int], watch: list[int] = ()) -> Snapshot:
+def snapshot(ours_netns: set[int], watch: list[int] = (), trees: list[int] = ()) -> Snapshot:
+    """trees: processes whose children come and go (an AF_PACKET supervisor
+    restarts a worker that died): counted with every child, the reaped ones
+    through the parent's cutime/cstime."""
     me = os.getpid()
-    foreign, tasks = {}, {}
+    foreign, tasks, tree = {}, {}, {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -75,6 +79,10 @@ def snapshot(ours_netns: set[int], watch: list[int] = ()) -> Snapshot:
         ppid, flags, seconds, reaped = st
         if pid in watch:
             tasks[pid] = seconds
+        if pid in trees:
+            tree[pid] = tree.get(pid, 0.0) + seconds + reaped
+        elif ppid in trees:
+            tree[ppid] = tree.get(ppid, 0.0) + seconds
         if pid == me or flags & PF_KTHREAD or pid == 2 or ppid == 2:
             continue
         if _netns(pid) in ours_netns:
@@ -84,12 +92,12 @@ def snapshot(ours_netns: set[int], watch: list[int] = ()) -> Snapshot:
         # lands in a parent that is still there. Not init's: it reaps
         # orphans, the benchmark's own AF_PACKET forwarder among them.
         foreign[pid] = seconds + (reaped if pid != 1 else 0.0)
-    return Snapshot(time.monotonic(), _idle(), foreign, tasks)
+    return Snapshot(time.monotonic(), _idle(), foreign, tasks, tree)
 
 
 def kernel_threads(cpu: int) -> list[int]:
-    """The kernel threads that do the router's work on `cpu`: its
-    ksoftirqd, and the CPUMAP thread that feeds it (cpumap/CPU/map:ID)."""
+    """`cpu`'s ksoftirqd: softirq work the NAPI thread leaves over (and
+    any other softirq there) lands in it."""
     pids = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -98,7 +106,7 @@ def kernel_threads(cpu: int) -> list[int]:
             comm = Path(f"/proc/{entry.name}/comm").read_text().strip()
         except OSError:
             continue
-        if comm == f"ksoftirqd/{cpu}" or comm.startswith(f"cpumap/{cpu}/"):
+        if comm == f"ksoftirqd/{cpu}":
             pids.append(int(entry.name))
     return pids
 
@@ -132,6 +140,11 @@ def task_seconds(a: Snapshot, b: Snapshot, pids: list[int] | None = None) -> flo
     between the snapshots."""
     return sum(t - a.tasks.get(pid, t) for pid, t in b.tasks.items()
                if pids is None or pid in pids)
+
+
+def tree_seconds(a: Snapshot, b: Snapshot) -> float:
+    """CPU seconds the process trees used between the snapshots."""
+    return sum(t - a.trees.get(pid, t) for pid, t in b.trees.items())
 
 
 def allowed_cpus(pid: int) -> set[int]:

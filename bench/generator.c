@@ -1,17 +1,15 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * The benchmark's traffic generator, in two XDP programs.
+ * The benchmark's traffic generator, an XDP program.
  *
  * bench_generator runs in sendbox under BPF_PROG_TEST_RUN in live-frame
  * mode (BPF_F_TEST_XDP_LIVE_FRAMES) on the generator's CPU: the kernel hands
- * it a frame again and again, it writes the packet and sends it through a
- * CPUMAP to the router's CPU. There bench_generator_hop (the CPUMAP entry's
- * program, run by the CPUMAP's kernel thread) transmits it on sendbox's
- * eth0 with XDP_REDIRECT. The veth delivers into the router on the CPU that
- * transmits, so everything the router does runs on the router's CPU, fed
- * as a NIC would feed it, while the generator has a CPU of its own.
- * With the target set to the generator's own CPU it transmits at once
- * instead, and the router receives on the generator's CPU.
+ * it a frame again and again, it writes the packet and transmits it on
+ * sendbox's eth0 with XDP_REDIRECT. veth_xdp_xmit() only queues the frame
+ * on the router's eth1 and wakes its NAPI, whose thread the benchmark pins
+ * to the router's CPU (bench/napi.py): everything the router does runs
+ * there, fed as a NIC would feed it, while the generator has a CPU of its
+ * own.
  *
  * Frames are recycled without being reset, and the router rewrites the ones
  * it forwards in place (MACs, TTL, checksum): so bench_generator writes the
@@ -25,15 +23,8 @@
 
 #define HEADER_BYTES 42 /* Ethernet 14 + IPv4 20 + UDP 8 */
 
-/* CPUMAP, created by the loader (bcc 0.26 cannot give its entries a
- * program): the router's CPU -> { queue size, bench_generator_hop }. */
-#define GENERATOR_CPUMAP ((void *)bpf_pseudo_fd(1, GENERATOR_CPUMAP_FD))
-
 /* Frames generated: slot 0 packets, slot 1 bytes. */
 BPF_PERCPU_ARRAY(bench_generator_count, u64, 2);
-/* Where the router receives: a CPU number, set by the loader per row. The
- * generator's own CPU means no CPUMAP: transmit from here. */
-BPF_ARRAY(bench_generator_target, u32, 1);
 
 int bench_generator(struct xdp_md *ctx)
 {
@@ -42,7 +33,6 @@ int bench_generator(struct xdp_md *ctx)
 	__u64 *words = data;
 	struct udphdr *udp = data + sizeof(struct ethhdr) + sizeof(struct iphdr);
 	int packets = 0, bytes = 1;
-	u32 *target;
 	u64 *n;
 
 	if (data + HEADER_BYTES > data_end)
@@ -64,13 +54,5 @@ int bench_generator(struct xdp_md *ctx)
 	n = bench_generator_count.lookup(&bytes);
 	if (n)
 		*n += data_end - data;
-	target = bench_generator_target.lookup(&packets);
-	if (!target || *target == GENERATOR_CPU)
-		return bpf_redirect(GENERATOR_IFINDEX, 0);
-	return bpf_redirect_map(GENERATOR_CPUMAP, *target, 0);
-}
-
-int bench_generator_hop(struct xdp_md *ctx)
-{
 	return bpf_redirect(GENERATOR_IFINDEX, 0);
 }

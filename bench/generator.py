@@ -1,14 +1,14 @@
 """The traffic generator: generator.c run by BPF_PROG_TEST_RUN in live-frame
-mode inside sendbox, on a CPU of its own, feeding the router's CPU through
-a CPUMAP (the C file says how and why).
+mode inside sendbox, on a CPU of its own (the C file says how and why).
 
-Why not trafgen: on veth the whole chain runs in the sender's softirq, so
-trafgen shares its CPU with the router; and moving the router's work to the
-other CPU (RPS, threaded NAPI) lets skbs queue up, trafgen's socket runs
-out of send buffer and trafgen aborts ("Flushing TX_RING failed: Resource
-temporarily unavailable") unless it may raise the machine's socket-memory
-sysctls. This generator needs no socket and no sysctl, and it offers more
-than 1 Mpps of 64-byte frames from one CPU.
+Why not trafgen: once the router's receive runs on the other CPU (threaded
+NAPI, bench/napi.py), skbs queue up, trafgen's socket runs out of send
+buffer and trafgen aborts ("Flushing TX_RING failed: Resource temporarily
+unavailable") unless it may raise the machine's socket-memory sysctls.
+This generator needs no socket and no sysctl: what the router's queue has
+no room for, veth_xdp_xmit() drops and counts on sendbox's eth0, as a NIC
+drops at a full RX ring; and it offers several Mpps of 64-byte frames
+from one CPU.
 """
 
 import ctypes
@@ -22,22 +22,17 @@ from xdpfwd import bpfsys, netlink, netns
 from bench import frames
 from bench.xdpprog import compile_bpf
 
-MAP_TYPE_CPUMAP = 16
-ATTACH_XDP_CPUMAP = 35        # enum bpf_attach_type BPF_XDP_CPUMAP
 TEST_XDP_LIVE_FRAMES = 1 << 1  # BPF_F_TEST_XDP_LIVE_FRAMES
-CPUMAP_QUEUE = 2048            # frames queued towards the router's CPU
 BATCH = 64                     # frames per test-run batch (the kernel's default)
 REPEAT = 2**31 - 1             # until stopped by a signal
 STOP_SIGNAL = signal.SIGUSR1
 
 
 class Generator:
-    """Sends `traffic` from ns/ifname to the router's eth1, from gen_cpu.
-    The transmit, and so the router's receive, happens on router_cpu, or
-    on gen_cpu itself after receive_on(gen_cpu)."""
+    """Sends `traffic` from ns/ifname to the router's eth1, from gen_cpu."""
 
     def __init__(self, ns: str, ifname: str, traffic: frames.Traffic, dmac: bytes, smac: bytes,
-                 src: bytes, dst: bytes, gen_cpu: int, router_cpu: int):
+                 src: bytes, dst: bytes, gen_cpu: int):
         with netns.entered(ns):
             ifindex = netlink.link(ifname).index
         # The UDP checksum stays 0 here: with many flows the program
@@ -46,21 +41,13 @@ class Generator:
                                   udp_checksum=False)
         head = self.frame[: frames.HEADER_BYTES]
         words = struct.unpack("=5QH", head)  # as the CPU reads them
-        self.cpumap = bpfsys.map_create(MAP_TYPE_CPUMAP, "bench_cpumap", 4, 8, os.cpu_count())
         cflags = [f"-DGENERATOR_HDR{i}={w:#x}ULL" for i, w in enumerate(words[:5])]
         cflags += [f"-DGENERATOR_HDR5={words[5]:#x}", f"-DGENERATOR_FLOWS={traffic.flows}",
                    f"-DGENERATOR_BASE_PORT={frames.BASE_SRC_PORT}",
-                   f"-DGENERATOR_IFINDEX={ifindex}", f"-DGENERATOR_CPU={gen_cpu}",
-                   f"-DGENERATOR_CPUMAP_FD={self.cpumap.fd}"]
-        self.bpf, (self.fd, hop_fd) = compile_bpf(
-            "generator.c", [("bench_generator", -1), ("bench_generator_hop", ATTACH_XDP_CPUMAP)],
-            cflags)
-        bpfsys.map_update(self.cpumap.fd, struct.pack("=I", router_cpu),
-                          struct.pack("=Ii", CPUMAP_QUEUE, hop_fd))
+                   f"-DGENERATOR_IFINDEX={ifindex}"]
+        self.bpf, (self.fd,) = compile_bpf("generator.c", [("bench_generator", -1)], cflags)
         self.table = self.bpf.get_table("bench_generator_count")
-        self.target = self.bpf.get_table("bench_generator_target")
-        self.ns, self.gen_cpu, self.router_cpu = ns, gen_cpu, router_cpu
-        self.receive_on(router_cpu)
+        self.ns, self.gen_cpu = ns, gen_cpu
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.error: str | None = None
@@ -97,17 +84,9 @@ class Generator:
         if self.error:
             raise RuntimeError(f"generator: {self.error}")
 
-    def receive_on(self, cpu: int) -> None:
-        """The CPU the router receives on: router_cpu (through the CPUMAP),
-        or gen_cpu (transmitted right where it is generated)."""
-        if cpu not in (self.gen_cpu, self.router_cpu):
-            raise ValueError(f"the generator feeds CPU {self.gen_cpu} or {self.router_cpu}")
-        self.target[ctypes.c_int(0)] = ctypes.c_uint32(cpu)
-
     def count(self) -> int:
         """Frames generated since the program was loaded."""
         return int(self.table.sum(ctypes.c_int(0)).value)
 
     def close(self) -> None:
         self.stop()
-        self.cpumap.close()

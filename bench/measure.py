@@ -23,8 +23,10 @@ class Sample:
     offered: int          # frames the generator made
     entered: int          # frames sendbox's eth0 put into the router
     handled: int          # delivered at the sink (the ceiling row: dropped by it)
+    received: int         # frames the router's eth1 took from its ring
     router_cpu_s: float   # busy time of the router's CPU
-    router_task_s: float  # CPU time of the router's work: its processes and kernel threads
+    router_task_s: float  # CPU time of the router's work: receive_s + process_cpu_s
+    receive_s: float      # the router's eth1 NAPI thread and ksoftirqd: its receive path
     generator_cpu_s: float
     foreign_cpu_s: float  # other people's processes, any CPU
     prog_ns: int          # the row's XDP program: run time and runs (bpf_stats)
@@ -32,8 +34,7 @@ class Sample:
     sink_ns: int          # the sink's own run time and runs
     sink_runs: int
     process_cpu_s: float  # the row's user-space forwarder processes
-    receive_cpu: int      # where the router received: ROUTER_CPU, or the generator's
-    split: bool           # received on the generator's CPU, forwarded on the router's
+    userspace: bool       # a user-space forwarder (its processes share the CPU with the receive)
     bpf_stats: bool       # a window with kernel.bpf_stats_enabled=1, for run times only
     retried: int = 0      # measured again because other people's load was high
 
@@ -41,10 +42,11 @@ class Sample:
         return asdict(self)
 
 
-def _read(bed: Testbed, row: Row, gen, ours: set[int], router_tasks: list[int]):
-    snap = cpu.snapshot(ours, router_tasks)
+def _read(bed: Testbed, row: Row, gen, ours: set[int], receive: list[int]):
+    snap = cpu.snapshot(ours, receive, row.pids)
     handled = bed.ceiling.count() if row.counts_at == "ceiling" else bed.sink.count()
-    return (snap, gen.count(), bed.link_sent(), handled, row.prog_stats(), bed.sink.run_stats())
+    return (snap, gen.count(), bed.link_sent(), handled, row.prog_stats(), bed.sink.run_stats(),
+            bed.router_received())
 
 
 def measure(bed: Testbed, row: Row, traffic: Traffic, rnd: int, seconds: float,
@@ -53,29 +55,29 @@ def measure(bed: Testbed, row: Row, traffic: Traffic, rnd: int, seconds: float,
     window. Their clock reads cost every program on the path, so windows
     that count packets run without."""
     gen = bed.generators[traffic]
-    gen.receive_on(row.receive_cpu)
     ours = cpu.namespace_inodes(bed.namespaces)
-    kthreads = cpu.kernel_threads(ROUTER_CPU)
+    receive = bed.pin_napi() + cpu.kernel_threads(ROUTER_CPU)
     bed.bpf_stats(bpf_stats)
     gen.start()
     try:
         time.sleep(WARMUP)
-        a = _read(bed, row, gen, ours, row.pids + kthreads)
+        a = _read(bed, row, gen, ours, receive)
         time.sleep(seconds)
-        b = _read(bed, row, gen, ours, row.pids + kthreads)
+        b = _read(bed, row, gen, ours, receive)
     finally:
         gen.stop()
         bed.bpf_stats(False)
-    (sa, ga, la, ha, pa, ka), (sb, gb, lb, hb, pb, kb) = a, b
+    (sa, ga, la, ha, pa, ka, ra), (sb, gb, lb, hb, pb, kb, rb) = a, b
     return Sample(
         row=row.key, traffic=traffic.key, round=rnd, seconds=sb.when - sa.when,
-        offered=gb - ga, entered=lb - la, handled=hb - ha,
+        offered=gb - ga, entered=lb - la, handled=hb - ha, received=rb - ra,
         router_cpu_s=cpu.busy_seconds(sa, sb, ROUTER_CPU),
         generator_cpu_s=cpu.busy_seconds(sa, sb, GENERATOR_CPU),
         foreign_cpu_s=cpu.foreign_seconds(sa, sb),
         prog_ns=pb[0] - pa[0], prog_runs=pb[1] - pa[1],
         sink_ns=kb[0] - ka[0], sink_runs=kb[1] - ka[1],
-        router_task_s=cpu.task_seconds(sa, sb),
-        process_cpu_s=cpu.task_seconds(sa, sb, row.pids),
-        receive_cpu=row.receive_cpu, split=row.receive_cpu != ROUTER_CPU, bpf_stats=bpf_stats,
+        router_task_s=cpu.task_seconds(sa, sb) + cpu.tree_seconds(sa, sb),
+        receive_s=cpu.task_seconds(sa, sb),
+        process_cpu_s=cpu.tree_seconds(sa, sb),
+        userspace=bool(row.pids), bpf_stats=bpf_stats,
     )

@@ -51,6 +51,22 @@ def xdpfwd(ns: str, *args: str, cpu: int | None = None, timeout: float = 120) ->
     raise RouterError(f"xdpfwd {' '.join(args)}: the lock stayed busy")
 
 
+def run_in(ns: str, args: list[str], timeout: float = 60) -> Timed:
+    """Run any command in ns, timed; RouterError with its message on failure."""
+    t0 = time.perf_counter()
+    r = subprocess.run(in_ns(ns, args), capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise RouterError(f"{Path(args[-1] if len(args) < 3 else args[2]).name}: "
+                          f"{r.stderr.strip() or r.stdout.strip()}")
+    return Timed(time.perf_counter() - t0, r.stdout)
+
+
+def xdp_prog_id(ns: str, ifname: str) -> int:
+    """The id of the XDP program attached to ns/ifname, 0 for none."""
+    (link,) = json.loads(run_in(ns, ["ip", "-j", "link", "show", "dev", ifname]).stdout)
+    return int(link.get("xdp", {}).get("prog", {}).get("id", 0))
+
+
 def status(ns: str) -> dict:
     return json.loads(xdpfwd(ns, "status", "--json").stdout)["interfaces"]
 

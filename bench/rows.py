@@ -1,25 +1,21 @@
 """The rows of the table: the ways a packet can cross the router, each
 started before its measurements and stopped after them.
 
-Every forwarder runs on the router's CPU. The kernel and XDP paths run
-there because the generator transmits from that CPU (generator.c), so the
-router's receive, forwarding and transmit all share that one CPU.
-
-The user-space forwarders are pinned to it with taskset (the workers
-inherit the supervisor's affinity), and their receive path is left on the
-generator's CPU: the generator transmits from its own CPU for these rows.
-Sharing one CPU with a receive path that is flooded far beyond what they
-can take, they would get only the scheduler's share of it (about half,
-receive livelock) and the row would measure that rather than the
-forwarder; with the split they have the router's CPU to themselves, the
-generator pinned apart from the forwarding work as issue 5 asks. The
-report marks these rows.
+Every forwarder runs on the router's CPU, with its receive path: the
+router's eth1 receives in a NAPI thread pinned there (testbed.py), so the
+kernel and XDP paths (which run inside that thread) and the user-space
+forwarders (pinned there with taskset; the workers inherit the
+supervisor's affinity) pay for the same receive on the same CPU. A
+user-space forwarder shares that CPU with its receive path, flooded far
+beyond what it takes, so its delivered packets/s measures the scheduler's
+share as much as the forwarder: the report compares these rows by router
+CPU per forwarded packet (receive path included).
 """
 
 from xdpfwd import bpfsys, netlink, netns
 
-from bench import cpu, router
-from bench.testbed import GENERATOR_CPU, ROUTER_CPU, Testbed
+from bench import cpu, peer, router
+from bench.testbed import ROUTER_CPU, Testbed
 
 PORTS = ["eth1", "eth0"]
 
@@ -28,11 +24,10 @@ class Row:
     key = ""
     label = ""
     counts_at = "sink"  # where its packets are counted: the sink, or the ceiling program
-    receive_cpu = ROUTER_CPU  # where the router's receive path runs (see the module's doc)
 
     def __init__(self):
         self.prog_id = 0            # the XDP program to read run time from, if any
-        self.pids: list[int] = []   # user-space forwarding processes, if any
+        self.pids: list[int] = []   # user-space forwarders, each counted with its children
         self.timings: dict[str, list[float]] = {}
 
     def _time(self, what: str, seconds: float) -> None:
@@ -110,14 +105,13 @@ class Xdp(Row):
 
 class Afpacket(Row):
     key, label = "afpacket", "xdpfwd afpacket"
-    receive_cpu = GENERATOR_CPU
 
     def start(self, bed):
         t = router.xdpfwd(bed.router, "attach", *PORTS, "--mode", "afpacket", cpu=ROUTER_CPU)
         self._time("attach", t.seconds)
         pid = next(p["pid"] for p in router.status(bed.router).values() if p.get("pid"))
-        self.pids = [pid, *cpu.children(pid)]
-        stray = [p for p in self.pids if cpu.allowed_cpus(p) != {ROUTER_CPU}]
+        self.pids = [pid]  # the supervisor, with its workers (and any it restarts)
+        stray = [p for p in [pid, *cpu.children(pid)] if cpu.allowed_cpus(p) != {ROUTER_CPU}]
         if stray:
             raise router.RouterError(f"afpacket: processes {stray} are not pinned to CPU {ROUTER_CPU}")
 
@@ -130,7 +124,6 @@ class Afpacket(Row):
 
 class Naive(Row):
     key, label = "naive", "naive AF_PACKET loop"
-    receive_cpu = GENERATOR_CPU
 
     def __init__(self):
         super().__init__()
@@ -159,7 +152,25 @@ class Ceiling(Row):
         self.prog_id = 0
 
 
+class Peer(Row):
+    """xdp-tools' xdp-forward in fib mode (bench/peer.py): the same job
+    (bpf_fib_lookup(), a devmap), without counters or the kernel's checks."""
+    key, label = "peer", "peer: xdp-tools xdp-forward (fib, native)"
+
+    def start(self, bed):
+        self._time("attach", peer.load(bed.router, PORTS))
+        ids = {router.xdp_prog_id(bed.router, p) for p in PORTS}
+        if len(ids) != 1 or 0 in ids:
+            raise router.RouterError(f"peer: xdp-forward left programs {ids}")
+        self.prog_id = ids.pop()
+
+    def stop(self, bed):
+        if self.prog_id:
+            self.prog_id = 0
+            peer.unload(bed.router, PORTS)
+
+
 def all_rows() -> list[Row]:
     """In the order they are interleaved: A B C D E F, A B C D E F, ..."""
     return [Kernel(), Xdp("native"), Xdp("native", rp_filter=1), Xdp("skb"), Afpacket(), Naive(),
-            Ceiling()]
+            Peer(), Ceiling()]

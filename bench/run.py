@@ -4,7 +4,7 @@ the rows compared in one ratio were measured within a minute of each
 other; then the report.
 
     make bench            # 5 rounds x 5 s, 64 and 1500 bytes x 1 and 1000 flows
-    make bench QUICK=1    # 2 rounds x 3 s, 64 bytes, 1 flow (under 2 minutes)
+    make bench QUICK=1    # 2 rounds x 3 s, 64 bytes x 1 and 1000 flows (under 4 minutes)
 """
 
 import json
@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import cpu, exporter, frames, machine, report, router
+from bench import chart, cpu, exporter, frames, machine, peer, profile, report, router
 from bench.measure import Sample, measure
 from bench.rows import Row, all_rows
 from bench.testbed import GENERATOR_CPU, ROUTER_CPU, Testbed
@@ -31,11 +31,15 @@ def log(msg: str) -> None:
 
 
 class Plan:
-    def __init__(self, quick: bool, rounds: int | None = None, seconds: float | None = None):
+    def __init__(self, quick: bool, rounds: int | None = None, seconds: float | None = None,
+                 rows: list[str] | None = None):
         self.quick = quick
+        self.rows = rows
         self.rounds = rounds or (2 if quick else 5)
         self.seconds = seconds or (3.0 if quick else 5.0)
-        sizes, flows = ([64], [1]) if quick else ([64, 1500], [1, frames.MANY_FLOWS])
+        # Both kinds of traffic the targets name, also when quick.
+        sizes, flows = ([64], [1, frames.MANY_FLOWS]) if quick else ([64, 1500],
+                                                                     [1, frames.MANY_FLOWS])
         self.traffics = [frames.Traffic(s, f) for s in sizes for f in flows]
         self.retry_budget = 25.0 if quick else 40.0  # seconds of measuring again, at most
         self.spent = 0.0
@@ -80,10 +84,11 @@ def _measure(bed, row, traffic, rnd, plan, spent) -> tuple[Sample, float]:
     return sample, spent
 
 
-def _row(bed, row, traffic, rnd, plan, samples, errors) -> dict | None:
+def _row(bed, row, traffic, rnd, plan, samples, errors, where) -> dict | None:
     """Start a row, measure it with one kind of traffic, stop it. The first
     round also times its XDP program (and for native XDP: attaching again,
-    and the exporter). Returns the exporter's figures when it measured them."""
+    the exporter, and a perf profile of the router's CPU into `where`).
+    Returns the exporter's figures when it measured them."""
     exp = None
     first = rnd == 0 and traffic == plan.traffics[0]
     bed.resolve_neighbours()
@@ -95,6 +100,10 @@ def _row(bed, row, traffic, rnd, plan, samples, errors) -> dict | None:
             f"{report.si(s.handled / s.seconds):>6} pps  router CPU {s.router_cpu_s / s.seconds:.0%}")
         if rnd == 0 and row.prog_id:
             samples.append(measure(bed, row, traffic, rnd, STATS_SECONDS, bpf_stats=True))
+        if rnd == 0 and row.key in ("xdp_native", "ceiling"):
+            shares = profile.profile(bed, traffic)
+            if shares:
+                where[(traffic.key, row.key)] = shares
         if first and row.key == "xdp_native":
             row.attach_again(bed)
             exp = exporter.measure(bed.router)
@@ -111,10 +120,19 @@ def _row(bed, row, traffic, rnd, plan, samples, errors) -> dict | None:
 
 def run(plan: Plan, command: str) -> int:
     started = time.monotonic()
-    rows = all_rows()
+    rows = [r for r in all_rows() if plan.rows is None or r.key in plan.rows]
     samples: list[Sample] = []
     errors: list[str] = []
+    where: dict = {}
+    absent: dict[str, str] = {}
     exporter_result = None
+    if any(r.key == "peer" for r in rows):
+        try:
+            peer.command()
+        except (peer.PeerUnavailable, OSError) as e:
+            absent["peer"] = f"xdp-tools' xdp-forward: {e}"
+            log(f"peer row: not available: {e}")
+            rows = [r for r in rows if r.key != "peer"]
     # A compile cache of the run's own (root's, 0700), empty at the start:
     # the first attach compiles (the cold figure) whatever earlier runs left
     # in /var/cache/xdpfwd, and the later ones load from it (attach_warm_ms).
@@ -125,29 +143,29 @@ def run(plan: Plan, command: str) -> int:
             for rnd in range(plan.rounds):
                 for t in plan.traffics:
                     for row in rows:
-                        exp = _row(bed, row, t, rnd, plan, samples, errors)
+                        exp = _row(bed, row, t, rnd, plan, samples, errors, where)
                         exporter_result = exporter_result or exp
     finally:
         del os.environ["XDPFWD_CACHE_DIR"]
         shutil.rmtree(cache, ignore_errors=True)
     elapsed = time.monotonic() - started
-    return _report(plan, command, rows, samples, errors, exporter_result, elapsed)
+    return _report(plan, command, rows, samples, errors, exporter_result, elapsed, where, absent)
 
 
 def _control_plane(rows: list[Row], exp: dict | None) -> dict:
     t = {r.key: r.timings for r in rows}
-    native = t["xdp_native"].get("attach", [])
+    native = t.get("xdp_native", {}).get("attach", [])
     cp = [
         ("attach, native: cold (the run's first: bcc import + compile)", native[:1], "s->ms"),
         ("attach, native: warm (later ones, after a detach: from the compile cache)", native[1:],
          "s->ms"),
-        ("attach, native: again while attached (no change)", t["xdp_native"].get("attach_again", []),
+        ("attach, native: again while attached (no change)", t.get("xdp_native", {}).get("attach_again", []),
          "s->ms"),
-        ("attach, skb", t["xdp_skb"].get("attach", []), "s->ms"),
-        ("attach, afpacket", t["afpacket"].get("attach", []), "s->ms"),
-        ("detach, native", t["xdp_native"].get("detach", []), "s->ms"),
-        ("detach, skb", t["xdp_skb"].get("detach", []), "s->ms"),
-        ("detach, afpacket", t["afpacket"].get("detach", []), "s->ms"),
+        ("attach, skb", t.get("xdp_skb", {}).get("attach", []), "s->ms"),
+        ("attach, afpacket", t.get("afpacket", {}).get("attach", []), "s->ms"),
+        ("detach, native", t.get("xdp_native", {}).get("detach", []), "s->ms"),
+        ("detach, skb", t.get("xdp_skb", {}).get("detach", []), "s->ms"),
+        ("detach, afpacket", t.get("afpacket", {}).get("detach", []), "s->ms"),
     ]
     if exp:
         cp += [(f"exporter scrape (/metrics, {len(exp['scrape_ms'])} scrapes)", exp["scrape_ms"], "ms"),
@@ -155,7 +173,36 @@ def _control_plane(rows: list[Row], exp: dict | None) -> dict:
     return {"rows": cp}
 
 
-def _report(plan, command, rows, samples, errors, exp, elapsed) -> int:
+def _where(summaries, where: dict) -> list[str]:
+    """Where native XDP's router CPU goes, from this run's figures only."""
+    out = []
+    for s in summaries:
+        native, ceiling = s.rows.get("xdp_native"), s.rows.get("ceiling")
+        if native is None:
+            continue
+        prog = report.median(native.prog_ns)
+        cost = native.cost_median
+        above = report.median(s.above_ceiling("xdp_native"))
+        ceil_prog = report.median(ceiling.prog_ns) if ceiling else None
+        line = (f"{s.label}: router CPU {report._num(cost)} ns/pkt, of which the ceiling's "
+                f"receive-and-drop {report._num(ceiling.cost_median if ceiling else None)} ns "
+                f"(its own program {report._num(ceil_prog)} ns) and "
+                f"{report._num(above)} ns above it; xdpfwd's program (bpf_stats) "
+                f"{report._num(prog)} ns")
+        if prog is not None and above is not None and ceil_prog is not None:
+            line += (f", so {above - (prog - ceil_prog):.0f} ns above the ceiling are outside "
+                     "the program (redirect, devmap flush, veth transmit into recvbox)")
+        out.append(line)
+        for key in ("xdp_native", "ceiling"):
+            shares = where.get((s.traffic, key))
+            if shares:
+                parts = ", ".join(f"{name} {pct:.0f}%" for name, pct in shares.items() if pct >= 0.5)
+                out.append(f"{s.label}, `perf record` of the router's NAPI thread for 1 s, "
+                           f"{s.rows[key].label if key in s.rows else key}: {parts}")
+    return out
+
+
+def _report(plan, command, rows, samples, errors, exp, elapsed, where=None, absent=None) -> int:
     m = machine.describe()
     data = [s.as_dict() for s in samples]
     labels = {r.key: r.label for r in rows}
@@ -164,20 +211,16 @@ def _report(plan, command, rows, samples, errors, exp, elapsed) -> int:
         report.decide(s)  # each table's ratios by the figure that decides for it
     target = next((s for s in summaries if s.traffic == report.TARGET_TRAFFIC), None)
     by, why = report.decide(target)
-    targets = [report.target_line(name, value, goal)
-               for name, value, goal in report.ratio_targets(target, by)]
-    scrape = report.median(exp["scrape_ms"]) if exp else None
-    targets.append(report.target_line("exporter_scrape_ms", scrape, report.EXPORTER_SCRAPE_GOAL_MS,
-                                      "ms", at_most=True))
-    native = {r.key: r.timings for r in rows}["xdp_native"].get("attach", [])
-    targets.append(report.target_line("attach_warm_ms", report.attach_warm_ms(native),
-                                      report.ATTACH_WARM_GOAL_MS, "ms", at_most=True))
-    targets.append(report.target_line("exporter_rss_mb", exp["rss_mb"] if exp else None,
-                                      report.EXPORTER_RSS_GOAL_MB, "MB", at_most=True))
+    native = {r.key: r.timings for r in rows}.get("xdp_native", {}).get("attach", [])
+    targets, notes = report.targets(summaries, report.median(exp["scrape_ms"]) if exp else None,
+                                    exp["rss_mb"] if exp else None, native)
+    breakdown = _where(summaries, where or {})
     cp = _control_plane(rows, exp)
 
-    md = report.markdown(m, command, plan.describe(), summaries, why, cp, errors, targets, elapsed)
     RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.svg").write_text(chart.svg(summaries, f"xdpfwd benchmark, {m['date']}"))
+    md = report.markdown(m, command, plan.describe(), summaries, why, cp, errors, targets, elapsed,
+                         notes, breakdown, "latest.svg", absent)
     (RESULTS / "latest.md").write_text(md)
     (RESULTS / "latest.json").write_text(json.dumps({
         "machine": m, "command": command, "plan": plan.describe(),
@@ -185,9 +228,11 @@ def _report(plan, command, rows, samples, errors, exp, elapsed) -> int:
         "decided_by": by, "why": why, "samples": data,
         "summary": report.summary_json(summaries),
         "control_plane": [{"step": label, "values": v, "unit": u} for label, v, u in cp["rows"]],
-        "exporter": exp, "errors": errors, "targets": targets, "elapsed_s": elapsed,
+        "exporter": exp, "errors": errors, "targets": targets, "target_notes": notes,
+        "where": [{"traffic": t, "row": k, "shares": v} for (t, k), v in (where or {}).items()],
+        "absent": absent or {}, "elapsed_s": elapsed,
     }, indent=2) + "\n")
     print(md, end="")
-    print(f"(also written to {RESULTS}/latest.md and latest.json)\n")
+    print(f"(also written to {RESULTS}/latest.md, latest.json and latest.svg)\n")
     print("\n".join(targets))
     return 1 if errors else 0

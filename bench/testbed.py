@@ -3,8 +3,19 @@ the benchmark adds to it, and all of it removed again however the run ends.
 
 Added: the sink on recvbox's eth0 (sink.c), the ceiling program (loaded,
 attached only during its row), one generator per kind of traffic, GRO on
-the router's eth1; kernel.bpf_stats_enabled is switched on only for the
-windows that time the XDP programs, and its old value is put back.
+the router's eth1, threaded NAPI on the router's eth1 (pinned to the
+router's CPU) and on recvbox's eth0 (pinned to the generator's CPU);
+kernel.bpf_stats_enabled is switched on only for the windows that time the
+XDP programs, and its old value is put back.
+
+Threaded NAPI (bench/napi.py): veth receives in the NAPI of the receiving
+end, scheduled on the CPU that transmits. Pinning the router's eth1 NAPI
+thread to the router's CPU puts the router's whole receive path there, for
+every row alike (kernel, XDP, user space); pinning recvbox's keeps the
+sink off it. The sink shares the generator's CPU, so its thread runs
+SCHED_FIFO: with the generator's ordinary share of the CPU it fell behind
+and its ring (256 frames) dropped what the router had forwarded; now the
+generator gets what the sink leaves, still more than any row takes.
 
 GRO on the router's eth1: the generator transmits with XDP_REDIRECT, and
 veth accepts a redirected frame only where the receiving end runs NAPI,
@@ -19,7 +30,7 @@ from pathlib import Path
 
 from xdpfwd import lab, netlink, netns
 
-from bench import frames, router
+from bench import frames, napi, router
 from bench.generator import Generator
 from bench.xdpprog import XdpProgram
 
@@ -71,6 +82,9 @@ class Testbed:
         self._lab("down")  # a lab left by an interrupted run: start clean
         self.log(self._lab("up").splitlines()[0])
         _run(router.in_ns(self.router, ["ethtool", "-K", "eth1", "gro", "on"]))
+        napi.set_threaded(self.router, "eth1")
+        napi.set_threaded(self.recvbox, "eth0")
+        self.pin_napi()
         self.namespaces = [self.sendbox, self.router, self.recvbox]
         self._bpf_stats_was = BPF_STATS.read_text().strip()
         self.bpf_stats(False)
@@ -82,8 +96,14 @@ class Testbed:
         dst = socket.inet_aton(lab.address("recvbox"))
         for t in self.traffics:
             self.generators[t] = Generator(self.sendbox, "eth0", t, dmac, smac, src, dst,
-                                           GENERATOR_CPU, ROUTER_CPU)
+                                           GENERATOR_CPU)
         self.resolve_neighbours()
+
+    def pin_napi(self) -> list[int]:
+        """Pin the NAPI threads (again: attaching XDP may restart them);
+        returns the router's, whose CPU time is the router's receive."""
+        napi.pin(self.recvbox, "eth0", GENERATOR_CPU, realtime=True)
+        return napi.pin(self.router, "eth1", ROUTER_CPU)
 
     def resolve_neighbours(self) -> None:
         """The router must know recvbox's MAC before traffic starts, as any
@@ -117,10 +137,18 @@ class Testbed:
     def link_sent(self) -> int:
         """Frames sendbox's eth0 transmitted towards the router, or dropped
         because the router's receive ring was full."""
-        with netns.entered(self.sendbox):
-            from pyroute2 import IPRoute
-
-            with IPRoute() as ipr:
-                (msg,) = ipr.get_links(ifname="eth0")
-        stats = msg.get_attr("IFLA_STATS64")
+        stats = _stats(self.sendbox, "eth0")
         return stats["tx_packets"] + stats["tx_dropped"]
+
+    def router_received(self) -> int:
+        """Frames the router's eth1 took from its ring (veth counts each,
+        whatever XDP did with it)."""
+        return _stats(self.router, "eth1")["rx_packets"]
+
+
+def _stats(ns: str, ifname: str) -> dict:
+    from pyroute2 import IPRoute
+
+    with netns.entered(ns), IPRoute() as ipr:
+        (msg,) = ipr.get_links(ifname=ifname)
+    return msg.get_attr("IFLA_STATS64")
