@@ -116,7 +116,9 @@ def _bind(sock: socket.socket, ifindex: int, protocol: int) -> None:
 
 
 class RxRing:
-    """Frames received on one interface, a block at a time.
+    """Frames received on one interface, a block at a time: blocks() here,
+    or the fast path (fastpath.c), which moves `next_block` and `read` on
+    as blocks() does.
 
     Joining the fanout group `fanout_id` spreads flows (by hash) over every
     socket in the group: one per worker process. Such a ring takes nothing
@@ -221,7 +223,9 @@ class RxRing:
 
 class TxRing:
     """Frames to send on one interface: queue() fills ring slots, flush()
-    hands all queued frames to the kernel with one send().
+    hands all queued frames to the kernel with one send(). The fast path
+    (fastpath.c) fills the same slots from C and moves `next` and `queued`
+    on as queue() does.
 
     PACKET_QDISC_BYPASS: a forwarder's frames need no qdisc of their own;
     the driver's queue is enough (as for XDP_REDIRECT).
@@ -277,9 +281,6 @@ class TxRing:
         except (BlockingIOError, InterruptedError):
             pass  # frames stay queued; the next flush sends them
         self.queued = 0
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
 
     def close(self) -> None:
         self.flush()
