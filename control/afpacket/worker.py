@@ -53,8 +53,9 @@ def learn(fast, fib, frame: bytes, ingress: int, vlan: bool) -> None:
         elif missing[0] == "hop":
             _, family, dst = missing
             hop = fib.lookup(family, dst)
-            fast.learn_hop(family, dst, packet.OUTCOME_INDEX[hop.outcome], hop.ifindex, hop.mtu,
-                           hop.dmac, hop.smac)
+            # A Hop without an egress (never seen from `route get`) is no port.
+            fast.learn_hop(family, dst, packet.OUTCOME_INDEX[hop.outcome], hop.ifindex or 0,
+                           hop.mtu or 0, hop.dmac, hop.smac)
         else:
             _, src, dst, egress = missing
             fast.learn_reverse(src, ingress, fib.reverse_ok(src, dst, ingress, egress))
