@@ -122,7 +122,9 @@ def _bind(sock: socket.socket, ifindex: int, protocol: int) -> None:
 
 
 class RxRing:
-    """Frames received on one interface, a block at a time.
+    """Frames received on one interface, a block at a time: blocks() here,
+    or the fast path (fastpath.c), which moves `next_block` and `read` on
+    as blocks() does.
 
     Joining the fanout group `fanout_id` spreads flows (by hash) over every
     socket in the group: one per worker process. Such a ring takes nothing
@@ -227,7 +229,9 @@ class RxRing:
 
 class TxRing:
     """Frames to send on one interface: queue() fills ring slots, flush()
-    hands all queued frames to the kernel with one send().
+    hands all queued frames to the kernel with one send(). The fast path
+    (fastpath.c) fills the same slots from C and moves `next` and `queued`
+    on as queue() does.
 
     PACKET_QDISC_BYPASS: a forwarder's frames need no qdisc of their own;
     the driver's queue is enough (as for XDP_REDIRECT).
@@ -324,9 +328,6 @@ class TxRing:
                 if not every:
                     break
         return dropped
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
 
     def close(self) -> None:
         self.flush()

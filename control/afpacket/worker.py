@@ -2,6 +2,10 @@
 rings on every port. The supervisor runs one per CPU; PACKET_FANOUT gives
 each worker its share of the flows.
 
+Each frame's work is done in C (fastpath.c, through learn() below) when
+the C has every answer it needs cached; the rest takes the Python path:
+packet.decide(), the slow path.
+
 A frame whose next hop is not resolved waits here (a few, for a short
 while) while the kernel resolves it, as the kernel's own neighbour queue
 would hold it: with forwarding off on the ports, the kernel's copy of the
@@ -18,14 +22,56 @@ import time
 from xdpfwd.afpacket import packet, slowpath, state
 from xdpfwd.afpacket.fib import Fib
 from xdpfwd.afpacket.fragment import fragment
-from xdpfwd.afpacket.handover import Handover
+from xdpfwd.afpacket.handover import IDLE, Handover
 from xdpfwd.afpacket.icmp import IcmpErrors
 from xdpfwd.afpacket.rings import TxRing, open_rx_rings
 from xdpfwd.afpacket.state import WorkerCounters
 from xdpfwd.layout import layout
 
+try:
+    from xdpfwd.afpacket import _fastpath
+except ImportError as e:  # not built: `make setup` builds it
+    _fastpath = None
+    _FASTPATH_MISSING = str(e)
+
 PENDING_PER_HOP = 256  # about what the kernel's unres_qlen_bytes holds of small packets
 PENDING_SECONDS = 3.0  # the kernel gives up on ARP after about that
+
+
+def learn(fast, fib, frame: bytes, ingress: int, vlan: bool) -> None:
+    """After the Python path took a frame the fast path lacked an answer for:
+    give it the answers fib gives the Python path, so that the next frame
+    like this one stays in C. The C asks for one answer at a time (the
+    port's MAC, the route, the way back), in the order packet.decide()
+    needs them."""
+    for _ in range(3):
+        missing = fast.missing(frame, ingress, vlan)
+        if missing is None:
+            return
+        if missing[0] == "mac":
+            fast.learn_mac(ingress, fib.mac(ingress))
+        elif missing[0] == "hop":
+            _, family, dst = missing
+            hop = fib.lookup(family, dst)
+            # A Hop without an egress (never seen from `route get`) is no port.
+            fast.learn_hop(family, dst, packet.OUTCOME_INDEX[hop.outcome], hop.ifindex or 0,
+                           hop.mtu or 0, hop.dmac, hop.smac)
+        else:
+            _, src, dst, egress = missing
+            fast.learn_reverse(src, ingress, fib.reverse_ok(src, dst, ingress, egress))
+
+
+def fast_path(ports: list[int], disabled: frozenset, rx=(), tx=()):
+    """The C fast path for these ports, told the outcomes' indexes and the
+    counters' words from the layout (bpf/counters.h), and which outcomes
+    the slow path takes; None when the extension is not built."""
+    if _fastpath is None:
+        return None
+    lay = layout()
+    return _fastpath.FastPath(
+        ports=ports, outcomes=packet.OUTCOME_INDEX, slow=slowpath.SLOW, disabled=disabled,
+        port_words=lay.value_size // 8, rx_word=2 * lay.received_index,
+        outcome_word=2 * lay.outcome_index(0), tx_word=2 * lay.transmitted_index, rx=rx, tx=tx)
 
 
 def kernel_forwarding_off(ports: list[int]) -> frozenset[tuple[int, int]]:
@@ -62,6 +108,10 @@ class Worker:
         self.rx = open_rx_rings(ports, fanout_base)
         self.tx = {ifindex: TxRing(ifindex) for ifindex in ports}
         self.counters = WorkerCounters(worker, workers, len(ports))
+        self.fast = fast_path(ports, self.disabled, self.rx, [self.tx[i] for i in ports])
+        if self.fast is None:
+            print(f"xdpfwd afpacket worker[{os.getpid()}]: no C fast path ({_FASTPATH_MISSING}); "
+                  "every frame takes the Python path", file=sys.stderr, flush=True)
         self.icmp = IcmpErrors()
         self.slow = slowpath.SlowPath(self.fib, self.icmp, fragment, self.transmit, self._hold)
         self.others: dict[int, socket.socket] = {}  # egress interfaces that are not ports
@@ -171,19 +221,17 @@ class Worker:
         last_expiry = time.monotonic()
         while not self.stopping and not self.handover.done:
             poller.poll(100)
-            for ring, frames in self.handover.blocks(self.rx):
-                for frame, vlan in frames:
-                    if self.handover.kernel_forwarded(frame):
-                        # The kernel's, during a handover (fast or slow
-                        # path alike): neither sent nor counted, as in
-                        # XDP mode before attach and after detach.
-                        continue
-                    self._received(ring.ifindex, len(frame))
-                    self._handle(frame, ring.ifindex, vlan)
+            if self.fast is not None and self.handover.phase == IDLE and not self.handover.seen:
+                self._fast_round()
+            else:
+                self._python_round()
             for tx in self.tx.values():
                 tx.flush()
-            if self.fib.poll_events() and self.pending:
-                self._retry_pending()
+            if self.fib.poll_events():
+                if self.fast is not None:
+                    self.fast.flush()  # never staler than the Fib it learnt from
+                if self.pending:
+                    self._retry_pending()
             now = time.monotonic()
             if self.pending and now - last_expiry > 0.5:
                 self._retry_pending()  # expires what waited too long
@@ -191,8 +239,34 @@ class Worker:
             for tx in self.tx.values():
                 tx.flush()
             self.handover.step(self.rx, bool(self.pending))
-            self.counters.publish()
+            self._publish()
         self.close()
+
+    def _python_round(self) -> None:
+        for ring, frames in self.handover.blocks(self.rx):
+            for frame, vlan in frames:
+                if self.handover.kernel_forwarded(frame):
+                    # The kernel's, during a handover (fast or slow path
+                    # alike): neither sent nor counted, as in XDP mode
+                    # before attach and after detach.
+                    continue
+                self._received(ring.ifindex, len(frame))
+                self._handle(frame, ring.ifindex, vlan)
+
+    def _fast_round(self) -> None:
+        """Every block the rings hold, through C; what it hands back (counted
+        as received already) takes the Python path. Outside a handover
+        window only: kernel_forwarded() must see every frame of a window."""
+        for index, frame, vlan, missed in self.fast.run():
+            ingress = self.ports[index]
+            self._handle(frame, ingress, vlan)
+            if missed:
+                learn(self.fast, self.fib, frame, ingress, vlan)
+
+    def _publish(self) -> None:
+        if self.fast is not None:
+            self.fast.add_counts(self.counters.local)
+        self.counters.publish()
 
     def close(self) -> None:
         # A worker not scheduled for longer than its rings hold loses what
@@ -207,6 +281,7 @@ class Worker:
             ring.close()
         for tx in self.tx.values():
             tx.close()
+        self._publish()
         self.counters.close()
         self.icmp.close()
         self.slow.close()

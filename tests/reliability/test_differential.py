@@ -2,7 +2,8 @@
 
 The XDP program runs each generated frame through BPF_PROG_TEST_RUN in
 the router's namespace (its real routes and neighbours); the AF_PACKET
-packet function runs it with the real netlink Fib of that namespace; the
+packet function runs it with the real netlink Fib of that namespace, and
+so does its C fast path, taught by that Fib as a worker teaches it; the
 model reads the same namespace's tables with `ip -j` and decides from the
 spec. Action, outcome (which counter grew) and output bytes must agree.
 
@@ -19,7 +20,7 @@ from helpers import inside, router_with_every_route
 from model import decide as model_decide
 from model import read_tables
 from xdpfwd import bpfsys, lab, xdp
-from xdpfwd.afpacket import packet
+from xdpfwd.afpacket import packet, worker
 from xdpfwd.afpacket.fib import Fib
 from xdpfwd.layout import layout
 
@@ -74,6 +75,7 @@ def test_datapaths_agree_with_the_model(datapaths):
     mismatches, seen = [], {}
     counts = {i: c.as_dict() for i, c in xdp.program_counters(d["id"]).items()}
     portset = frozenset(d["ports"])
+    fast = worker.fast_path(d["ports"], frozenset())
     with inside("router"):
         for i in range(FRAMES):
             frame = gen.frame()
@@ -96,6 +98,18 @@ def test_datapaths_agree_with_the_model(datapaths):
                     (out is not None and egress != want.egress):
                 mismatches.append(describe(frame, ingress, model=want,
                                            afpacket=(LABEL[outcome], egress, out and out.hex())))
+            result = fast.decide(frame, ingress, False)
+            if result is None:
+                worker.learn(fast, d["fib"], frame, ingress, False)
+                result = fast.decide(frame, ingress, False)
+            if result is None:
+                mismatches.append(describe(frame, ingress, model=want, fastpath="no answer"))
+            else:
+                outcome, egress, out = result
+                if (LABEL[outcome], out) != (want.outcome, want.frame) or \
+                        (out is not None and egress != want.egress):
+                    mismatches.append(describe(frame, ingress, model=want,
+                                               fastpath=(LABEL[outcome], egress, out and out.hex())))
             if len(mismatches) >= 5:
                 break
     assert not mismatches, f"seed {SEED}, after {i + 1} frames:\n" + "\n".join(mismatches)

@@ -106,7 +106,8 @@ def test_forwarded_frame_is_cut_to_the_ip_length():
     assert label == "forwarded" and len(out) == len(frame(v6()))
 
 
-@pytest.mark.parametrize("raw,expected", [
+# (frame, outcome): also run through the C fast path (test_afpacket_fastpath.py).
+TO_THE_STACK = [
     (frame(v4(ttl=1)), "ttl_exceeded"),
     (frame(v6(hlim=1)), "ttl_exceeded"),
     (frame(ARP(op=2)), "not_ip"),
@@ -144,7 +145,10 @@ def test_forwarded_frame_is_cut_to_the_ip_length():
     (frame(v6(dst="::1")), "martian_destination"),
     (frame(v6(dst="ff0e::1")), "multicast"),
     (frame(IP(src="10.0.11.99", dst="10.0.11.20") / UDP()), "reverse_path"),
-], ids=lambda v: v if isinstance(v, str) else "")
+]
+
+
+@pytest.mark.parametrize("raw,expected", TO_THE_STACK, ids=lambda v: v if isinstance(v, str) else "")
 def test_everything_else_goes_to_the_stack(raw, expected):
     label, _, out = decide(raw)
     assert label == expected
