@@ -104,6 +104,18 @@ def link_state(ns: str, ifname: str) -> str:
     return re.search(r"state (\S+)", out).group(1)
 
 
+def recvbox_eth0_up_again():
+    """Up, with what going down took away: the IPv6 addresses and the
+    routes through eth0 (lab.json's)."""
+    n = lab.ns("recvbox")
+    subprocess.run(["ip", "-n", n, "link", "set", "eth0", "up"], check=True)
+    for addr in lab.HOSTS["recvbox"]["interfaces"]["eth0"]:
+        extra = ["nodad"] if ":" in addr else []
+        subprocess.run(["ip", "-n", n, "addr", "replace", addr, "dev", "eth0", *extra], check=True)
+    for dst, via in lab.HOSTS["recvbox"]["routes"]:
+        subprocess.run(["ip", "-n", n, "route", "replace", dst, "via", via], check=True)
+
+
 def test_frames_the_egress_device_drops_are_dropped_and_the_worker_goes_on(afpacket):
     """With recvbox's end down, the router's eth0 has no carrier and every
     send() on its TX ring fails (ENOBUFS). The kernel's forwarding drops
@@ -122,7 +134,7 @@ def test_frames_the_egress_device_drops_are_dropped_and_the_worker_goes_on(afpac
             assert refused.unique == 0
             time.sleep(0.5)  # the workers' flushes meet the refusal
         finally:
-            subprocess.run(["ip", "-n", lab.ns("recvbox"), "link", "set", "eth0", "up"], check=True)
+            recvbox_eth0_up_again()
         deadline = time.monotonic() + 5
         while link_state("router", "eth0") != "UP" and time.monotonic() < deadline:
             time.sleep(0.1)
