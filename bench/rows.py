@@ -16,7 +16,7 @@ generator pinned apart from the forwarding work as issue 5 asks. The
 report marks these rows.
 """
 
-from xdpfwd import bpfsys, netlink, netns
+from xdpfwd import bpfsys, netns, sysctl
 
 from bench import cpu, router
 from bench.testbed import GENERATOR_CPU, ROUTER_CPU, Testbed
@@ -60,7 +60,7 @@ class Kernel(Row):
         # The lab's router forwards; the user-space rows turn that off while
         # they run and must have put it back.
         with netns.entered(bed.router):
-            off = [p for p in PORTS if not netlink.forwarding("ipv4", p)]
+            off = [p for p in PORTS if not sysctl.forwarding("ipv4", p)]
         if off:
             raise router.RouterError(f"kernel row: IPv4 forwarding is off on {', '.join(off)}")
 
@@ -77,7 +77,7 @@ class Xdp(Row):
 
     def _rp_filter(self, bed, value: int) -> None:
         with netns.entered(bed.router):
-            netlink.set_sysctl("net.ipv4.conf.all.rp_filter", str(value))
+            sysctl.write(sysctl.path("ipv4", "conf", "all", "rp_filter"), str(value))
 
     def start(self, bed):
         if self.rp_filter:

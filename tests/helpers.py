@@ -8,6 +8,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from xdpfwd import bpfsys, compiler, lab, netlink, netns
+from xdpfwd.datapath import PortState
+from xdpfwd.errors import XdpfwdError
+from xdpfwd.snapshot import Snapshot
 
 XDPFWD = str(Path(sys.executable).with_name("xdpfwd"))
 
@@ -184,3 +187,20 @@ def assert_ping_crosses(ns: str, dst: str) -> None:
     after = stats()
     for port in ("eth1", "eth0"):
         assert after[port]["forwarded_packets"] - before[port]["forwarded_packets"] == 5
+
+
+# -- snapshots for the exporter's collector ----------------------------------
+
+
+def device(name: str, mode: str, prog_id: int = 0) -> PortState:
+    """A port xdpfwd forwards on: its XDP program prog_id, or a running
+    AF_PACKET forwarder (mode afpacket)."""
+    if mode == "afpacket":
+        return PortState(name, 0, mode=mode, afpacket_pid=1, afpacket_running=True)
+    return PortState(name, 0, mode=mode, prog_id=prog_id)
+
+
+def snapshot_of(devices=(), counters=None, errors: int = 0) -> Snapshot:
+    """A Snapshot of these attached devices, with `errors` things unreadable."""
+    return Snapshot({d.name: d for d in devices}, dict(counters or {}),
+                    [XdpfwdError("unreadable")] * errors)

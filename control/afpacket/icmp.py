@@ -70,6 +70,7 @@ from pyroute2.netlink.rtnl import (
     RTNLGRP_LINK,
 )
 
+from xdpfwd import sysctl
 from xdpfwd.afpacket.fib import drain, event_socket
 from xdpfwd.afpacket.packet import checksum
 
@@ -536,10 +537,9 @@ class Sysctls:
         self.hz = hz
         self._fds = {}
         for name, rel in self.FILES.items():
-            try:
-                self._fds[name] = os.open(os.path.join(root, rel), os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                pass  # absent in this namespace: the kernel's default applies
+            fd = sysctl.opened(os.path.join(root, rel))
+            if fd is not None:  # absent in this namespace: the kernel's default applies
+                self._fds[name] = fd
         self._read_at = -1.0
         self.settings = self._read()
 
@@ -552,7 +552,7 @@ class Sysctls:
 
     def _value(self, name: str) -> str | None:
         fd = self._fds.get(name)
-        return os.pread(fd, 4096, 0).decode().strip() if fd is not None else None
+        return sysctl.pread(fd) if fd is not None else None
 
     def _read(self) -> Settings:
         hz, v = self.hz, self._value

@@ -24,6 +24,7 @@ from scapy.packet import Raw
 from helpers import inside, router_with_every_route
 from xdpfwd import lab, netlink
 from xdpfwd.afpacket import fragment, icmp, service
+from xdpfwd.sysctl import restore
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
@@ -265,7 +266,7 @@ def forwarding_off():
         yield
     finally:
         with inside("router"):
-            service.restore_sysctls(saved)
+            restore(saved)
 
 
 def test_errors_and_fragments_match_the_kernel(routed):

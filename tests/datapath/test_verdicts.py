@@ -11,7 +11,7 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
 from helpers import inside, router_ip, router_with_every_route
-from xdpfwd import bpfsys, netlink, xdp
+from xdpfwd import bpfsys, sysctl, xdp
 
 XDP_DROP, XDP_PASS, XDP_REDIRECT = 1, 2, 4
 PAYLOAD = b"xdpfwd-test-payload"
@@ -182,12 +182,12 @@ def test_fragments_are_forwarded(program):
 
 def test_forwarding_disabled_on_ingress(program):
     with inside("router"):
-        netlink.set_forwarding("ipv4", "eth1", False)
+        sysctl.set_forwarding("ipv4", "eth1", False)
     try:
         check(program, to_router(program, v4()), XDP_PASS, "fib_forwarding_disabled")
     finally:
         with inside("router"):
-            netlink.set_forwarding("ipv4", "eth1", True)
+            sysctl.set_forwarding("ipv4", "eth1", True)
     check(program, to_router(program, v4()), XDP_REDIRECT, "forwarded")
 
 

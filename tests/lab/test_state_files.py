@@ -11,6 +11,7 @@ import pytest
 
 from helpers import xdpfwd
 from xdpfwd import lab as labmod
+from xdpfwd import netns
 from xdpfwd.afpacket import state
 
 GOOD = {"pid": 999999, "ports": {"eth1": 2, "eth0": 3}, "workers": 1,
@@ -19,7 +20,7 @@ GOOD = {"pid": 999999, "ports": {"eth1": 2, "eth0": 3}, "workers": 1,
 
 def router_dir():
     ino = os.stat(os.path.join("/run/netns", labmod.ns("router"))).st_ino
-    return state.RUN_DIR / f"netns-{ino}"
+    return netns.RUN_DIR / f"netns-{ino}"
 
 
 @pytest.fixture
@@ -128,10 +129,10 @@ def test_namespace_directory_made_private_again(lab):
     d = router_dir()
     d.mkdir(parents=True, exist_ok=True)
     d.chmod(0o755)
-    state.RUN_DIR.chmod(0o755)
+    netns.RUN_DIR.chmod(0o755)
     assert xdpfwd("detach").returncode == 0
     assert d.stat().st_mode & 0o777 == 0o700
-    assert state.RUN_DIR.stat().st_mode & 0o777 == 0o700
+    assert netns.RUN_DIR.stat().st_mode & 0o777 == 0o700
 
 
 def test_a_well_formed_record_is_still_cleaned_up(lab):
