@@ -13,7 +13,7 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from helpers import inside, router_ip, router_with_every_route
 from xdpfwd import bpfsys, sysctl, xdp
 
-XDP_DROP, XDP_PASS, XDP_REDIRECT = 1, 2, 4
+XDP_PASS, XDP_REDIRECT = 2, 4
 PAYLOAD = b"xdpfwd-test-payload"
 
 
@@ -258,7 +258,7 @@ def test_reverse_path_follows_the_routes(program):
 
 def test_trailing_bytes_are_trimmed_as_the_kernel_does(program):
     """ip_rcv_core() trims the frame to tot_len before forwarding."""
-    for l3, layer in ((v4(), IP), (v6(), IPv6)):
+    for l3 in (v4(), v6()):
         frame = bytes(to_router(program, l3))
         out = Ether(check(program, frame + b"\0" * 20, XDP_REDIRECT, "forwarded").data)
         assert len(bytes(out)) == len(frame)
