@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import xdpfwd
+from helpers import assert_one_line, xdpfwd
 from xdpfwd import lab as labmod
 from xdpfwd import netns
 from xdpfwd.afpacket import state
@@ -75,12 +75,6 @@ def plants(canary):
 CASES = list(plants(Path("/nonexistent")))
 
 
-def one_line(proc, code):
-    assert proc.returncode == code, proc.stderr
-    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
-    return proc.stderr
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_planted_state_file(lab, canary, case):
     xdpfwd("detach")
@@ -95,7 +89,7 @@ def test_planted_state_file(lab, canary, case):
         if case == "a sysctl that climbs out":
             commands += [["stats"], ["status", "--json"], ["attach", "eth1", "eth0", "--mode", "afpacket"]]
         for args in commands:
-            err = one_line(xdpfwd(*args), 1)
+            err = assert_one_line(xdpfwd(*args), 1)
             assert str(path) in err and "'xdpfwd detach' removes it" in err, err
             assert os.path.lexists(path), "left for detach"
         proc = xdpfwd("detach")
@@ -118,7 +112,7 @@ def test_a_short_counters_file_is_one_line(lab):
     (d / "afpacket.json").chmod(0o600)
     (d / "afpacket.counters").write_bytes(b"\0" * 8)
     try:
-        err = one_line(xdpfwd("stats"), 1)
+        err = assert_one_line(xdpfwd("stats"), 1)
         assert "afpacket.counters" in err
     finally:
         for name in ("afpacket.json", "afpacket.counters"):
