@@ -204,6 +204,33 @@ def without_bcc(tmp_path) -> dict:
     return {"PYTHONPATH": str(tmp_path)}
 
 
+TRIPWIRE = """
+import os, sys
+
+class Tripwire:
+    # Told of every first import; answers nothing, so the import goes on.
+    def find_spec(self, name, path=None, target=None):
+        if name in {watched}:
+            with open({log!r}, "a") as f:
+                f.write(name + "\\n")
+        return None
+
+sys.meta_path.insert(0, Tripwire())
+"""
+
+
+def import_tripwire(tmp_path, watched) -> tuple[dict, Path]:
+    """Environment for a subprocess whose Python notes, in the file
+    returned, each of `watched` (module names) it imports: a
+    sitecustomize on PYTHONPATH, which Python runs before the program."""
+    d = tmp_path / "tripwire"
+    d.mkdir()
+    log = tmp_path / "imported"
+    log.touch()
+    (d / "sitecustomize.py").write_text(TRIPWIRE.format(watched=set(watched), log=str(log)))
+    return {"PYTHONPATH": str(d)}, log
+
+
 def status() -> dict:
     """`xdpfwd status --json` in the router, from a new process."""
     proc = xdpfwd("status", "--json")
