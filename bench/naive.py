@@ -20,7 +20,8 @@ import sys
 from xdpfwd.afpacket import packet
 from xdpfwd.afpacket.fib import Fib
 from xdpfwd.afpacket.rings import ETH_P_ALL, PACKET_IGNORE_OUTGOING, SOL_PACKET
-from xdpfwd.afpacket.service import restore_sysctls, save_and_disable_forwarding
+from xdpfwd.afpacket.service import save_and_disable_forwarding
+from xdpfwd.sysctl import restore as restore_sysctls
 
 
 class Stop(Exception):

@@ -12,7 +12,7 @@ share as much as the forwarder: the report compares these rows by router
 CPU per forwarded packet (receive path included).
 """
 
-from xdpfwd import bpfsys, netlink, netns
+from xdpfwd import bpfsys, netns, sysctl
 
 from bench import cpu, peer, router
 from bench.testbed import ROUTER_CPU, Testbed
@@ -55,7 +55,7 @@ class Kernel(Row):
         # The lab's router forwards; the user-space rows turn that off while
         # they run and must have put it back.
         with netns.entered(bed.router):
-            off = [p for p in PORTS if not netlink.forwarding("ipv4", p)]
+            off = [p for p in PORTS if not sysctl.forwarding("ipv4", p)]
         if off:
             raise router.RouterError(f"kernel row: IPv4 forwarding is off on {', '.join(off)}")
 
@@ -72,7 +72,7 @@ class Xdp(Row):
 
     def _rp_filter(self, bed, value: int) -> None:
         with netns.entered(bed.router):
-            netlink.set_sysctl("net.ipv4.conf.all.rp_filter", str(value))
+            sysctl.write(sysctl.path("ipv4", "conf", "all", "rp_filter"), str(value))
 
     def start(self, bed):
         if self.rp_filter:

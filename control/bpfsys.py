@@ -17,7 +17,6 @@ from xdpfwd.errors import MissingDependency, PermissionDenied, XdpfwdError
 
 # enum bpf_map_type
 MAP_TYPE_ARRAY = 2
-MAP_TYPE_PERCPU_HASH = 5
 MAP_TYPE_PERCPU_ARRAY = 6
 MAP_TYPE_DEVMAP_HASH = 25
 
@@ -36,7 +35,6 @@ MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "skb": XDP_FLAGS_SKB_MODE}
 
 # enum bpf_map_update flags
 BPF_ANY = 0
-BPF_NOEXIST = 1
 
 OBJ_NAME_LEN = 16
 

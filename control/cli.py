@@ -167,18 +167,10 @@ def detach(
 ):
     """Stop forwarding; programs of other tools are left alone."""
     from xdpfwd import forwarder
-    from xdpfwd.afpacket import state
 
-    try:
-        done = forwarder.detach(interfaces or None)
-    except state.StateFileError as e:
-        # Refused everywhere else, removed here: nothing in it is trusted,
-        # so its sysctls are not restored.
-        with forwarder.exclusive():
-            removed = state.discard(e)
-        if removed:
-            _note(f"removed {e.path} ({e.reason}); the sysctls it listed were not restored")
-        done = forwarder.detach(interfaces or None)
+    done, notes = forwarder.detach(interfaces or None)
+    for note in notes:
+        _note(note)
     if not done:
         print("nothing to detach: xdpfwd is not attached here")
     for name in done:
@@ -188,9 +180,9 @@ def detach(
 @app.command()
 def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Show, per interface, whether xdpfwd forwards there, the mode, program or pid."""
-    from xdpfwd import forwarder
+    from xdpfwd import snapshot
 
-    states = forwarder.status()
+    states = snapshot.read(counters=False).check().ports
     if as_json:
         out = {}
         for name, s in states.items():
@@ -224,17 +216,17 @@ def stats(
     interval: float = typer.Option(1.0, "--interval", min=0.1, help="Seconds between --watch frames."),
 ):
     """Show the counters of every interface xdpfwd forwards on."""
-    from xdpfwd import forwarder
+    from xdpfwd import snapshot
 
     if watch:
         from xdpfwd import watch as live
 
         try:
-            live.watch(forwarder.counters, interval, tty=sys.stdout.isatty())
+            live.watch(interval=interval, tty=sys.stdout.isatty())
         except KeyboardInterrupt:  # the way to stop watching: not an error
             print()
         return
-    records = {name: c.record() for name, c in forwarder.counters().items()}
+    records = {name: c.record() for name, c in snapshot.read().check().counters.items()}
     if as_json:
         _json(records)
         return

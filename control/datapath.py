@@ -1,15 +1,18 @@
 """The datapath interface: what forwarder.py asks of each way of forwarding.
 
-Two implementations: the XDP program (xdp.py) and the AF_PACKET forwarder
-(afpacket/). Each can say what it holds on an interface (a PortState),
-attach, detach, and read its counters (counters.PortCounters by ingress
-ifindex). Policy (validation, privileges, the lock, the forwarding
-sysctls, netfilter, which datapath to use) is forwarder.py's alone; the
-CLI, `stats`, `stats --watch` and the exporter only see PortState and
-PortCounters.
+Two implementations, one module each: the XDP program (xdp.py) and the
+AF_PACKET forwarder (afpacket/datapath.py). Each says what it holds on the
+interfaces (status: PortState by name), attaches, detaches, and reads its
+counters (PortCounters by name). Policy (validation, privileges, the lock,
+the forwarding sysctls, netfilter, which datapath to use) is forwarder.py's
+alone; `status`, `stats`, `stats --watch` and the exporter see one
+Snapshot (snapshot.py) built from the datapaths' PortState and PortCounters.
 """
 
 from dataclasses import dataclass, field
+from typing import Iterable, Protocol
+
+from xdpfwd.counters import PortCounters
 
 
 @dataclass(frozen=True)
@@ -47,4 +50,32 @@ class AttachResult:
     already: bool = False
     pid: int = 0  # the AF_PACKET forwarder's, in afpacket mode
 
+
+class Interface(Protocol):
+    """What a datapath needs of an interface (netlink.Link is one)."""
+
+    name: str
+    index: int
+
+
+class Datapath(Protocol):
+    """A module that forwards: xdp, afpacket.datapath."""
+
+    def status(self, links: Iterable[Interface]) -> dict[str, PortState]:
+        """What it holds, by interface name."""
+
+    def attach(self, links: list, mode: str, verbose: bool, notes: list[str]) -> AttachResult:
+        """Forward between links (the caller checked the policy and holds the lock)."""
+
+    def detach(self, states: Iterable[PortState]) -> list[str]:
+        """Stop where states show it forwards; the names it stopped on."""
+
+    def read_counters(self, states: Iterable[PortState],
+                      names: dict[int, str]) -> dict[str, PortCounters]:
+        """The counters of the ports states show it on, by name (names:
+        ifindex -> name; a port that is gone shows as unknown:IFINDEX)."""
+
+
+def port_name(names: dict[int, str], ifindex: int) -> str:
+    return names.get(ifindex, f"unknown:{ifindex}")
 

@@ -14,7 +14,7 @@ import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from xdpfwd import bpfsys, compiler, forwarder, netfilter, netlink, xdp
+from xdpfwd import bpfsys, compiler, forwarder, netfilter, netlink, sysctl, xdp
 from xdpfwd.errors import MissingDependency, PermissionDenied, XdpfwdError
 
 LEVELS = {"ok": "ok", "warn": "warn", "fail": "FAIL"}
@@ -146,12 +146,12 @@ def check_bpffs() -> Result:
 
 
 def check_forwarding(ifname: str) -> list[Result]:
-    on = {fam: netlink.forwarding(fam, ifname) for fam in forwarder.FAMILIES}
+    on = {fam: sysctl.forwarding(fam, ifname) for fam in sysctl.FAMILIES}
     results = []
-    for fam in forwarder.FAMILIES:
-        name = netlink.sysctl_name(fam, ifname)
-        if on[fam] and not netlink.kernel_forwards(fam, ifname):
-            every = netlink.sysctl_name(fam, "all")
+    for fam in sysctl.FAMILIES:
+        name = sysctl.forwarding_name(fam, ifname)
+        if on[fam] and not sysctl.kernel_forwards(fam, ifname):
+            every = sysctl.forwarding_name(fam, "all")
             results.append(Result("forwarding", "fail",
                                   f"{name}=1 but {every}=0: the kernel does not forward {fam} "
                                   "here and XDP would; attach will refuse",
@@ -337,13 +337,9 @@ def check_netfilter() -> list[Result]:
 
 def forwarding_ports() -> dict[str, str]:
     """{port: mode} where xdpfwd forwards in this namespace, XDP or afpacket."""
-    from xdpfwd import forwarder  # it imports the AF_PACKET forwarder: only when needed
+    from xdpfwd import snapshot  # it imports the AF_PACKET forwarder: only when needed
 
-    try:
-        states = forwarder.status()
-    except XdpfwdError:
-        return {}
-    return {n: s.mode for n, s in states.items() if s.attached}
+    return {s.name: s.mode for s in snapshot.read(counters=False).attached}
 
 
 # -- all --------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""attach, detach, status, counters and run across both datapaths: the XDP
-program (xdp.py) and the AF_PACKET forwarder (afpacket/). All policy is
-here: validation, privileges, the lock, the forwarding sysctls, netfilter,
-and which datapath serves.
+"""attach, detach and run across both datapaths: the XDP program (xdp.py)
+and the AF_PACKET forwarder (afpacket/datapath.py). All policy is here:
+validation, privileges, the lock, the forwarding sysctls, netfilter, and
+which datapath serves. What is attached and its counters are read by
+snapshot.py, not here.
 
 The rules that hold in every mode live here: one attach or detach at a
 time, another tool's XDP program is never touched, and an interface is
@@ -13,18 +14,20 @@ import os
 import signal
 from contextlib import contextmanager, suppress
 
-from xdpfwd import netfilter, netlink, xdp
-from xdpfwd.afpacket import process, state
-from xdpfwd.afpacket.service import serve, tear_down
-from xdpfwd.counters import PortCounters
-from xdpfwd.datapath import AttachResult, PortState
+from xdpfwd import netfilter, netlink, netns, sysctl, xdp
+from xdpfwd.afpacket import datapath as afpacket
+from xdpfwd.datapath import AttachResult, Datapath, PortState
 from xdpfwd.errors import (Conflict, ForwardingDisabled, KernelRefused, MissingDependency,
                            NetfilterInPath, PermissionDenied, UsageError, XdpfwdError)
 from xdpfwd.layout import layout
 
 
-MODES = ("auto", "native", "skb", "afpacket")
-FAMILIES = ("ipv4", "ipv6")
+# The datapaths a mode may use, in the order tried: auto falls back to the
+# AF_PACKET forwarder only where XDP itself cannot run.
+DATAPATHS: dict[str, tuple[Datapath, ...]] = {
+    "auto": (xdp, afpacket), "native": (xdp,), "skb": (xdp,), "afpacket": (afpacket,)}
+MODES = tuple(DATAPATHS)
+FAMILIES = sysctl.FAMILIES
 
 CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF = 12, 21, 39
 
@@ -43,9 +46,7 @@ def exclusive():
     """One attach or detach at a time in this network namespace: a second
     one fails at once instead of interleaving with the first. Namespaces
     share no interfaces, so each has its own lock."""
-    from xdpfwd.afpacket.state import namespace_dir
-
-    fd = os.open(namespace_dir(create=True) / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(netns.run_dir(create=True) / "lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -82,7 +83,7 @@ def validate(ifnames: list[str], mode: str) -> list[netlink.Link]:
 def check_forwarding(links: list[netlink.Link], enable: bool) -> list[str]:
     """The forwarding switches, family by family, as two parties read them:
     bpf_fib_lookup() refuses (FWD_DISABLED) on a port whose own switch is
-    off, and the kernel forwards by netlink.kernel_forwards(). XDP must not
+    off, and the kernel forwards by sysctl.kernel_forwards(). XDP must not
     forward what the kernel would not (IPv6 on a port whose switch is on
     while net.ipv6.conf.all.forwarding is off: refused), and a port that
     forwards nothing in XDP is a mistake worth saying now. With enable,
@@ -92,18 +93,18 @@ def check_forwarding(links: list[netlink.Link], enable: bool) -> list[str]:
     for link in links:
         usable = []
         for fam in FAMILIES:
-            port = netlink.sysctl_name(fam, link.name)
+            port = sysctl.forwarding_name(fam, link.name)
             if enable:
-                if fam == "ipv6" and not netlink.kernel_forwards(fam, link.name):
-                    netlink.set_forwarding(fam, "all", True)  # the kernel sets every port's too
-                    notes.append(f"{link.name}: set {netlink.sysctl_name(fam, 'all')}=1")
-                if not netlink.forwarding(fam, link.name):
-                    netlink.set_forwarding(fam, link.name, True)
+                if fam == "ipv6" and not sysctl.kernel_forwards(fam, link.name):
+                    sysctl.set_forwarding(fam, "all", True)  # the kernel sets every port's too
+                    notes.append(f"{link.name}: set {sysctl.forwarding_name(fam, 'all')}=1")
+                if not sysctl.forwarding(fam, link.name):
+                    sysctl.set_forwarding(fam, link.name, True)
                     notes.append(f"{link.name}: set {port}=1")
-            xdp, kernel = netlink.forwarding(fam, link.name), netlink.kernel_forwards(fam, link.name)
+            xdp, kernel = sysctl.forwarding(fam, link.name), sysctl.kernel_forwards(fam, link.name)
             if xdp and not kernel:
                 raise ForwardingDisabled(
-                    f"{link.name}: {port}=1 but {netlink.sysctl_name(fam, 'all')}=0: the kernel "
+                    f"{link.name}: {port}=1 but {sysctl.forwarding_name(fam, 'all')}=0: the kernel "
                     f"does not forward {fam} here and XDP would; pass --enable-forwarding, "
                     f"or set {port}=0")
             if xdp:
@@ -115,7 +116,7 @@ def check_forwarding(links: list[netlink.Link], enable: bool) -> list[str]:
                 notes.append(f"{link.name}: {fam} forwarding is off ({port}=0): "
                              f"{fam} packets are left to the kernel")
         if not usable:
-            names = ", ".join(f"{netlink.sysctl_name(f, link.name)}=0" for f in FAMILIES)
+            names = ", ".join(f"{sysctl.forwarding_name(f, link.name)}=0" for f in FAMILIES)
             raise ForwardingDisabled(
                 f"{link.name}: forwarding is disabled ({names}); enable it or pass --enable-forwarding"
             )
@@ -131,18 +132,6 @@ def refuse_foreign(states: list[PortState]) -> None:
             )
 
 
-
-def _afpacket(repair: bool) -> state.State | None:
-    """The AF_PACKET forwarder of this namespace. With repair, a recorded
-    forwarder that is no longer running is cleaned up (its sysctls
-    restored) and None returned."""
-    st = state.load()
-    if st and not st.alive and repair:
-        tear_down(st.sysctls)
-        return None
-    return st
-
-
 def _prepare(ifnames: list[str], mode: str):
     links = validate(ifnames, mode)
     require_privileges()
@@ -150,16 +139,13 @@ def _prepare(ifnames: list[str], mode: str):
 
 
 def _check_free(links, states, mode) -> AttachResult | None:
-    """Refuse what would mix datapaths; an identical afpacket attach is
-    answered as already done."""
+    """One datapath per interface: refuse what would mix them; an identical
+    afpacket attach is answered as already done."""
     refuse_foreign(states)
-    st = _afpacket(repair=True)
-    names = [l.name for l in links]
-    if st:
-        if set(st.ports) == set(names) and mode in ("auto", "afpacket"):
-            return AttachResult(0, {n: "afpacket" for n in st.ports}, already=True, pid=st.pid)
-        raise Conflict(f"the AF_PACKET forwarder (pid {st.pid}) serves "
-                       f"{', '.join(st.ports)}; detach it first")
+    afpacket.repair()
+    done = afpacket.already(links, mode)
+    if done:
+        return done
     if mode == "afpacket":
         ours = [s.name for s in states if s.prog_id]
         if ours:
@@ -193,50 +179,54 @@ def _attached_as_asked(links, states) -> bool:
             and states[0].ports == {l.index for l in links})
 
 
+def _xdp_states(links) -> list[PortState]:
+    return list(xdp.status(links).values())
+
+
 def attach(ifnames: list[str], mode: str = "auto", enable_forwarding: bool = False,
            verbose: bool = False, bypass_netfilter: bool = False) -> AttachResult:
     links = _prepare(ifnames, mode)
     with exclusive():
-        states = [xdp.inspect(l) for l in links]
+        states = _xdp_states(links)
         done = _check_free(links, states, mode)
         if done:
             return done
         warned = [] if _attached_as_asked(links, states) else \
             _check_netfilter(links, mode, bypass_netfilter)
         result, notes = _xdp_or_fallback(links, states, mode, enable_forwarding, verbose)
-        result = result or _start_afpacket(links, enable_forwarding, notes)
+        result = result or afpacket.attach(links, mode, verbose, notes)
         result.notes[:0] = warned
         return result
 
 
 def _xdp_or_fallback(links, states, mode, enable_forwarding, verbose):
-    """(the XDP attach's result, []) or, where afpacket is to run instead,
-    (None, notes saying why)."""
-    if mode == "afpacket":
-        return None, []
-    try:
-        done = xdp.already(states, {l.index for l in links}, mode)
-        if done:
-            return done, []
-        notes = check_forwarding(links, enable_forwarding)
-        return xdp.attach(links, mode, verbose, notes), []
-    except (MissingDependency, KernelRefused) as e:
-        # Only where XDP itself is unavailable; a router that does not
-        # forward, or a half-attached program, is the user's to fix.
-        if mode != "auto" or isinstance(e, ForwardingDisabled) or any(s.prog_id for s in states):
-            raise
-        return None, [f"XDP unavailable ({e}); using afpacket"]
+    """Through the mode's datapaths in order: XDP's result, or (None, notes)
+    where the AF_PACKET forwarder is to forward instead (the caller starts
+    it: in the background for attach, in its own process for run)."""
+    notes: list[str] = []
+    for dp in DATAPATHS[mode]:
+        if dp is afpacket:
+            return None, notes + check_forwarding(links, enable_forwarding)
+        try:
+            done = dp.already(states, {l.index for l in links}, mode)
+            return done or dp.attach(links, mode, verbose,
+                                     check_forwarding(links, enable_forwarding)), []
+        except (MissingDependency, KernelRefused) as e:
+            # Only where XDP itself is unavailable; a router that does not
+            # forward, or a half-attached program, is the user's to fix.
+            if dp is DATAPATHS[mode][-1] or isinstance(e, ForwardingDisabled) \
+                    or any(s.prog_id for s in states):
+                raise
+            notes = [f"XDP unavailable ({e}); using afpacket"]
+    raise AssertionError(f"mode {mode} lists no datapath")
 
 
-def _start_afpacket(links, enable_forwarding, notes) -> AttachResult:
-    notes += check_forwarding(links, enable_forwarding)
-    st = process.start({l.name: l.index for l in links})
-    return AttachResult(0, {n: "afpacket" for n in st.ports}, notes, pid=st.pid)
-
-
-def detach(ifnames: list[str] | None = None) -> list[str]:
-    """Stop xdpfwd on the named interfaces, or everywhere in this namespace.
-    The AF_PACKET forwarder stops as a whole when any of its ports is named."""
+def detach(ifnames: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """Stop xdpfwd on the named interfaces, or everywhere in this namespace:
+    (the interfaces stopped, notes). The AF_PACKET forwarder stops as a
+    whole when any of its ports is named. A state file that is not ours
+    is removed (refused everywhere else); nothing in it is trusted, so its
+    sysctls are not restored."""
     require_privileges()
     all_links = netlink.links()
     for name in ifnames or []:
@@ -244,44 +234,24 @@ def detach(ifnames: list[str] | None = None) -> list[str]:
             raise UsageError(f"{name}: no such interface in this network namespace")
     targets = [all_links[n] for n in ifnames] if ifnames else [
         l for l in all_links.values() if not l.loopback]
+    notes = []
     with exclusive():
-        states = [xdp.inspect(l) for l in targets]
-        st = _afpacket(repair=False)
-        served = set(st.ports) if st else set()
+        states = _xdp_states(targets)
+        try:
+            serving = afpacket.status()
+        except afpacket.StateFileError as e:
+            if afpacket.discard(e):
+                notes.append(f"removed {e.path} ({e.reason}); the sysctls it listed were not restored")
+            serving = afpacket.status()
         if ifnames:
             for s in states:
-                if s.foreign and not s.prog_id and s.name not in served:
+                if s.foreign and not s.prog_id and s.name not in serving:
                     raise Conflict(f"{s.name}: XDP program {s.foreign.prog_id} ({s.foreign.name}) "
                                    "was not attached by xdpfwd; not touching it")
         done = xdp.detach(states)
-        if st and (not ifnames or served & set(ifnames)):
-            process.stop(st)
-            done += [n for n in st.ports if n not in done]
-        return done
-
-
-def status() -> dict[str, PortState]:
-    ports = xdp.status()
-    st = _afpacket(repair=False)
-    if st:
-        running = st.alive
-        for name in st.ports:
-            if name in ports:
-                ports[name].mode = "afpacket"
-                ports[name].afpacket_pid = st.pid
-                ports[name].afpacket_running = running
-    return ports
-
-
-def counters() -> dict[str, PortCounters]:
-    """{interface: its counters}, both datapaths."""
-    result = xdp.read_counters()
-    st = _afpacket(repair=False)
-    if st:
-        names = netlink.link_names_by_index()
-        for ifindex, counts in state.read_counters(st).items():
-            result[names.get(ifindex, f"unknown:{ifindex}")] = counts
-    return result
+        named = serving.values() if not ifnames else [s for n, s in serving.items() if n in ifnames]
+        done += [n for n in afpacket.detach(named) if n not in done]
+        return done, notes
 
 
 def run(ifnames: list[str], mode: str = "auto", enable_forwarding: bool = False,
@@ -292,13 +262,11 @@ def run(ifnames: list[str], mode: str = "auto", enable_forwarding: bool = False,
     links = _prepare(ifnames, mode)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     with exclusive():
-        states = [xdp.inspect(l) for l in links]
+        states = _xdp_states(links)
         if _check_free(links, states, mode) or any(s.prog_id for s in states):
             raise Conflict("already attached; `run` would detach it when it stops: detach first")
         warned = _check_netfilter(links, mode, bypass_netfilter)
         result, notes = _xdp_or_fallback(links, states, mode, enable_forwarding, verbose)
-        if result is None:
-            notes += check_forwarding(links, enable_forwarding)
     names = [l.name for l in links]
     if result is not None:
         result.notes[:0] = warned
@@ -312,14 +280,13 @@ def run(ifnames: list[str], mode: str = "auto", enable_forwarding: bool = False,
             if follower:
                 netfilter.stop_follower(follower)
             with exclusive():
-                xdp.detach([xdp.inspect(l) for l in links])
+                xdp.detach(_xdp_states(links))
         return 0
-    ports = {l.name: l.index for l in links}
-    ready = AttachResult(0, {n: "afpacket" for n in ports}, warned + notes, pid=os.getpid())
-    follower = netfilter.start_follower(names, "afpacket")
+    ready = AttachResult(0, {n: afpacket.MODE for n in names}, warned + notes, pid=os.getpid())
+    follower = netfilter.start_follower(names, afpacket.MODE)
     try:
         with suppress(KeyboardInterrupt):
-            return serve(ports, on_ready=(lambda: on_ready(ready)) if on_ready else None)
+            return afpacket.serve(links, on_ready=(lambda: on_ready(ready)) if on_ready else None)
         return 0
     finally:
         netfilter.stop_follower(follower)

@@ -104,7 +104,6 @@ class Finding:
     """A chain on the forward path that xdpfwd's forwarding would skip."""
     chain: Chain
     device: str | None = None  # the port an ingress/egress chain is bound to
-    xdp_only: bool = False  # egress: the AF_PACKET forwarder's transmit still passes it
 
     @property
     def key(self) -> tuple:
@@ -140,7 +139,7 @@ def findings(chains: list[Chain], ports: list[str], mode: str = "auto") -> list[
                 continue
             for port in ports:
                 if any(_matches(d, port) for d in c.devices):
-                    found.append(Finding(c, port, xdp_only=c.hook == "egress"))
+                    found.append(Finding(c, port))
     return found
 
 

@@ -45,7 +45,15 @@ def render(table, interval: float, clock: float) -> str:
     return "\n".join(lines)
 
 
-def watch(read, interval: float = 1.0, out=None, tty: bool = False, frames: int | None = None) -> None:
+def counters() -> dict[str, PortCounters]:
+    """Every port's counters, from the snapshot `stats` and the exporter read."""
+    from xdpfwd import snapshot
+
+    return snapshot.read().check().counters
+
+
+def watch(read=counters, interval: float = 1.0, out=None, tty: bool = False,
+          frames: int | None = None) -> None:
     """Print a frame every interval until interrupted (or `frames` frames)."""
     import sys
 

@@ -14,10 +14,11 @@ never replaced or removed.
 import errno
 import struct
 from dataclasses import dataclass
+from typing import Iterable
 
-from xdpfwd import bpfsys, compiler, failpoints, netlink
+from xdpfwd import bpfsys, failpoints, netlink
 from xdpfwd.counters import PortCounters
-from xdpfwd.datapath import AttachResult, Foreign, PortState
+from xdpfwd.datapath import AttachResult, Foreign, Interface, PortState, port_name
 from xdpfwd.errors import Conflict, KernelRefused, XdpfwdError
 from xdpfwd.layout import PORT_FORMAT, PORT_SIZE, layout
 
@@ -49,7 +50,7 @@ def _ports_of(prog: OurProgram) -> frozenset[int]:
         return frozenset(struct.unpack("=I", k)[0] for k in bpfsys.map_keys(m.fd, 4))
 
 
-def inspect(link: netlink.Link) -> PortState:
+def inspect(link: Interface) -> PortState:
     xdp = bpfsys.xdp_query(link.index)
     state = PortState(link.name, link.index, mode=xdp.mode)
     prog_ids = {xdp.prog_id, xdp.drv_prog_id, xdp.skb_prog_id, xdp.hw_prog_id} - {0}
@@ -66,9 +67,9 @@ def inspect(link: netlink.Link) -> PortState:
     return state
 
 
-def status() -> dict[str, PortState]:
-    """Every interface of this namespace but loopback, by name."""
-    return {l.name: inspect(l) for l in netlink.links().values() if not l.loopback}
+def status(links: Iterable[Interface]) -> dict[str, PortState]:
+    """What each of links carries, by name: ours, another tool's, nothing."""
+    return {l.name: inspect(l) for l in links}
 
 
 # -- attach -----------------------------------------------------------------
@@ -137,9 +138,14 @@ def _port_entries(slots: dict[int, int]) -> dict[int, bytes]:
             for slot, ifindex in slots.items() if macs.get(ifindex)}
 
 
-def load_program(ifindexes: list[int], verbose: bool = False) -> compiler.Program:
+def load_program(ifindexes: list[int], verbose: bool = False):
     """Create the maps for these ports (slot i is ifindexes[i]), then
-    compile and load the program against them. Not attached yet."""
+    compile and load the program against them (a compiler.Program, not
+    attached yet)."""
+    # Here only: status, stats and the exporter import this module and
+    # must not pay for the compiler (docs/kernel-facts.md).
+    from xdpfwd import compiler
+
     lay = layout()
     ports = bpfsys.map_create(bpfsys.MAP_TYPE_DEVMAP_HASH, lay.ports_map, 4, 4, lay.max_ports)
     stats = bpfsys.map_create(bpfsys.MAP_TYPE_PERCPU_ARRAY, lay.stats_map, 4, lay.value_size,
@@ -257,13 +263,11 @@ def program_counters(prog_id: int) -> dict[int, PortCounters]:
     return result
 
 
-def read_counters() -> dict[str, PortCounters]:
-    """{interface: its counters} for every interface
-    counted by an xdpfwd program attached in this namespace. An interface
-    that is gone shows as unknown:IFINDEX."""
-    names = netlink.link_names_by_index()
+def read_counters(states: Iterable[PortState], names: dict[int, str]) -> dict[str, PortCounters]:
+    """The counters of every port of the xdpfwd programs states show, by
+    name (a port that is gone shows as unknown:IFINDEX)."""
     result = {}
-    for prog_id in sorted({s.prog_id for s in status().values() if s.prog_id}):
+    for prog_id in sorted({s.prog_id for s in states if s.prog_id}):
         for ifindex, counts in sorted(program_counters(prog_id).items()):
-            result[names.get(ifindex, f"unknown:{ifindex}")] = counts
+            result[port_name(names, ifindex)] = counts
     return result

@@ -1,5 +1,5 @@
 """Prometheus metric families built fresh at each scrape from a reader's
-Snapshot (the reader is injected, so tests feed it fixtures).
+snapshot.Snapshot (the reader is injected, so tests feed it fixtures).
 
 Naming follows Prometheus practice: one `xdpfwd_` prefix, `_total`
 counters in base units, receive and transmit as separate metrics, label
@@ -41,8 +41,8 @@ class XdpfwdCollector(Collector):
             self.scrape_errors += 1
             devices, counters = [], {}
         else:
-            self.scrape_errors += snap.errors
-            devices, counters = snap.devices, snap.counters
+            self.scrape_errors += len(snap.errors)
+            devices, counters = snap.attached, snap.counters
 
         yield GaugeMetricFamily("xdpfwd_up", "Whether xdpfwd forwards in this network namespace.",
                                 value=1 if devices else 0)

@@ -12,7 +12,7 @@ os.environ.setdefault("XDPFWD_LAB_PREFIX", "xt-")
 
 import pytest  # noqa: E402
 
-from helpers import xdpfwd  # noqa: E402
+from helpers import attached_ports, foreign_program, xdpfwd  # noqa: E402
 from xdpfwd import lab as labmod  # noqa: E402
 
 
@@ -39,3 +39,21 @@ def lab():
     finally:
         xdpfwd("detach")
         labmod.down()
+
+
+@pytest.fixture
+def clean(lab):
+    """The test starts with nothing of xdpfwd's in the router, and leaves
+    nothing: detach must have removed it all."""
+    xdpfwd("detach")
+    yield
+    xdpfwd("detach")
+    assert attached_ports() == []
+
+
+@pytest.fixture
+def foreign(clean):
+    """Another tool's XDP program on the router's eth0; yields its id."""
+    with foreign_program("eth0") as prog_id:
+        yield prog_id
+

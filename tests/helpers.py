@@ -2,12 +2,17 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from xdpfwd import bpfsys, compiler, lab, netlink, netns
+from xdpfwd.datapath import PortState
+from xdpfwd.errors import XdpfwdError
+from xdpfwd.snapshot import Snapshot
 
 XDPFWD = str(Path(sys.executable).with_name("xdpfwd"))
 
@@ -33,10 +38,110 @@ def xdpfwd(*args, ns="router", **kw):
     return run([XDPFWD, *args], ns=ns, **kw)
 
 
+def sysctl(name: str, value: str | None = None, ns: str = "router") -> str:
+    """A sysctl of lab host ns by sysctl(8), as a user would: read it
+    (value None) or set it; the value either way."""
+    if value is None:
+        return run(["sysctl", "-n", name], ns=ns, check=True).stdout.strip()
+    run(["sysctl", "-qw", f"{name}={value}"], ns=ns, check=True)
+    return value
+
+
+@contextmanager
+def sysctls_set(values: dict[str, str], ns: str = "router"):
+    """values set in lab host ns for the with-block, then put back as they
+    were (also when the block fails); yields what they were."""
+    saved = {k: sysctl(k, ns=ns) for k in values}
+    try:
+        for k, v in values.items():
+            sysctl(k, v, ns=ns)
+        yield saved
+    finally:
+        for k, v in saved.items():
+            sysctl(k, v, ns=ns)
+
+
+# The router's switches the AF_PACKET forwarder turns off and puts back.
+FORWARDING_SYSCTLS = ["net.ipv4.conf.eth1.forwarding", "net.ipv4.conf.eth0.forwarding",
+                      "net.ipv6.conf.all.forwarding", "net.ipv6.conf.eth1.forwarding",
+                      "net.ipv6.conf.eth0.forwarding"]
+
+
+def forwarding_sysctls() -> dict[str, str]:
+    return {k: sysctl(k) for k in FORWARDING_SYSCTLS}
+
+
+def start_in_router(args, wait_for: str, timeout: float = 15.0, env=None) -> subprocess.Popen:
+    """A long-running command in the router, once a line of its stdout
+    says `wait_for`; stop() it."""
+    proc = subprocess.Popen(["ip", "netns", "exec", lab.ns("router"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if wait_for in line:
+            return proc
+        if not line and proc.poll() is not None:
+            break
+    stop(proc)
+    raise AssertionError(f"{args} did not start: {proc.stderr.read()}")
+
+
+def stop(proc: subprocess.Popen) -> int:
+    """SIGTERM (SIGKILL if it does not end in 15 s); the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+@contextmanager
+def started(args, wait_for: str, timeout: float = 15.0, env=None):
+    """start_in_router() for the with-block, then stop(): it must end
+    cleanly (status 0) on SIGTERM."""
+    proc = start_in_router(args, wait_for, timeout, env)
+    try:
+        yield proc
+    finally:
+        assert stop(proc) == 0, f"{args} did not end cleanly on SIGTERM: {proc.stderr.read()}"
+
+
+def assert_one_line(proc, code: int, *words: str) -> str:
+    """A refusal as the README promises it: exit status `code`, one line on
+    stderr, "xdpfwd: ...", no traceback, with each of words in it. The line."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert lines[0].startswith("xdpfwd: ") and "Traceback" not in proc.stderr, proc.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
 def router_ip(*args):
     """`ip -n ROUTER ...`, failing the test with ip's own message."""
     proc = subprocess.run(["ip", "-n", lab.ns("router"), *args], capture_output=True, text=True)
     assert proc.returncode == 0, f"ip -n {lab.ns('router')} {' '.join(args)}: {proc.stderr.strip()}"
+
+
+def mac(host: str, ifname: str = "eth0") -> str:
+    with inside(host):
+        return netlink.link(ifname).mac
+
+
+def pin_neighbours() -> dict[str, str]:
+    """The end hosts' addresses as permanent neighbours of the router: no
+    frame waits for ARP/ND, and results do not depend on timing. Returns
+    {"sendbox": its MAC, "recvbox": its MAC}."""
+    macs = {host: mac(host) for host in ("sendbox", "recvbox")}
+    for addr, host, dev in (("10.0.11.20", "recvbox", "eth0"), ("fd00:11::20", "recvbox", "eth0"),
+                            ("10.0.10.10", "sendbox", "eth1"), ("fd00:10::10", "sendbox", "eth1")):
+        router_ip("neigh", "replace", addr, "lladdr", macs[host], "dev", dev, "nud", "permanent")
+    return macs
 
 
 # Routes that make the router's FIB answer every kind of result.
@@ -52,13 +157,7 @@ def router_with_every_route():
     type, routes with a small MTU, and a third interface (spare0, a veth:
     this kernel has no dummy driver) that is not an xdpfwd port. Yields
     {"links": router's links, "macs": {"sendbox": mac, "recvbox": mac}}."""
-    macs = {}
-    for host in ("sendbox", "recvbox"):
-        with inside(host):
-            macs[host] = netlink.link("eth0").mac
-    for addr, host, dev in (("10.0.11.20", "recvbox", "eth0"), ("fd00:11::20", "recvbox", "eth0"),
-                            ("10.0.10.10", "sendbox", "eth1"), ("fd00:10::10", "sendbox", "eth1")):
-        router_ip("neigh", "replace", addr, "lladdr", macs[host], "dev", dev, "nud", "permanent")
+    macs = pin_neighbours()
     for kind, net in SPECIAL_ROUTES:
         router_ip("route", "add", kind, net)
     for net, via, mtu in MTU_ROUTES:
@@ -105,11 +204,43 @@ def without_bcc(tmp_path) -> dict:
     return {"PYTHONPATH": str(tmp_path)}
 
 
+TRIPWIRE = """
+import os, sys
+
+class Tripwire:
+    # Told of every first import; answers nothing, so the import goes on.
+    def find_spec(self, name, path=None, target=None):
+        if name in {watched}:
+            with open({log!r}, "a") as f:
+                f.write(name + "\\n")
+        return None
+
+sys.meta_path.insert(0, Tripwire())
+"""
+
+
+def import_tripwire(tmp_path, watched) -> tuple[dict, Path]:
+    """Environment for a subprocess whose Python notes, in the file
+    returned, each of `watched` (module names) it imports: a
+    sitecustomize on PYTHONPATH, which Python runs before the program."""
+    d = tmp_path / "tripwire"
+    d.mkdir()
+    log = tmp_path / "imported"
+    log.touch()
+    (d / "sitecustomize.py").write_text(TRIPWIRE.format(watched=set(watched), log=str(log)))
+    return {"PYTHONPATH": str(d)}, log
+
+
 def status() -> dict:
     """`xdpfwd status --json` in the router, from a new process."""
     proc = xdpfwd("status", "--json")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)["interfaces"]
+
+
+def attached_ports() -> list[str]:
+    """The router's interfaces xdpfwd forwards on, by `status --json`."""
+    return [name for name, s in status().items() if s["attached"]]
 
 
 def stats() -> dict:
@@ -184,3 +315,21 @@ def assert_ping_crosses(ns: str, dst: str) -> None:
     after = stats()
     for port in ("eth1", "eth0"):
         assert after[port]["forwarded_packets"] - before[port]["forwarded_packets"] == 5
+
+
+# -- snapshots for the exporter's collector ----------------------------------
+
+
+def device(name: str, mode: str, prog_id: int = 0) -> PortState:
+    """A port xdpfwd forwards on: its XDP program prog_id, or a running
+    AF_PACKET forwarder (mode afpacket)."""
+    if mode == "afpacket":
+        return PortState(name, 0, mode=mode, afpacket_pid=1, afpacket_running=True)
+    return PortState(name, 0, mode=mode, prog_id=prog_id)
+
+
+def snapshot_of(devices=(), counters=None, errors: int = 0) -> Snapshot:
+    """A Snapshot of these attached devices, with `errors` things unreadable."""
+    return Snapshot({d.name: d for d in devices}, dict(counters or {}),
+                    [XdpfwdError("unreadable")] * errors)
+

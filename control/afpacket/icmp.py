@@ -70,6 +70,7 @@ from pyroute2.netlink.rtnl import (
     RTNLGRP_LINK,
 )
 
+from xdpfwd import sysctl
 from xdpfwd.afpacket.fib import drain, event_socket
 from xdpfwd.afpacket.packet import checksum
 
@@ -87,7 +88,6 @@ ICMP_ERROR_TYPES = frozenset({1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12})
 ICMPV6_DEST_UNREACH, ICMPV6_PKT_TOOBIG, ICMPV6_TIME_EXCEED = 1, 2, 3
 ICMPV6_NOROUTE, ICMPV6_ADM_PROHIBITED, ICMPV6_NOT_NEIGHBOUR, ICMPV6_ADDR_UNREACH = 0, 1, 2, 3
 ICMPV6_INFOMSG_MASK = 0x80
-ICMPV6_MSG_MAX = 255
 IPV6_MIN_MTU = 1280
 IPTOS_TOS_MASK, IPTOS_PREC_INTERNETCONTROL = 0x1E, 0xC0
 IP_OFFSET = 0x1FFF
@@ -536,10 +536,9 @@ class Sysctls:
         self.hz = hz
         self._fds = {}
         for name, rel in self.FILES.items():
-            try:
-                self._fds[name] = os.open(os.path.join(root, rel), os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                pass  # absent in this namespace: the kernel's default applies
+            fd = sysctl.opened(os.path.join(root, rel))
+            if fd is not None:  # absent in this namespace: the kernel's default applies
+                self._fds[name] = fd
         self._read_at = -1.0
         self.settings = self._read()
 
@@ -552,7 +551,7 @@ class Sysctls:
 
     def _value(self, name: str) -> str | None:
         fd = self._fds.get(name)
-        return os.pread(fd, 4096, 0).decode().strip() if fd is not None else None
+        return sysctl.pread(fd) if fd is not None else None
 
     def _read(self) -> Settings:
         hz, v = self.hz, self._value

@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from xdpfwd import sysctl
 from xdpfwd.afpacket import state
 from xdpfwd.afpacket.rings import grace_period
 from xdpfwd.errors import XdpfwdError
@@ -51,49 +52,33 @@ def log(msg: str) -> None:
 def _forwarding_paths(ports: list[str]) -> list[Path]:
     """What has to go off, "all" for IPv6 before the per-interface copies it
     overwrites, so that restoring in this order gives back every value."""
-    v6 = Path("/proc/sys/net/ipv6/conf")
-    paths = [Path(f"/proc/sys/net/ipv4/conf/{p}/forwarding") for p in ports]
-    if (v6 / "all/forwarding").exists():
-        paths.append(v6 / "all/forwarding")
-        paths += sorted(p for p in v6.glob("*/forwarding") if p.parent.name != "all")
+    paths = [sysctl.forwarding_path("ipv4", p) for p in ports]
+    every = sysctl.forwarding_path("ipv6", "all")
+    if every.exists():
+        paths.append(every)
+        paths += sorted(p for p in sysctl.path("ipv6", "conf").glob("*/forwarding")
+                        if p.parent.name != "all")
     return paths
 
 
-def saved_forwarding(ports: list[str]) -> dict[str, str]:
-    """The values disable_forwarding() changes and restore_sysctls() puts back."""
-    return {str(p): p.read_text().strip() for p in _forwarding_paths(ports)}
-
-
 def disable_forwarding(saved: dict[str, str]) -> None:
+    """The IPv4 ports' switches and IPv6's namespace-wide one off (the
+    kernel copies "all" to every interface)."""
     for p in saved:
-        if p.startswith("/proc/sys/net/ipv4/") or p.endswith("/all/forwarding"):
-            Path(p).write_text("0\n")
+        if p.startswith(f"{sysctl.path('ipv4')}/") or p == str(sysctl.forwarding_path("ipv6", "all")):
+            sysctl.write(p, "0")
 
 
 def save_and_disable_forwarding(ports: list[str]) -> dict[str, str]:
-    saved = saved_forwarding(ports)
+    saved = sysctl.save(_forwarding_paths(ports))
     disable_forwarding(saved)
     return saved
-
-
-def restore_sysctls(saved: dict[str, str]) -> None:
-    for path, value in saved.items():  # insertion order: "all" first
-        try:
-            # Only network sysctls: the values may come from a state file.
-            target = state.sysctl_path(path)
-        except ValueError as e:
-            print(f"xdpfwd: not restoring a sysctl: {e}", file=sys.stderr, flush=True)
-            continue
-        try:
-            Path(target).write_text(value + "\n")
-        except FileNotFoundError:
-            pass  # the interface is gone, and its setting with it
 
 
 def tear_down(saved: dict[str, str]) -> None:
     """What ends every forwarder, however it ends: the sysctls it changed
     back, its state file gone. (The counters file goes with the state.)"""
-    restore_sysctls(saved)
+    sysctl.restore(saved)
     state.remove()
 
 
@@ -196,13 +181,13 @@ def serve(ports: dict[str, int], on_ready=None, workers: int | None = None) -> i
     signals = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
     signal.pthread_sigmask(signal.SIG_BLOCK, signals)
 
-    st = state.State(pid=os.getpid(), ports=ports, workers=workers, started=time.time(),
+    st = state.State(pid=os.getpid(), ports=ports, workers=workers,
                      pid_start=state.start_time(os.getpid()))
     st.save()  # first, so that a crash from here on can be cleaned up
     pids: dict[int, int] = {}  # pid -> worker index
     channels: dict[int, socket.socket] = {}  # pid -> its control socket
     try:
-        st.sysctls = saved_forwarding(names)
+        st.sysctls = sysctl.save(_forwarding_paths(names))
         st.save()  # before anything changes: `detach` restores these
         state.create_counters(workers, len(ports))
         # Every ring open and every worker watching before the kernel stops
@@ -234,7 +219,7 @@ def _hand_back(pids: dict[int, int], channels: dict[int, socket.socket],
         if problem:
             log(f"worker {pids[pid]} (pid {pid}) did not take part in the handover: {problem}")
     grace_period()  # every frame a worker read before watching stays with it
-    restore_sysctls(saved)
+    sysctl.restore(saved)
     grace_period()  # every frame the kernel reads from now on, it forwards
     _tell(channels, b"end\n")
     deadline = time.monotonic() + HANDBACK_SECONDS
@@ -293,7 +278,7 @@ def _supervise(st, pids, channels, ifindexes, fanout_base, signals, on_ready) ->
             _hand_back(pids, channels, st.sysctls)
         except BaseException:
             _stop_workers(pids)
-            restore_sysctls(st.sysctls)
+            sysctl.restore(st.sysctls)
             raise
         finally:
             state.remove()

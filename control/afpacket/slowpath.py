@@ -47,11 +47,11 @@ not echo IPv4 options.
 
 import socket
 import time
-from pathlib import Path
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from xdpfwd import sysctl
 from xdpfwd.afpacket import ipoptions, packet
 
 # The fast path's outcomes that the kernel's forwarding may still forward
@@ -80,13 +80,6 @@ class Sysctls:
     def __init__(self):
         self._cache: dict[tuple[int, str], tuple[float, dict[str, int]]] = {}
 
-    @staticmethod
-    def _read(path: str, default: int = 0) -> int:
-        try:
-            return int(Path(f"/proc/sys/net/{path}").read_text())
-        except (FileNotFoundError, ValueError):
-            return default
-
     def _cached(self, key: tuple[int, str], read) -> dict[str, int]:
         now = time.monotonic()
         hit = self._cache.get(key)
@@ -99,8 +92,8 @@ class Sysctls:
     def conf(self, ifname: str) -> dict[str, int]:
         """IPv4: what fib_validate_source() and ip_rcv_options() read."""
         def read():
-            r = lambda key: (self._read(f"ipv4/conf/all/{key}"),  # noqa: E731
-                             self._read(f"ipv4/conf/{ifname}/{key}"))
+            r = lambda key: (sysctl.read_int(sysctl.path("ipv4", "conf", "all", key)),  # noqa: E731
+                             sysctl.read_int(sysctl.path("ipv4", "conf", ifname, key)))
             rp, local, redirects = r("rp_filter"), r("accept_local"), r("send_redirects")
             return {"rp_filter": max(rp),               # IN_DEV_RPFILTER: IN_DEV_MAXCONF
                     "accept_local": int(any(local)),    # IN_DEV_ACCEPT_LOCAL: IN_DEV_ORCONF
@@ -114,9 +107,9 @@ class Sysctls:
         the ingress interface's ioam6_enabled)."""
         def read():
             # IP6_DEFAULT_MAX_HBH_OPTS_CNT, IP6_DEFAULT_MAX_HBH_OPTS_LEN
-            return {"max_hbh_opts_number": self._read("ipv6/max_hbh_opts_number", 8),
-                    "max_hbh_length": self._read("ipv6/max_hbh_length", 2**31 - 1),
-                    "ioam6_enabled": self._read(f"ipv6/conf/{ifname}/ioam6_enabled")}
+            return {"max_hbh_opts_number": sysctl.read_int(sysctl.path("ipv6", "max_hbh_opts_number"), 8),
+                    "max_hbh_length": sysctl.read_int(sysctl.path("ipv6", "max_hbh_length"), 2**31 - 1),
+                    "ioam6_enabled": sysctl.read_int(sysctl.path("ipv6", "conf", ifname, "ioam6_enabled"))}
         return self._cached((6, ifname), read)
 
 

@@ -18,11 +18,11 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
+from xdpfwd import netns, sysctl
 from xdpfwd.counters import PortCounters
 from xdpfwd.errors import XdpfwdError
 from xdpfwd.layout import layout
 
-RUN_DIR = Path("/run/xdpfwd")
 SERVICE_MODULE = "xdpfwd.afpacket.service"
 
 
@@ -39,20 +39,6 @@ def start_time(pid: int) -> int:
     return int(fields[19])
 
 
-def namespace_dir(create: bool = False) -> Path:
-    ino = os.stat("/proc/thread-self/ns/net").st_ino
-    d = RUN_DIR / f"netns-{ino}"
-    if create:
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not statmod.S_ISDIR(os.lstat(d).st_mode):
-            raise XdpfwdError(f"{d} is not a directory: remove it")
-        # mkdir's mode is not applied to a directory that existed before
-        # (an older version's, or one made by hand).
-        os.chmod(RUN_DIR, 0o700)
-        os.chmod(d, 0o700)
-    return d
-
-
 class StateFileError(XdpfwdError):
     """A state file this xdpfwd did not write as it is: malformed, or
     foreign (not a regular file of ours). Nothing in it is acted on;
@@ -64,20 +50,7 @@ class StateFileError(XdpfwdError):
         self.path, self.reason, self.ino = path, reason, ino
 
 
-SYSCTL_ROOT = "/proc/sys/net/"
 MAX_STATE_BYTES = 65536
-
-
-def sysctl_path(path: str) -> str:
-    """The path a recorded sysctl really names, if it is a network sysctl;
-    ValueError otherwise. `..` and symbolic links are resolved first
-    (/proc/self/root leads anywhere)."""
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise ValueError(f"{path!r} is not an absolute path")
-    real = os.path.realpath(path)
-    if not real.startswith(SYSCTL_ROOT):
-        raise ValueError(f"{path} is outside {SYSCTL_ROOT}" + (f" (it leads to {real})" if real != path else ""))
-    return real
 
 
 def _is_ifname(name) -> bool:
@@ -99,9 +72,13 @@ _FIELD_CHECKS = {
     "sysctls": lambda v: isinstance(v, dict) and all(
         isinstance(k, str) and isinstance(x, str) and len(x) <= 64 and x.isprintable()
         for k, x in v.items()),
-    "started": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
     "pid_start": lambda v: _int(v, 0),
 }
+
+
+# Written by earlier versions, read by none: a forwarder started before an
+# upgrade must still be found, stopped and cleaned up.
+LEGACY_FIELDS = {"started"}
 
 
 def _type_check(f):
@@ -122,6 +99,8 @@ def validate(raw: bytes, path: Path, ino: int = 0) -> "State":
     if not isinstance(doc, dict):
         bad("not a JSON object")
     known = {f.name: f for f in fields(State)}
+    for name in LEGACY_FIELDS & set(doc):
+        del doc[name]
     for name in doc:
         if name not in known:
             bad(f"unknown field {name!r}")
@@ -134,7 +113,7 @@ def validate(raw: bytes, path: Path, ino: int = 0) -> "State":
             bad(f"field {name!r} has an impossible value")
     for p in doc.get("sysctls", {}):
         try:
-            sysctl_path(p)
+            sysctl.checked(p)
         except ValueError as e:
             bad(f"sysctl {e}")
     return State(**doc)
@@ -146,7 +125,6 @@ class State:
     ports: dict[str, int]  # interface name -> ifindex, in the order given
     workers: int
     sysctls: dict[str, str] = field(default_factory=dict)  # /proc/sys path -> value to restore
-    started: float = 0.0
     pid_start: int = 0  # start_time(pid) when it was recorded
 
     @property
@@ -155,7 +133,7 @@ class State:
         return self.pid_start != 0 and start_time(self.pid) == self.pid_start
 
     def save(self) -> None:
-        d = namespace_dir(create=True)
+        d = netns.run_dir(create=True)
         tmp = d / "afpacket.json.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -166,7 +144,7 @@ class State:
 def load() -> State | None:
     """The recorded forwarder, None if there is none, or StateFileError
     for a file that is not a state file of ours."""
-    path = namespace_dir() / "afpacket.json"
+    path = netns.run_dir() / "afpacket.json"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -203,13 +181,13 @@ def discard(bad: StateFileError) -> bool:
 
 
 def remove() -> None:
-    d = namespace_dir()
+    d = netns.run_dir()
     for name in ("afpacket.json", "afpacket.counters"):
         (d / name).unlink(missing_ok=True)
 
 
 def counters_path() -> Path:
-    return namespace_dir() / "afpacket.counters"
+    return netns.run_dir() / "afpacket.counters"
 
 
 def _slots(workers: int, ports: int) -> int:

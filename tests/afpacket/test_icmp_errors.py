@@ -21,8 +21,9 @@ from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from helpers import inside, router_with_every_route
+from helpers import inside, mac, router_with_every_route, sysctls_set
 from xdpfwd import lab, netlink
+from xdpfwd.sysctl import restore
 from xdpfwd.afpacket import fragment, icmp, service
 
 ETH_P_ALL = 0x0003
@@ -31,15 +32,6 @@ WINDOW = 0.4  # seconds to wait for what a frame causes
 MARK = b"xdpfwd-slowpath-"
 RECVBOX_V4, RECVBOX_V6 = "10.0.11.20", "fd00:11::20"
 SENDBOX_V4, SENDBOX_V6 = "10.0.10.10", "fd00:10::10"
-
-
-def sysctl(host, *settings):
-    subprocess.run(["ip", "netns", "exec", lab.ns(host), "sysctl", "-qw", *settings], check=True)
-
-
-def sysctl_get(host, name):
-    return subprocess.run(["ip", "netns", "exec", lab.ns(host), "sysctl", "-n", name],
-                          check=True, capture_output=True, text=True).stdout.strip()
 
 
 def packet_socket(host, ifname):
@@ -148,7 +140,7 @@ class Router:
                         packet[8] -= 1  # ip_forward() decrements before ip_output() fragments
                         packet[10:12] = b"\0\0"
                         packet[10:12] = fragment.checksum(bytes(packet[:20])).to_bytes(2, "big")
-                        head = mac(self.recvbox_mac) + mac(links["eth0"].mac) + b"\x08\x00"
+                        head = mac_bytes(self.recvbox_mac) + mac_bytes(links["eth0"].mac) + b"\x08\x00"
                         for piece in fragment.fragment(bytes(packet), mtu):
                             tx.send(head + piece)
                     elif errors.reply(frame, eth1, cause, mtu):
@@ -158,7 +150,7 @@ class Router:
             self.ready.set()
 
 
-def mac(text):
+def mac_bytes(text):
     return bytes.fromhex(text.replace(":", ""))
 
 
@@ -232,8 +224,7 @@ def routed(lab):
     with router_with_every_route() as env:
         with inside("sendbox"):
             sendbox_ll = next(a for a in _v6_addresses("eth0") if a.startswith("fe80"))
-        with inside("router"):
-            env["router_mac"] = netlink.link("eth1").mac
+        env["router_mac"] = mac("router", "eth1")
         env["sendbox_ll"] = sendbox_ll
         yield env
 
@@ -248,13 +239,8 @@ def _v6_addresses(ifname):
 
 @contextlib.contextmanager
 def router_sysctls(**values):
-    names = {k.replace("__", "."): v for k, v in values.items()}
-    saved = {k: sysctl_get("router", k) for k in names}
-    sysctl("router", *(f"{k}={v}" for k, v in names.items()))
-    try:
+    with sysctls_set({k.replace("__", "."): v for k, v in values.items()}):
         yield
-    finally:
-        sysctl("router", *(f"{k}={v}" for k, v in saved.items()))
 
 
 @contextlib.contextmanager
@@ -265,7 +251,7 @@ def forwarding_off():
         yield
     finally:
         with inside("router"):
-            service.restore_sysctls(saved)
+            restore(saved)
 
 
 def test_errors_and_fragments_match_the_kernel(routed):

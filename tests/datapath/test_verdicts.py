@@ -11,9 +11,9 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
 from helpers import inside, router_ip, router_with_every_route
-from xdpfwd import bpfsys, netlink, xdp
+from xdpfwd import bpfsys, sysctl, xdp
 
-XDP_DROP, XDP_PASS, XDP_REDIRECT = 1, 2, 4
+XDP_PASS, XDP_REDIRECT = 2, 4
 PAYLOAD = b"xdpfwd-test-payload"
 
 
@@ -182,12 +182,12 @@ def test_fragments_are_forwarded(program):
 
 def test_forwarding_disabled_on_ingress(program):
     with inside("router"):
-        netlink.set_forwarding("ipv4", "eth1", False)
+        sysctl.set_forwarding("ipv4", "eth1", False)
     try:
         check(program, to_router(program, v4()), XDP_PASS, "fib_forwarding_disabled")
     finally:
         with inside("router"):
-            netlink.set_forwarding("ipv4", "eth1", True)
+            sysctl.set_forwarding("ipv4", "eth1", True)
     check(program, to_router(program, v4()), XDP_REDIRECT, "forwarded")
 
 
@@ -258,7 +258,7 @@ def test_reverse_path_follows_the_routes(program):
 
 def test_trailing_bytes_are_trimmed_as_the_kernel_does(program):
     """ip_rcv_core() trims the frame to tot_len before forwarding."""
-    for l3, layer in ((v4(), IP), (v6(), IPv6)):
+    for l3 in (v4(), v6()):
         frame = bytes(to_router(program, l3))
         out = Ether(check(program, frame + b"\0" * 20, XDP_REDIRECT, "forwarded").data)
         assert len(bytes(out)) == len(frame)

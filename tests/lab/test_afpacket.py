@@ -10,20 +10,12 @@ import time
 
 import pytest
 
-from helpers import XDPFWD, assert_forwarded, router_ip, run, stats, status, without_bcc, xdpfwd
+from helpers import (XDPFWD, assert_forwarded, forwarding_sysctls, router_ip, run, stats, status,
+                     without_bcc, xdpfwd)
 from xdpfwd import lab, traffic
 
 SENDBOX_V4, RECVBOX_V4 = "10.0.10.10", "10.0.11.20"
 SENDBOX_V6, RECVBOX_V6 = "fd00:10::10", "fd00:11::20"
-SYSCTLS = ["net.ipv4.conf.eth1.forwarding", "net.ipv4.conf.eth0.forwarding",
-           "net.ipv6.conf.all.forwarding", "net.ipv6.conf.eth1.forwarding",
-           "net.ipv6.conf.eth0.forwarding"]
-
-
-def sysctls():
-    return {k: run(["sysctl", "-n", k], check=True).stdout.strip() for k in SYSCTLS}
-
-
 def alive(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -40,7 +32,7 @@ def worker_pids(pid):
 @pytest.fixture(scope="module")
 def afpacket(lab):
     xdpfwd("detach")
-    before = sysctls()
+    before = forwarding_sysctls()
     proc = xdpfwd("attach", "eth1", "eth0", "--mode", "afpacket")
     assert proc.returncode == 0, proc.stderr
     pid = status()["eth1"]["pid"]
@@ -61,7 +53,7 @@ def test_attach_returns_and_status_shows_afpacket_and_pid(afpacket):
 
 
 def test_the_kernel_no_longer_forwards_the_ports(afpacket):
-    now = sysctls()
+    now = forwarding_sysctls()
     assert now["net.ipv4.conf.eth1.forwarding"] == "0"
     assert now["net.ipv4.conf.eth0.forwarding"] == "0"
     assert now["net.ipv6.conf.all.forwarding"] == "0"
@@ -158,7 +150,7 @@ def test_attach_again_is_a_no_op(afpacket):
 
 def test_detach_stops_every_process_and_restores_the_sysctls(lab):
     xdpfwd("detach")
-    before = sysctls()
+    before = forwarding_sysctls()
     assert xdpfwd("attach", "eth1", "eth0", "--mode", "afpacket").returncode == 0
     pid = status()["eth1"]["pid"]
     workers = worker_pids(pid)
@@ -166,7 +158,7 @@ def test_detach_stops_every_process_and_restores_the_sysctls(lab):
     proc = xdpfwd("detach")
     assert proc.returncode == 0 and "eth1: detached" in proc.stdout
     assert not alive(pid) and not any(alive(w) for w in workers)
-    assert sysctls() == before
+    assert forwarding_sysctls() == before
     assert not status()["eth1"]["attached"]
 
 
@@ -189,7 +181,7 @@ def test_auto_falls_back_to_afpacket_where_bcc_is_missing(lab, tmp_path):
 @pytest.mark.parametrize("mode", ["afpacket", "native"])
 def test_run_forwards_then_exits_cleanly_on_sigterm(lab, mode):
     xdpfwd("detach")
-    before = sysctls()
+    before = forwarding_sysctls()
     proc = subprocess.Popen(["ip", "netns", "exec", lab.ns("router"), XDPFWD, "run", "eth1", "eth0",
                              "--mode", mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -209,4 +201,4 @@ def test_run_forwards_then_exits_cleanly_on_sigterm(lab, mode):
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert not status()["eth1"]["attached"]
-    assert sysctls() == before
+    assert forwarding_sysctls() == before

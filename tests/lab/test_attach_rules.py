@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from helpers import XDPFWD, foreign_program, run, status, xdpfwd
+from helpers import XDPFWD, assert_one_line, run, status, sysctl, xdpfwd
 from xdpfwd import lab
 
 
@@ -14,27 +14,6 @@ def xdp_line(ns, ifname):
     """What `ip link` says of XDP on an interface ('' when nothing)."""
     out = run(["ip", "-d", "link", "show", "dev", ifname], ns=ns, check=True).stdout
     return " ".join(w for w in out.split() if w.startswith("xdp") or w.startswith("prog/xdp"))
-
-
-def one_line_error(proc, code, *words):
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("xdpfwd: ")
-    assert "Traceback" not in proc.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
-
-
-@pytest.fixture
-def clean(lab):
-    """Each test starts and ends with nothing attached in the router."""
-    xdpfwd("detach")
-    yield
-    xdpfwd("detach")
-    st = status()
-    assert not st["eth1"]["attached"] and not st["eth0"]["attached"]
 
 
 def test_attach_twice_is_a_no_op_that_says_so(clean):
@@ -49,7 +28,7 @@ def test_attach_twice_is_a_no_op_that_says_so(clean):
 
 def test_attach_in_another_mode_is_refused(clean):
     assert xdpfwd("attach", "eth1", "eth0", "--mode", "native").returncode == 0
-    one_line_error(xdpfwd("attach", "eth1", "eth0", "--mode", "skb"), 5, "detach first")
+    assert_one_line(xdpfwd("attach", "eth1", "eth0", "--mode", "skb"), 5, "detach first")
     assert status()["eth1"]["mode"] == "native"
 
 
@@ -78,15 +57,8 @@ def test_detaching_one_port_removes_it_from_the_other_ports_devmap(clean):
     assert after["pass_reasons"]["egress_not_a_port"] - before["pass_reasons"]["egress_not_a_port"] == 2
 
 
-@pytest.fixture
-def foreign(clean):
-    """Another tool's XDP program on the router's eth0."""
-    with foreign_program("eth0") as prog_id:
-        yield prog_id
-
-
 def test_a_foreign_program_is_never_replaced(foreign):
-    line = one_line_error(xdpfwd("attach", "eth1", "eth0"), 5, str(foreign), "foreign_pass")
+    line = assert_one_line(xdpfwd("attach", "eth1", "eth0"), 5, str(foreign), "foreign_pass")
     assert "another tool" in line
     st = status()
     assert not st["eth1"]["attached"], "eth1 must be left as it was"
@@ -94,7 +66,7 @@ def test_a_foreign_program_is_never_replaced(foreign):
 
 
 def test_a_foreign_program_is_never_detached(foreign):
-    one_line_error(xdpfwd("detach", "eth0"), 5, "not attached by xdpfwd")
+    assert_one_line(xdpfwd("detach", "eth0"), 5, "not attached by xdpfwd")
     assert "nothing to detach" in xdpfwd("detach").stdout
     assert status()["eth0"]["foreign"]["prog_id"] == foreign
 
@@ -111,7 +83,7 @@ def big_peer_mtu(clean):
 
 
 def test_attach_is_all_or_nothing(big_peer_mtu):
-    line = one_line_error(xdpfwd("attach", "eth1", "eth0", "--mode", "native"), 6, "eth0")
+    line = assert_one_line(xdpfwd("attach", "eth1", "eth0", "--mode", "native"), 6, "eth0")
     assert "MTU" in line
     assert xdp_line("router", "eth1") == "", "eth1 was attached first and must be undone"
     assert xdp_line("router", "eth0") == ""
@@ -130,22 +102,22 @@ def test_auto_falls_back_to_skb_per_interface_and_says_why(big_peer_mtu):
 def forwarding_off(clean):
     keys = [f"net.{fam}.conf.eth1.forwarding" for fam in ("ipv4", "ipv6")]
     for key in keys:
-        run(["sysctl", "-qw", f"{key}=0"], check=True)
+        sysctl(key, "0")
     try:
         yield keys
     finally:
         for key in keys:
-            run(["sysctl", "-qw", f"{key}=1"], check=True)
+            sysctl(key, "1")
 
 
 def test_forwarding_disabled_is_refused_then_enabled_on_request(forwarding_off):
-    one_line_error(xdpfwd("attach", "eth1", "eth0"), 6, "eth1", "forwarding is disabled",
+    assert_one_line(xdpfwd("attach", "eth1", "eth0"), 6, "eth1", "forwarding is disabled",
                    "--enable-forwarding")
     assert xdp_line("router", "eth1") == ""
     proc = xdpfwd("attach", "eth1", "eth0", "--enable-forwarding")
     assert proc.returncode == 0, proc.stderr
     for key in forwarding_off:
-        assert run(["sysctl", "-n", key], check=True).stdout.strip() == "1"
+        assert sysctl(key) == "1"
         assert f"set {key}=1" in proc.stderr
 
 
@@ -177,20 +149,20 @@ def test_concurrent_attaches_one_wins(clean):
 def ipv6_port_on_namespace_off(clean):
     """The kernel forwards IPv6 by net.ipv6.conf.all.forwarding (ip6_forward());
     bpf_fib_lookup() asks the port's own value: here they disagree."""
-    run(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"], check=True)  # sets every port's to 0 too
-    run(["sysctl", "-qw", "net.ipv6.conf.eth1.forwarding=1"], check=True)
-    run(["sysctl", "-qw", "net.ipv6.conf.eth0.forwarding=1"], check=True)
+    sysctl("net.ipv6.conf.all.forwarding", "0")  # sets every port's to 0 too
+    sysctl("net.ipv6.conf.eth1.forwarding", "1")
+    sysctl("net.ipv6.conf.eth0.forwarding", "1")
     try:
         yield
     finally:
-        run(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], check=True)
+        sysctl("net.ipv6.conf.all.forwarding", "1")
 
 
 def test_ipv6_forwarding_off_for_the_namespace_is_not_overridden(ipv6_port_on_namespace_off):
-    one_line_error(xdpfwd("attach", "eth1", "eth0"), 6, "net.ipv6.conf.eth1.forwarding=1",
+    assert_one_line(xdpfwd("attach", "eth1", "eth0"), 6, "net.ipv6.conf.eth1.forwarding=1",
                    "net.ipv6.conf.all.forwarding=0", "--enable-forwarding")
     assert xdp_line("router", "eth1") == ""
     proc = xdpfwd("attach", "eth1", "eth0", "--enable-forwarding")
     assert proc.returncode == 0, proc.stderr
     assert "set net.ipv6.conf.all.forwarding=1" in proc.stderr
-    assert run(["sysctl", "-n", "net.ipv6.conf.all.forwarding"], check=True).stdout.strip() == "1"
+    assert sysctl("net.ipv6.conf.all.forwarding") == "1"

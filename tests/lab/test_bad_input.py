@@ -1,11 +1,9 @@
 """User mistakes: one clear line on stderr, a documented exit status, no
 traceback, and the router left exactly as it was."""
 
-import json
-
 import pytest
 
-from helpers import XDPFWD, run, without_bcc, xdpfwd
+from helpers import XDPFWD, assert_one_line, attached_ports, run, without_bcc, xdpfwd
 
 NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--inh-caps=-all"]
 
@@ -34,25 +32,12 @@ MISTAKES = [
 ]
 
 
-def nothing_attached():
-    st = json.loads(xdpfwd("status", "--json").stdout)["interfaces"]
-    return not any(i["attached"] for i in st.values())
-
-
-def assert_one_line(proc, code, words):
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("xdpfwd: "), proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert words in lines[0], lines[0]
-
-
 @pytest.fixture
 def router(lab):
     xdpfwd("detach")
-    assert nothing_attached()
+    assert attached_ports() == []
     yield
-    assert nothing_attached(), "a mistake must not leave anything attached"
+    assert attached_ports() == [], "a mistake must not leave anything attached"
 
 
 @pytest.mark.parametrize("args,code,words", MISTAKES, ids=[" ".join(m[0]) or "-" for m in MISTAKES])

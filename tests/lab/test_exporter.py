@@ -2,7 +2,6 @@
 router's namespace, curl, and a real Prometheus server scraping it."""
 
 import json
-import signal
 import subprocess
 import time
 import urllib.parse
@@ -10,36 +9,11 @@ import urllib.parse
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import XDPFWD, run, xdpfwd
+from helpers import XDPFWD, run, start_in_router, started, stop, xdpfwd
 from xdpfwd import lab
 from xdpfwd import traffic
 
 LISTEN = "127.0.0.1:10420"
-
-
-def start_in_router(args, wait_for: str, timeout: float = 15.0) -> subprocess.Popen:
-    proc = subprocess.Popen(["ip", "netns", "exec", lab.ns("router"), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if wait_for in line:
-            return proc
-        if not line and proc.poll() is not None:
-            break
-    stop(proc)
-    raise AssertionError(f"{args} did not start: {proc.stderr.read()}")
-
-
-def stop(proc: subprocess.Popen) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
 
 
 def scrape(url=f"http://{LISTEN}/metrics", extra=()):
@@ -59,12 +33,9 @@ def value(samples, name, **labels):
 @pytest.fixture
 def exporter(lab):
     xdpfwd("detach")
-    proc = start_in_router([XDPFWD, "exporter", "--listen", LISTEN], "serving")
-    try:
+    with started([XDPFWD, "exporter", "--listen", LISTEN], "serving") as proc:
         yield proc
-    finally:
-        assert stop(proc) == 0, "the exporter must stop cleanly on SIGTERM"
-        xdpfwd("detach")
+    xdpfwd("detach")
 
 
 def warm_up():

@@ -9,14 +9,14 @@ import socket
 import ssl
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 import webpki
 from deploy_examples import example_job
 from helpers import XDPFWD, inside, run
-from test_exporter import start_in_router, start_prometheus, stop, value, wait_for
+from helpers import start_in_router, started, stop
+from test_exporter import start_prometheus, wait_for
 from xdpfwd.exporter import server
 
 PORT = 10424
@@ -106,13 +106,9 @@ class Stalled:
 
 @pytest.fixture
 def tls_exporter(lab, pki):
-    proc = start_in_router([XDPFWD, "exporter", "--listen", f"127.0.0.1:{PORT}",
-                            "--tls-cert", pki.path("server.pem"), "--tls-key", pki.path("server.key")],
-                           "serving https")
-    try:
+    with started([XDPFWD, "exporter", "--listen", f"127.0.0.1:{PORT}", "--tls-cert",
+                  pki.path("server.pem"), "--tls-key", pki.path("server.key")], "serving https") as proc:
         yield proc
-    finally:
-        assert stop(proc) == 0
 
 
 def test_four_stalled_tls_clients_do_not_delay_scrapes(tls_exporter, pki):
@@ -161,12 +157,9 @@ def web_exporter(lab, pki, tmp_path):
     path = webpki.web_config(pki, tmp_path / "web.yml", client_auth_type="RequireAndVerifyClientCert",
                              client_ca_file=pki.path("ca.pem"),
                              users={"prometheus": webpki.bcrypt_hash()})
-    proc = start_in_router([XDPFWD, "exporter", "--listen", f"127.0.0.1:{PORT}",
-                            "--web.config.file", str(path)], "serving https")
-    try:
+    with started([XDPFWD, "exporter", "--listen", f"127.0.0.1:{PORT}",
+                  "--web.config.file", str(path)], "serving https") as proc:
         yield proc
-    finally:
-        assert stop(proc) == 0
 
 
 def test_curl_is_refused_without_credentials(web_exporter, pki):

@@ -12,7 +12,7 @@ import pytest
 
 import webpki
 from helpers import XDPFWD, run, xdpfwd
-from test_exporter import start_in_router, stop
+from helpers import start_in_router, stop
 from test_exporter_hostile import Stalled
 
 PORT = 10425

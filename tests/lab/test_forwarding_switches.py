@@ -8,14 +8,14 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from helpers import run, xdpfwd
-from test_kernel_rules import MARK, macs, pinned, through_router  # noqa: F401  (pinned: a fixture)
+from helpers import sysctl, xdpfwd
+from test_kernel_rules import MARK, pinned, through_router  # noqa: F401  (pinned: a fixture)
 
 
 @pytest.mark.parametrize("mode", ["kernel", "native", "skb", "afpacket"])
 def test_ipv6_off_for_the_namespace_is_not_forwarded(pinned, mode):  # noqa: F811
     router, sendbox = pinned
-    run(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"], check=True)
+    sysctl("net.ipv6.conf.all.forwarding", "0")
     try:
         if mode != "kernel":
             proc = xdpfwd("attach", "eth1", "eth0", "--mode", mode)
@@ -30,4 +30,4 @@ def test_ipv6_off_for_the_namespace_is_not_forwarded(pinned, mode):  # noqa: F81
     finally:
         if mode != "kernel":
             assert xdpfwd("detach").returncode == 0
-        run(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], check=True)
+        sysctl("net.ipv6.conf.all.forwarding", "1")

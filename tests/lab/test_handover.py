@@ -34,8 +34,7 @@ import pytest
 
 from helpers import inside, xdpfwd
 from xdpfwd import lab as labmod
-from xdpfwd import traffic
-from xdpfwd.afpacket import state
+from xdpfwd import netns, traffic
 from xdpfwd.afpacket.rings import open_rx_rings
 
 CYCLES = int(os.environ.get("XDPFWD_HANDOVER_CYCLES", "3"))
@@ -51,7 +50,7 @@ NO_ROOM = re.compile(r"worker\[\d+\]: its rings had no room for (\d+) frames")
 
 def _log_size() -> int:
     with inside("router"):
-        log = state.namespace_dir() / "afpacket.log"
+        log = netns.run_dir() / "afpacket.log"
     return log.stat().st_size if log.exists() else 0
 
 
@@ -60,7 +59,7 @@ def _no_room(since: int) -> int:
     what the log gained since `since`: a worker not scheduled for longer
     than its rings hold loses them, whatever the handover does."""
     with inside("router"):
-        log = state.namespace_dir() / "afpacket.log"
+        log = netns.run_dir() / "afpacket.log"
     if not log.exists():
         return 0
     with log.open("rb") as f:

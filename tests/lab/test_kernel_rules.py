@@ -10,19 +10,15 @@ from scapy.layers.inet import IP, UDP, ICMP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from helpers import inside, router_ip, run, stats, xdpfwd
-from xdpfwd import lab, netlink
+from helpers import mac, pin_neighbours, router_ip, stats, sysctl, xdpfwd
+from xdpfwd import lab
 from xdpfwd.netns import entered
 
 MARK = b"xdpfwd-kernel-rules"
 
 
 def macs():
-    with inside("router"):
-        router = netlink.link("eth1").mac
-    with inside("sendbox"):
-        sendbox = netlink.link("eth0").mac
-    return router, sendbox
+    return mac("router", "eth1"), mac("sendbox")
 
 
 class Capture:
@@ -75,21 +71,12 @@ def through_router(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
         at_send.close()
 
 
-def sysctl(name: str, value: str) -> None:
-    run(["sysctl", "-qw", f"{name}={value}"], ns="router", check=True)
-
-
 @pytest.fixture(scope="module")
 def pinned(lab):
     """Permanent neighbours: no frame waits for ARP/ND, and the results
     do not depend on timing."""
-    router, sendbox = macs()
-    with inside("recvbox"):
-        recvbox = netlink.link("eth0").mac
-    for addr, mac, dev in (("10.0.11.20", recvbox, "eth0"), ("fd00:11::20", recvbox, "eth0"),
-                           ("10.0.10.10", sendbox, "eth1"), ("fd00:10::10", sendbox, "eth1")):
-        router_ip("neigh", "replace", addr, "lladdr", mac, "dev", dev, "nud", "permanent")
-    yield router, sendbox
+    pin_neighbours()
+    yield macs()
     sysctl("net.ipv4.conf.all.rp_filter", "0")
     sysctl("net.ipv4.conf.eth1.rp_filter", "0")
 
@@ -181,7 +168,7 @@ ICMP_CASES = {
 def test_icmp_errors_come_back(mode, pinned, case):
     router, sendbox = pinned
     build, (icmp_type, code) = ICMP_CASES[case]
-    run(["sysctl", "-qw", "net.ipv4.icmp_ratelimit=0"], ns="router", check=True)
+    sysctl("net.ipv4.icmp_ratelimit", "0")
     if case == "frag_needed":
         router_ip("link", "set", "eth0", "mtu", "1400")
     try:

@@ -10,16 +10,14 @@ exporter and `run`.
 
 import json
 import signal
-import subprocess
 import time
 from contextlib import contextmanager
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import XDPFWD, run, status, xdpfwd
-from test_exporter import stop
-from xdpfwd import lab, traffic
+from helpers import XDPFWD, assert_one_line, attached_ports, run, started, xdpfwd
+from xdpfwd import traffic
 
 FORWARD_DROP = "nftables inet xdpfwd_test chain forward (hook forward, policy accept, 1 rule)"
 LISTEN = "127.0.0.1:10427"
@@ -62,15 +60,10 @@ def iptables_legacy(*args):
 
 
 def refused(proc, *words):
-    assert proc.returncode == 7, (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert lines[0].startswith("xdpfwd: netfilter on the forward path would be bypassed: ")
-    assert "--bypass-netfilter" in lines[0]
-    for word in words:
-        assert word in lines[0], lines[0]
+    line = assert_one_line(proc, 7, "--bypass-netfilter", *words)
+    assert line.startswith("xdpfwd: netfilter on the forward path would be bypassed: ")
     assert proc.stdout == ""
-    assert not any(s["attached"] for s in status().values()), "nothing may be attached"
+    assert attached_ports() == [], "nothing may be attached"
 
 
 def doctor_netfilter() -> list[dict]:
@@ -80,11 +73,9 @@ def doctor_netfilter() -> list[dict]:
 
 
 @pytest.fixture
-def clean(lab):
-    xdpfwd("detach")
+def clean(clean):
+    """conftest's clean, and no nftables table left behind."""
     yield
-    xdpfwd("detach")
-    assert not any(s["attached"] for s in status().values())
     assert run(["nft", "list", "tables"], check=True).stdout.strip() == "", "a table was left"
 
 
@@ -168,26 +159,9 @@ def scrape_gauge() -> float | None:
     return None
 
 
-@contextmanager
-def started(args, wait_for: str, timeout: float = 20.0):
-    """A long-running xdpfwd command in the router, stopped with SIGTERM."""
-    proc = subprocess.Popen(["ip", "netns", "exec", lab.ns("router"), XDPFWD, *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + timeout
-        line = ""
-        while wait_for not in line:
-            line = proc.stdout.readline()
-            assert (line or proc.poll() is None) and time.monotonic() < deadline, \
-                f"{args} did not start: {proc.stderr.read() if proc.poll() is not None else ''}"
-        yield proc
-    finally:
-        stop(proc)
-
-
 def test_a_rule_added_after_attach_shows_in_doctor_and_the_gauge(clean):
     assert xdpfwd("attach", "eth1", "eth0", "--mode", "skb").returncode == 0
-    with started(["exporter", "--listen", LISTEN], "serving"):
+    with started([XDPFWD, "exporter", "--listen", LISTEN], "serving", 20):
         assert scrape_gauge() == 0
         assert [r["level"] for r in doctor_netfilter()] == ["ok"]
         with forward_udp_drop():
@@ -211,7 +185,7 @@ def stderr_line(proc, words: str, timeout: float) -> str:
 
 @pytest.mark.parametrize("mode", ["skb", "afpacket"])
 def test_run_logs_the_forward_path_gaining_and_losing_rules(clean, mode):
-    with started(["run", "eth1", "eth0", "--mode", mode], "attached") as proc:
+    with started([XDPFWD, "run", "eth1", "eth0", "--mode", mode], "attached", 20) as proc:
         with forward_udp_drop():
             # nftables: an event, so well before the legacy re-read.
             t0 = time.monotonic()
@@ -231,4 +205,4 @@ def test_run_logs_the_forward_path_gaining_and_losing_rules(clean, mode):
         out, err = proc.communicate(timeout=20)
         assert proc.returncode == 0, err
         assert "Traceback" not in err
-    assert not any(s["attached"] for s in status().values())
+    assert attached_ports() == []

@@ -16,9 +16,8 @@ from scapy.layers.inet import ICMP, IP, UDP, IPOption, IPOption_LSRR, IPOption_R
     IPOption_Timestamp
 from scapy.layers.l2 import Ether
 
-from helpers import inside, router_ip, run, xdpfwd
+from helpers import mac, pin_neighbours, router_ip, sysctls_set, xdpfwd
 from test_kernel_rules import MARK, through_router
-from xdpfwd import netlink
 
 CASES = {
     "record_route": dict(dst="10.0.11.20", options=[IPOption_RR(routers=["0.0.0.0"] * 3)]),
@@ -48,13 +47,6 @@ ROUTER_SYSCTLS = {"net.ipv4.conf.all.accept_source_route": "1",
                   "net.ipv4.conf.eth1.accept_source_route": "1",
                   "net.ipv4.conf.all.rp_filter": "0", "net.ipv4.conf.eth1.rp_filter": "0",
                   "net.ipv4.icmp_ratelimit": "0"}
-
-
-def sysctl(name: str, value: str | None = None) -> str:
-    if value is None:
-        return run(["sysctl", "-n", name], ns="router", check=True).stdout.strip()
-    run(["sysctl", "-qw", f"{name}={value}"], ns="router", check=True)
-    return value
 
 
 def timestamps_cleared(ip: bytes) -> bytes:
@@ -88,35 +80,25 @@ def outcome(frames: dict) -> dict:
 
 
 def test_options_forwarded_as_the_kernel_does(lab):
-    macs = {}
-    for host in ("sendbox", "recvbox"):
-        with inside(host):
-            macs[host] = netlink.link("eth0").mac
-    with inside("router"):
-        router_mac = netlink.link("eth1").mac
-    for addr, host, dev in (("10.0.11.20", "recvbox", "eth0"), ("10.0.10.10", "sendbox", "eth1")):
-        router_ip("neigh", "replace", addr, "lladdr", macs[host], "dev", dev, "nud", "permanent")
+    macs = pin_neighbours()
+    router_mac = mac("router", "eth1")
     router_ip("route", "add", "10.0.93.0/24", "via", "10.0.11.20")
     router_ip("route", "add", "unreachable", "10.0.91.0/24")
-    saved = {k: sysctl(k) for k in ROUTER_SYSCTLS}
     frames = {name: bytes(Ether(src=macs["sendbox"], dst=router_mac)
                           / IP(src="10.0.10.10", id=4000 + n, **kw)
                           / UDP(sport=4000, dport=2152) / MARK)
               for n, (name, kw) in enumerate(sorted(CASES.items()))}
     try:
-        for k, v in ROUTER_SYSCTLS.items():
-            sysctl(k, v)
-        kernel = outcome(frames)
-        proc = xdpfwd("attach", "eth1", "eth0", "--mode", "afpacket")
-        assert proc.returncode == 0, proc.stderr
-        try:
-            time.sleep(0.3)
-            forwarder = outcome(frames)
-        finally:
-            assert xdpfwd("detach").returncode == 0
+        with sysctls_set(ROUTER_SYSCTLS):
+            kernel = outcome(frames)
+            proc = xdpfwd("attach", "eth1", "eth0", "--mode", "afpacket")
+            assert proc.returncode == 0, proc.stderr
+            try:
+                time.sleep(0.3)
+                forwarder = outcome(frames)
+            finally:
+                assert xdpfwd("detach").returncode == 0
     finally:
-        for k, v in saved.items():
-            sysctl(k, v)
         router_ip("route", "del", "10.0.93.0/24")
         router_ip("route", "del", "10.0.91.0/24")
     # The frames must have met every rule, not just drops.

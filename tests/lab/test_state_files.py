@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import xdpfwd
+from helpers import assert_one_line, xdpfwd
 from xdpfwd import lab as labmod
+from xdpfwd import netns
 from xdpfwd.afpacket import state
 
 GOOD = {"pid": 999999, "ports": {"eth1": 2, "eth0": 3}, "workers": 1,
@@ -19,7 +20,7 @@ GOOD = {"pid": 999999, "ports": {"eth1": 2, "eth0": 3}, "workers": 1,
 
 def router_dir():
     ino = os.stat(os.path.join("/run/netns", labmod.ns("router"))).st_ino
-    return state.RUN_DIR / f"netns-{ino}"
+    return netns.RUN_DIR / f"netns-{ino}"
 
 
 @pytest.fixture
@@ -74,12 +75,6 @@ def plants(canary):
 CASES = list(plants(Path("/nonexistent")))
 
 
-def one_line(proc, code):
-    assert proc.returncode == code, proc.stderr
-    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
-    return proc.stderr
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_planted_state_file(lab, canary, case):
     xdpfwd("detach")
@@ -94,7 +89,7 @@ def test_planted_state_file(lab, canary, case):
         if case == "a sysctl that climbs out":
             commands += [["stats"], ["status", "--json"], ["attach", "eth1", "eth0", "--mode", "afpacket"]]
         for args in commands:
-            err = one_line(xdpfwd(*args), 1)
+            err = assert_one_line(xdpfwd(*args), 1)
             assert str(path) in err and "'xdpfwd detach' removes it" in err, err
             assert os.path.lexists(path), "left for detach"
         proc = xdpfwd("detach")
@@ -117,7 +112,7 @@ def test_a_short_counters_file_is_one_line(lab):
     (d / "afpacket.json").chmod(0o600)
     (d / "afpacket.counters").write_bytes(b"\0" * 8)
     try:
-        err = one_line(xdpfwd("stats"), 1)
+        err = assert_one_line(xdpfwd("stats"), 1)
         assert "afpacket.counters" in err
     finally:
         for name in ("afpacket.json", "afpacket.counters"):
@@ -128,10 +123,10 @@ def test_namespace_directory_made_private_again(lab):
     d = router_dir()
     d.mkdir(parents=True, exist_ok=True)
     d.chmod(0o755)
-    state.RUN_DIR.chmod(0o755)
+    netns.RUN_DIR.chmod(0o755)
     assert xdpfwd("detach").returncode == 0
     assert d.stat().st_mode & 0o777 == 0o700
-    assert state.RUN_DIR.stat().st_mode & 0o777 == 0o700
+    assert netns.RUN_DIR.stat().st_mode & 0o777 == 0o700
 
 
 def test_a_well_formed_record_is_still_cleaned_up(lab):

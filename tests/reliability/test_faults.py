@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from helpers import XDPFWD, foreign_program, run, status, xdpfwd
+from helpers import XDPFWD, forwarding_sysctls, run, start_in_router, status, stop, sysctl, xdpfwd
 from xdpfwd import lab, traffic
 
 
@@ -22,17 +22,12 @@ def delivered(count=50, family=4):
     return d.exactly_once and d.ttls == {63}
 
 
-def sysctls():
-    keys = ["net.ipv4.conf.eth1.forwarding", "net.ipv4.conf.eth0.forwarding",
-            "net.ipv6.conf.all.forwarding"]
-    return {k: run(["sysctl", "-n", k], check=True).stdout.strip() for k in keys}
-
-
-@pytest.fixture
-def clean(lab):
-    xdpfwd("detach")
-    yield
-    xdpfwd("detach")
+def attach_again():
+    """attach repairs what was left: one program on both ports."""
+    again = xdpfwd("attach", "eth1", "eth0")
+    assert again.returncode == 0, again.stderr
+    st = status()
+    assert st["eth1"]["prog_id"] == st["eth0"]["prog_id"] > 0
 
 
 @pytest.mark.parametrize("point,attached", [
@@ -48,10 +43,7 @@ def test_controller_killed_during_attach(clean, point, attached, repair):
     # status tells the truth about what the dead controller left
     assert {name for name in ("eth1", "eth0") if st[name]["attached"]} == attached
     if repair == "attach":
-        again = xdpfwd("attach", "eth1", "eth0")
-        assert again.returncode == 0, again.stderr
-        st = status()
-        assert st["eth1"]["prog_id"] == st["eth0"]["prog_id"] > 0
+        attach_again()
         assert delivered()
     else:
         assert xdpfwd("detach").returncode == 0
@@ -73,8 +65,8 @@ def recreate_router_eth0():
     for dst, via in host["recvbox"]["routes"]:
         run(["ip", "route", "add", dst, "via", via], ns="recvbox", check=True)
     run(["ethtool", "-K", "eth0", "gro", "on", "tx", "off"], ns="recvbox", check=True)
-    run(["sysctl", "-qw", "net.ipv4.conf.eth0.forwarding=1"], check=True)
-    run(["sysctl", "-qw", "net.ipv6.conf.eth0.forwarding=1"], check=True)
+    sysctl("net.ipv4.conf.eth0.forwarding", "1")
+    sysctl("net.ipv6.conf.eth0.forwarding", "1")
     time.sleep(0.5)  # carrier up
 
 
@@ -90,10 +82,7 @@ def test_interface_deleted_while_attached_and_created_again(clean):
     try:
         recreate_router_eth0()
         assert not status()["eth0"]["attached"]
-        again = xdpfwd("attach", "eth1", "eth0")
-        assert again.returncode == 0, again.stderr
-        st = status()
-        assert st["eth1"]["prog_id"] == st["eth0"]["prog_id"] > 0
+        attach_again()
         traffic.send_udp(3, family=4, timeout=3)
         assert delivered()
     finally:
@@ -104,7 +93,7 @@ def test_interface_deleted_while_attached_and_created_again(clean):
 
 
 def test_afpacket_forwarder_killed(clean):
-    before = sysctls()
+    before = forwarding_sysctls()
     assert xdpfwd("attach", "eth1", "eth0", "--mode", "afpacket").returncode == 0
     pid = status()["eth1"]["pid"]
     workers = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
@@ -118,10 +107,10 @@ def test_afpacket_forwarder_killed(clean):
     st = status()["eth1"]
     assert st["mode"] == "afpacket" and st["running"] is False and not st["attached"]
     assert "not running" in xdpfwd("status").stdout
-    assert sysctls()["net.ipv4.conf.eth1.forwarding"] == "0", "still as the forwarder left it"
+    assert forwarding_sysctls()["net.ipv4.conf.eth1.forwarding"] == "0", "still as the forwarder left it"
     proc = xdpfwd("detach")
     assert proc.returncode == 0 and "eth1: detached" in proc.stdout
-    assert sysctls() == before
+    assert forwarding_sysctls() == before
     assert "pid" not in status()["eth1"]
     assert delivered(), "the kernel forwards again"
 
@@ -129,10 +118,10 @@ def test_afpacket_forwarder_killed(clean):
 def test_exporter_restarted_under_load(clean):
     assert xdpfwd("attach", "eth1", "eth0").returncode == 0
     traffic.send_udp(3, family=4)
-    stop = threading.Event()
+    done = threading.Event()
 
     def load():
-        while not stop.is_set():
+        while not done.is_set():
             traffic.send_udp(500, family=4, rate=5000, timeout=0.2)
 
     sender = threading.Thread(target=load)
@@ -140,37 +129,27 @@ def test_exporter_restarted_under_load(clean):
     values = []
     try:
         for _ in range(3):
-            exporter = subprocess.Popen(["ip", "netns", "exec", lab.ns("router"), XDPFWD, "exporter",
-                                         "--listen", "127.0.0.1:10430"],
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            assert "serving" in exporter.stdout.readline()
+            exporter = start_in_router([XDPFWD, "exporter", "--listen", "127.0.0.1:10430"], "serving")
             for _ in range(5):
                 out = run(["curl", "-sS", "--fail", "http://127.0.0.1:10430/metrics"]).stdout
                 line = next(l for l in out.splitlines()
                             if l.startswith('xdpfwd_forwarded_packets_total{device="eth1"}'))
                 values.append(float(line.split()[-1]))
                 time.sleep(0.1)
-            exporter.send_signal(signal.SIGTERM)
-            assert exporter.wait(timeout=10) == 0
+            assert stop(exporter) == 0
     finally:
-        stop.set()
+        done.set()
         sender.join()
     assert values == sorted(values), f"went backwards: {values}"
     assert values[-1] > values[0], "the load was counted"
-
-
-@pytest.fixture
-def foreign(clean):
-    with foreign_program("eth1") as prog_id:
-        yield prog_id
 
 
 @pytest.mark.parametrize("mode", ["auto", "native", "skb", "afpacket"])
 def test_foreign_program_never_touched(foreign, mode):
     proc = xdpfwd("attach", "eth1", "eth0", "--mode", mode)
     assert proc.returncode == 5 and f"XDP program {foreign} (foreign_pass)" in proc.stderr
-    for args in (["detach"], ["detach", "eth0"]):
+    for args in (["detach"], ["detach", "eth1"]):
         assert xdpfwd(*args).returncode == 0
-    assert xdpfwd("detach", "eth1").returncode == 5
+    assert xdpfwd("detach", "eth0").returncode == 5
     st = status()
-    assert st["eth1"]["foreign"]["prog_id"] == foreign and not st["eth0"]["attached"]
+    assert st["eth0"]["foreign"]["prog_id"] == foreign and not st["eth1"]["attached"]

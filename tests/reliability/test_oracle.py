@@ -45,7 +45,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from frames import ORACLE_PORT, OracleGenerator, Side, find_marker
-from helpers import inside, passing_program, router_ip, router_with_every_route, run, stats, xdpfwd
+from helpers import (inside, passing_program, router_ip, router_with_every_route, run, stats,
+                     sysctl, sysctls_set, xdpfwd)
 from xdpfwd import lab
 
 FRAMES = int(os.environ.get("XDPFWD_ORACLE_FRAMES", "3000"))
@@ -86,25 +87,6 @@ ICMP6_CHATTER = {130, 131, 132, 133, 134, 135, 136, 143}  # MLD, RS, RA, NS, NA,
 
 # ---------------------------------------------------------------------------
 # Lab set-up
-
-def sysctl(host: str, key: str, value: str | None = None) -> str:
-    if value is None:
-        return run(["sysctl", "-n", key], ns=host, check=True).stdout.strip()
-    run(["sysctl", "-qw", f"{key}={value}"], ns=host, check=True)
-    return value
-
-
-@contextmanager
-def sysctls_set(host: str, values: dict):
-    saved = {k: sysctl(host, k) for k in values}
-    try:
-        for k, v in values.items():
-            sysctl(host, k, v)
-        yield saved
-    finally:
-        for k, v in saved.items():
-            sysctl(host, k, v)
-
 
 def host_ip(host: str, *args):
     proc = run(["ip", *args], ns=host)
@@ -174,10 +156,10 @@ def oracle_lab(lab):
             stack.callback(router_ip, "neigh", "del", lls[host], "dev", dev)
             router_ip("neigh", "replace", lls[host], "lladdr", macs[host], "dev", dev,
                       "nud", "permanent")
-        stack.enter_context(sysctls_set("router", ROUTER_SYSCTLS))
+        stack.enter_context(sysctls_set(ROUTER_SYSCTLS))
         for host, nets in (("recvbox", ("10.0.93.0/24", "fd00:93::/64")),
                            ("sendbox", ("10.0.95.0/24", "fd00:95::/64"))):
-            stack.enter_context(sysctls_set(host, HOST_SYSCTLS))
+            stack.enter_context(sysctls_set(HOST_SYSCTLS, ns=host))
             stack.enter_context(udp_sinks(host))
             for net in nets:  # forwarded past the host: dropped there without a word
                 stack.callback(host_ip, host, "route", "del", "blackhole", net)
@@ -188,9 +170,9 @@ def oracle_lab(lab):
             # would be the receive path's, not the forwarder's.
             features = run(["ethtool", "-k", "eth0"], ns=host, check=True).stdout
             assert "generic-receive-offload: on" in features, f"{lab.ns(host)}: GRO is off on eth0"
-        stack.enter_context(sysctls_set("router", {"net.ipv4.conf.all.rp_filter": "0"}))
+        stack.enter_context(sysctls_set({"net.ipv4.conf.all.rp_filter": "0"}))
         for ifname in ("eth1", "eth0"):  # the effective value is max(all, interface)
-            assert sysctl("router", f"net.ipv4.conf.{ifname}.rp_filter") == "0"
+            assert sysctl(f"net.ipv4.conf.{ifname}.rp_filter") == "0"
 
         def side(host, port, unused, pool, mtu4, mtu6):
             v4 = lab.address(host, family=4)
@@ -211,7 +193,7 @@ def oracle_lab(lab):
                                  POOLS["recvbox"][0], "10.0.93.5", "fd00:93::5")}
         router_addrs = {ipaddress.ip_address(a["local"]) for a in addresses("router")}
         oracle = Oracle(sides, router_addrs, bytes.fromhex("020000000099"),
-                        forwarding={k: sysctl("router", k) for k in FORWARDING_SYSCTLS})
+                        forwarding={k: sysctl(k) for k in FORWARDING_SYSCTLS})
         gen = OracleGenerator(SEED, sides, oracle.other_mac)
         per_set = max(20, FRAMES // len(RP_FILTERS))
         block = max(8, int(per_set * ORDINARY_SHARE))
@@ -514,11 +496,11 @@ def frames_by_id(frame_set) -> dict:
 
 
 def set_rp_filter(value: int):
-    sysctl("router", "net.ipv4.conf.all.rp_filter", str(value))
+    sysctl("net.ipv4.conf.all.rp_filter", str(value))
 
 
 def assert_kernel_forwarding(oracle):
-    now = {k: sysctl("router", k) for k in FORWARDING_SYSCTLS}
+    now = {k: sysctl(k) for k in FORWARDING_SYSCTLS}
     assert now == oracle.forwarding, f"the router's forwarding sysctls changed: {now}"
 
 

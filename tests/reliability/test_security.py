@@ -2,12 +2,9 @@
 the exporter on loopback with counters and nothing else."""
 
 import os
-import signal
 import stat
-import subprocess
 
-from helpers import XDPFWD, run, xdpfwd
-from xdpfwd import lab
+from helpers import XDPFWD, run, start_in_router, stop, xdpfwd
 
 
 def mode_of(path):
@@ -32,10 +29,8 @@ def test_files_xdpfwd_writes_are_root_only(lab):
 
 
 def test_exporter_binds_loopback_and_serves_only_metrics(lab):
-    proc = subprocess.Popen(["ip", "netns", "exec", lab.ns("router"), XDPFWD, "exporter"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_in_router([XDPFWD, "exporter"], "127.0.0.1:10420")
     try:
-        assert "127.0.0.1:10420" in proc.stdout.readline()
         listening = run(["ss", "-ltnH"]).stdout.split("\n")
         local = [line.split()[3] for line in listening if line.strip()]
         assert local == ["127.0.0.1:10420"], local
@@ -44,5 +39,4 @@ def test_exporter_binds_loopback_and_serves_only_metrics(lab):
                  if line and not line.startswith("#")}
         assert names and all(n.startswith(("xdpfwd_", "process_")) for n in names), names
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
+        assert stop(proc) == 0

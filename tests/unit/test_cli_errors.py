@@ -10,12 +10,12 @@ import pytest
 
 INJECT = """
 import sys
-from xdpfwd import forwarder, cli
+from xdpfwd import snapshot, cli
 
-def status():
+def read(counters=True):
     raise KeyError("ports\\nsecond line")
 
-forwarder.status = status
+snapshot.read = read
 sys.argv = ["xdpfwd", *sys.argv[1:]]
 cli.main()
 """
@@ -33,7 +33,7 @@ def test_one_line_and_status_70():
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     line = proc.stderr.strip()
     assert line.startswith("xdpfwd: status: unexpected error: KeyError: 'ports\\nsecond line'")
-    assert " at <string>:" in line and "in status()" in line
+    assert " at <string>:" in line and "in read()" in line
     assert line.endswith("`xdpfwd --verbose status ...` shows the traceback")
 
 

@@ -6,7 +6,7 @@ from prometheus_client.exposition import generate_latest
 
 from xdpfwd.counters import PortCounters
 from xdpfwd.exporter.collector import XdpfwdCollector
-from xdpfwd.exporter.reader import Device, Snapshot
+from helpers import device, snapshot_of
 
 
 class Reader:
@@ -26,8 +26,8 @@ def registry(snap):
     return reg, collector
 
 
-SNAP = Snapshot(
-    devices=[Device("eth1", "native", 42), Device("eth0", "native", 42)],
+SNAP = snapshot_of(
+    devices=[device("eth1", "native", 42), device("eth0", "native", 42)],
     counters={
         "eth1": PortCounters.of({"received": (106, 10444), "forwarded": (100, 10000),
                                  "fib_no_neighbour": (2, 200), "multicast": (3, 180),
@@ -61,20 +61,20 @@ def test_info_names_device_mode_and_program():
     reg, _ = registry(SNAP)
     assert reg.get_sample_value("xdpfwd_device_info",
                                 {"device": "eth1", "mode": "native", "prog_id": "42"}) == 1
-    afp, _ = registry(Snapshot(devices=[Device("eth1", "afpacket")], counters={}))
+    afp, _ = registry(snapshot_of([device("eth1", "afpacket")], counters={}))
     assert afp.get_sample_value("xdpfwd_device_info",
                                 {"device": "eth1", "mode": "afpacket", "prog_id": ""}) == 1
 
 
 def test_nothing_attached_still_answers_with_up_0():
-    reg, _ = registry(Snapshot())
+    reg, _ = registry(snapshot_of())
     assert reg.get_sample_value("xdpfwd_up") == 0
     assert reg.get_sample_value("xdpfwd_forwarded_packets_total", {"device": "eth1"}) is None
     assert b"xdpfwd_exporter_build_info" in generate_latest(reg)
 
 
 def test_unreadable_maps_are_left_out_and_counted():
-    reg, collector = registry(Snapshot(devices=[Device("eth1", "native", 42)], errors=2))
+    reg, collector = registry(snapshot_of([device("eth1", "native", 42)], errors=2))
     assert reg.get_sample_value("xdpfwd_exporter_scrape_errors_total") == 2
     generate_latest(reg)  # a second scrape: the counter only grows
     assert reg.get_sample_value("xdpfwd_exporter_scrape_errors_total") == 6  # 3 scrapes so far

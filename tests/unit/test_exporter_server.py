@@ -18,12 +18,12 @@ import pytest
 
 import webpki
 from xdpfwd.exporter import auth, server, webconfig
-from xdpfwd.exporter.reader import Snapshot
+from helpers import snapshot_of
 
 
 class EmptyReader:
     def read(self):
-        return Snapshot()
+        return snapshot_of()
 
 
 @pytest.fixture(scope="module")

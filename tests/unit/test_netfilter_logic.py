@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry
 
 from xdpfwd import doctor, netfilter
 from xdpfwd.exporter.collector import XdpfwdCollector
-from xdpfwd.exporter.reader import Device, Snapshot
+from helpers import device, snapshot_of
 from xdpfwd.netfilter import Chain, Finding
 
 PORTS = ["eth1", "eth0"]
@@ -162,7 +162,7 @@ class Reader:
         self.devices = devices
 
     def read(self):
-        return Snapshot(devices=self.devices, counters={})
+        return snapshot_of(self.devices, counters={})
 
 
 def gauge(devices, scan):
@@ -181,10 +181,10 @@ def test_gauge_counts_findings_for_the_attached_ports_at_scrape_time():
         asked.append((ports, mode))
         return [Finding(nft(rules=1))] * len(asked)
 
-    devices = [Device("eth1", "native", 7), Device("eth0", "native", 7)]
+    devices = [device("eth1", "native", 7), device("eth0", "native", 7)]
     assert gauge(devices, scan) == (1, 0)
     assert asked == [(["eth1", "eth0"], "auto")]
-    afp = [Device("eth1", "afpacket"), Device("eth0", "afpacket")]
+    afp = [device("eth1", "afpacket"), device("eth0", "afpacket")]
     assert gauge(afp, scan) == (2, 0)
     assert asked[-1] == (["eth1", "eth0"], "afpacket")
 
@@ -195,7 +195,7 @@ def test_gauge_is_zero_when_nothing_is_attached_and_absent_when_unreadable():
     def broken(ports, mode):
         raise netfilter.XdpfwdError("cannot read nftables: boom")
 
-    assert gauge([Device("eth1", "skb", 3)], broken) == (None, 1)
+    assert gauge([device("eth1", "skb", 3)], broken) == (None, 1)
 
 
 def test_doctor_lines_say_what_attach_does_or_what_is_bypassed():

@@ -81,7 +81,7 @@ def test_metric_list_is_what_the_exporter_serves(monkeypatch):
     # every outcome of the shared layout instead of reading the kernel.
     from xdpfwd.counters import PortCounters
     from xdpfwd.exporter import server
-    from xdpfwd.exporter.reader import Device, Snapshot
+    from helpers import device, snapshot_of
     from xdpfwd.layout import RECEIVED, TRANSMITTED, layout
 
     monkeypatch.setattr("xdpfwd.netfilter.scan", lambda ports, mode: [])  # not this machine's rules
@@ -91,7 +91,7 @@ def test_metric_list_is_what_the_exporter_serves(monkeypatch):
 
     class FixedReader:
         def read(self):
-            return Snapshot(devices=[Device("eth0", "native", 7)], counters={"eth0": counts})
+            return snapshot_of([device("eth0", "native", 7)], counters={"eth0": counts})
 
     served: dict[str, set[str]] = {}
     reasons: dict[str, set[str]] = {}

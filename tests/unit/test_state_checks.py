@@ -1,5 +1,5 @@
 """The AF_PACKET state file's checks, as pure logic: validate() on bytes,
-sysctl_path() on paths, and restore_sysctls() refusing to write outside
+sysctl.checked() on paths, and sysctl.restore() refusing to write outside
 /proc/sys/net/ (a file of this test stands in for the target)."""
 
 import json
@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from xdpfwd.afpacket import service, state
+from xdpfwd import sysctl
+from xdpfwd.afpacket import state
 
 GOOD = {"pid": 4242, "ports": {"eth1": 2, "eth0": 3}, "workers": 2,
         "sysctls": {"/proc/sys/net/ipv4/conf/eth1/forwarding": "1",
                     "/proc/sys/net/ipv6/conf/all/forwarding": "0"},
-        "started": 1.5, "pid_start": 77}
+        "pid_start": 77}
 
 
 def test_what_the_forwarder_writes_is_accepted():
@@ -23,6 +24,13 @@ def test_what_the_forwarder_writes_is_accepted():
     assert again == st
 
 
+def test_a_field_of_an_earlier_version_is_ignored():
+    # A forwarder started before an upgrade must still be found and stopped.
+    old = {**GOOD, "started": 1.5}
+    assert state.validate(json.dumps(old).encode(), Path("x")) == \
+        state.validate(json.dumps(GOOD).encode(), Path("x"))
+
+
 @pytest.mark.parametrize("change, reason", [
     ({"pid": True}, "'pid'"),
     ({"pid": 2**40}, "'pid'"),
@@ -31,7 +39,6 @@ def test_what_the_forwarder_writes_is_accepted():
     ({"ports": {"a" * 16: 3}}, "'ports'"),
     ({"ports": {"eth0": 0}}, "'ports'"),
     ({"workers": 0}, "'workers'"),
-    ({"started": "yesterday"}, "'started'"),
     ({"sysctls": {"/proc/sys/kernel/core_pattern": "|/bin/sh"}}, "outside /proc/sys/net/"),
     ({"sysctls": {"proc/sys/net/x": "1"}}, "not an absolute path"),
     ({"sysctls": {"/proc/sys/net/ipv4/ip_forward": 1}}, "'sysctls'"),
@@ -57,10 +64,10 @@ def test_impossible_values_are_refused(change, reason):
 ])
 def test_sysctl_path(path, ok):
     if ok:
-        assert state.sysctl_path(path).startswith("/proc/sys/net/")
+        assert sysctl.checked(path).startswith("/proc/sys/net/")
     else:
         with pytest.raises(ValueError):
-            state.sysctl_path(path)
+            sysctl.checked(path)
 
 
 def test_restore_sysctls_writes_nothing_outside(tmp_path, capfd):
@@ -68,7 +75,7 @@ def test_restore_sysctls_writes_nothing_outside(tmp_path, capfd):
     target.write_text("before\n")
     link = tmp_path / "link"
     link.symlink_to(target)
-    service.restore_sysctls({str(target): "after", f"/proc/sys/net/../../..{target}": "after",
+    sysctl.restore({str(target): "after", f"/proc/sys/net/../../..{target}": "after",
                              str(link): "after"})
     assert target.read_text() == "before\n"
     err = capfd.readouterr().err
