@@ -9,6 +9,7 @@ own size).
 """
 
 import ctypes
+import errno
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -148,9 +149,8 @@ class BpfError(XdpfwdError):
 
     def __init__(self, what: str, errno: int, detail: str = ""):
         self.what = what
-        self.errno = errno
         self.reason = detail or os.strerror(errno)
-        super().__init__(f"failed to {what}: {self.reason}")
+        super().__init__(f"failed to {what}: {self.reason}", errno=errno)
 
 
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
@@ -179,7 +179,7 @@ def lib():
     try:
         libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
     except OSError:
-        raise MissingDependency("libbpf.so.1 not found: apt-get install libbpf1") from None
+        raise MissingDependency("libbpf.so.1 not found", hint="apt-get install libbpf1") from None
     u32, i32, vp = ctypes.c_uint32, ctypes.c_int, ctypes.c_void_p
     sig = {
         "bpf_prog_get_fd_by_id": ([u32], i32),
@@ -211,8 +211,9 @@ def _check(rc: int, what: str) -> int:
         detail = "; ".join(m for m in _log if "Kernel error message" in m)
         detail = detail.split("Kernel error message:", 1)[-1].strip()
         _log.clear()
-        if err == 1:  # EPERM
-            raise PermissionDenied(f"failed to {what}: permission denied (run as root)")
+        if err == errno.EPERM:
+            raise PermissionDenied(f"failed to {what}: permission denied", hint="run as root",
+                                   errno=err)
         raise BpfError(what, err, detail)
     _log.clear()
     return rc
@@ -311,7 +312,7 @@ def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
     value_size rounded up to 8 times the number of possible CPUs."""
     value = ctypes.create_string_buffer(value_size)
     rc = lib().bpf_map_lookup_elem(fd, key, value)
-    if rc < 0 and (ctypes.get_errno() or -rc) == 2:  # ENOENT
+    if rc < 0 and (ctypes.get_errno() or -rc) == errno.ENOENT:
         return None
     _check(rc, "look up a map element")
     return value.raw

@@ -332,7 +332,7 @@ def lab_traffic(
 
     forwarder.require_privileges()
     if not lab.is_up():
-        raise XdpfwdError("the lab is not up: run 'xdpfwd lab up' first")
+        raise XdpfwdError("the lab is not up", hint="run 'xdpfwd lab up' first")
     src, dst = ("recvbox", "sendbox") if reverse else ("sendbox", "recvbox")
     d = traffic.send_udp(count, src, dst, 6 if ipv6 else 4, size=size, flows=flows, rate=rate)
     ttls = ", ".join(str(t) for t in sorted(d.ttls)) or "-"

@@ -11,6 +11,7 @@ entry is loaded through libbpf and bcc is not even imported. bcc compiles
 whenever there is no valid entry, and its result becomes the entry.
 """
 
+import errno
 import os
 import platform
 import sys
@@ -32,10 +33,10 @@ def import_bcc():
     try:
         import bcc  # noqa: F401  (Debian's python3-bpfcc)
     except ImportError:
-        raise MissingDependency(f"bcc is not importable: {BCC_HINT}") from None
+        raise MissingDependency("bcc is not importable", hint=BCC_HINT) from None
     if not hasattr(bcc, "BPF"):
         # The PyPI package called "bcc" is an unrelated library.
-        raise MissingDependency(f"the 'bcc' module found is not iovisor bcc: {BCC_HINT}")
+        raise MissingDependency("the 'bcc' module found is not iovisor bcc", hint=BCC_HINT)
     return bcc
 
 
@@ -195,10 +196,9 @@ def bcc_compile(source: Path, functions: list[tuple[str, int]], flags: list[str]
     bcc = import_bcc()
     if kernel_headers() is None:
         raise MissingDependency(
-            f"no kernel headers for {platform.release()}: install "
-            f"linux-headers-{platform.release()} (or run 'make setup', which links the "
-            "closest distribution headers)"
-        )
+            f"no kernel headers for {platform.release()}",
+            hint=f"install linux-headers-{platform.release()} (or run 'make setup', which links "
+            "the closest distribution headers)")
     capture = _CaptureStderr()
     try:
         with capture:
@@ -211,9 +211,10 @@ def bcc_compile(source: Path, functions: list[tuple[str, int]], flags: list[str]
             print(log, file=sys.stderr)
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "Operation not permitted" in reason:
-            raise PermissionDenied(f"failed to load {source.name}: permission denied (run as root)") from None
-        hint = "" if verbose else " (--verbose shows the compiler and verifier log)"
-        raise KernelRefused(f"failed to load {source.name}: {reason}{hint}") from None
+            raise PermissionDenied(f"failed to load {source.name}: permission denied",
+                                   hint="run as root", errno=errno.EPERM) from None
+        hint = "" if verbose else "--verbose shows the compiler and verifier log"
+        raise KernelRefused(f"failed to load {source.name}: {reason}", hint=hint) from None
     if verbose and capture.text.strip():
         print(capture.text.strip(), file=sys.stderr)
     return bpf, fds

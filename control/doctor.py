@@ -72,8 +72,7 @@ def check_bcc() -> Result:
     try:
         bcc = compiler.import_bcc()
     except MissingDependency as e:
-        return Result("bcc", "fail", str(e).removesuffix(f": {compiler.BCC_HINT}"),
-                      compiler.BCC_HINT)
+        return Result("bcc", "fail", e.message, e.hint)
     except Exception as e:  # a broken install: libbcc.so missing, ABI mismatch
         return Result("bcc", "fail", f"import failed: {type(e).__name__}: {e}",
                       compiler.BCC_HINT)
@@ -263,8 +262,8 @@ def check_xdp(link: netlink.Link) -> list[Result]:
     try:
         state = xdp.inspect(link)
     except XdpfwdError as e:  # no libbpf, or not allowed to open programs
-        fix = "run as root" if isinstance(e, PermissionDenied) else None
-        return [Result("xdp", "warn", f"cannot read XDP programs: {e}", fix, link.name)]
+        fix = e.hint or ("run as root" if isinstance(e, PermissionDenied) else None)
+        return [Result("xdp", "warn", f"cannot read XDP programs: {e.message}", fix, link.name)]
     results = []
     if state.attached:
         results.append(Result("xdp", "ok", f"xdpfwd program {state.prog_id} ({state.mode})",

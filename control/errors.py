@@ -7,9 +7,21 @@ STATUS); keep them stable.
 
 
 class XdpfwdError(Exception):
-    """A failure the user can act on. The message is one line."""
+    """A failure the user can act on: a one-line message, and as fields
+    what to do about it (hint) and the errno the kernel gave, for callers
+    that branch on them (doctor shows the hint as the fix). str() is the
+    line the CLI prints: the message, then the hint."""
 
     exit_code = 1
+
+    def __init__(self, message: str, hint: str = "", errno: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.errno = errno
+
+    def __str__(self) -> str:
+        return f"{self.message}; {self.hint}" if self.hint else self.message
 
 
 class UsageError(XdpfwdError):

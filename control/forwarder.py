@@ -9,6 +9,7 @@ time, another tool's XDP program is never touched, and an interface is
 served by at most one of the two datapaths.
 """
 
+import copy
 import fcntl
 import os
 import signal
@@ -51,7 +52,7 @@ def exclusive():
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise Conflict("another xdpfwd attach or detach is running; try again when it ends") from None
+        raise Conflict("another xdpfwd attach or detach is running", hint="try again when it ends") from None
     try:
         yield
     finally:
@@ -60,7 +61,7 @@ def exclusive():
 
 def validate(ifnames: list[str], mode: str) -> list[netlink.Link]:
     if mode not in MODES:
-        raise UsageError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+        raise UsageError(f"unknown mode {mode!r}", hint=f"use one of {', '.join(MODES)}")
     if len(ifnames) < 2:
         raise UsageError("attach needs at least two interfaces to forward between")
     if len(set(ifnames)) != len(ifnames):
@@ -105,8 +106,8 @@ def check_forwarding(links: list[netlink.Link], enable: bool) -> list[str]:
             if xdp and not kernel:
                 raise ForwardingDisabled(
                     f"{link.name}: {port}=1 but {sysctl.forwarding_name(fam, 'all')}=0: the kernel "
-                    f"does not forward {fam} here and XDP would; pass --enable-forwarding, "
-                    f"or set {port}=0")
+                    f"does not forward {fam} here and XDP would",
+                    hint=f"pass --enable-forwarding, or set {port}=0")
             if xdp:
                 usable.append(fam)
             elif kernel:
@@ -118,8 +119,8 @@ def check_forwarding(links: list[netlink.Link], enable: bool) -> list[str]:
         if not usable:
             names = ", ".join(f"{sysctl.forwarding_name(f, link.name)}=0" for f in FAMILIES)
             raise ForwardingDisabled(
-                f"{link.name}: forwarding is disabled ({names}); enable it or pass --enable-forwarding"
-            )
+                f"{link.name}: forwarding is disabled ({names})",
+                hint="enable it or pass --enable-forwarding")
     return notes
 
 
@@ -162,13 +163,15 @@ def _check_netfilter(links, mode: str, bypass: bool) -> list[str]:
         found = netfilter.scan(ports, mode)
     except XdpfwdError as e:
         if not bypass:
-            raise type(e)(f"{e}; cannot tell whether netfilter would be bypassed "
-                          "(--bypass-netfilter forwards anyway)") from None
+            unread = copy.copy(e)  # the same class, so the same exit status
+            unread.message = f"{e.message}; cannot tell whether netfilter would be bypassed"
+            unread.hint = (f"{e.hint}, or " if e.hint else "") + "--bypass-netfilter forwards anyway"
+            raise unread from None
         return [f"warning: bypassing netfilter, unread: {e}"]
     if found and not bypass:
         raise NetfilterInPath(
-            f"netfilter on the forward path would be bypassed: {netfilter.summary(found)}; "
-            "remove the rules, or pass --bypass-netfilter to forward past them")
+            f"netfilter on the forward path would be bypassed: {netfilter.summary(found)}",
+            hint="remove the rules, or pass --bypass-netfilter to forward past them")
     return netfilter.warnings(found)
 
 

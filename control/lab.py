@@ -44,7 +44,7 @@ def _run(args: list[str], log: list[str] | None) -> None:
     try:
         subprocess.run(args, check=True, capture_output=True, text=True)
     except FileNotFoundError:
-        raise MissingDependency(f"{args[0]} not found: apt-get install iproute2 ethtool") from None
+        raise MissingDependency(f"{args[0]} not found", hint="apt-get install iproute2 ethtool") from None
     except subprocess.CalledProcessError as e:
         reason = (e.stderr or e.stdout).strip().splitlines()
         raise XdpfwdError(f"lab: '{' '.join(args)}' failed: {reason[-1] if reason else e}") from None

@@ -235,7 +235,7 @@ def nftables_chains() -> list[Chain]:
     try:
         tables, chains, rules = _nft_dumps()
     except PermissionError:
-        raise PermissionDenied("reading nftables needs CAP_NET_ADMIN: run as root") from None
+        raise PermissionDenied("reading nftables needs CAP_NET_ADMIN", hint="run as root") from None
     except OSError as e:
         if e.errno in (errno.ENOENT, errno.EOPNOTSUPP):  # no nf_tables in this kernel
             return []
@@ -324,7 +324,7 @@ def legacy_chains() -> list[Chain]:
         try:
             sock = socket.socket(sock_family, socket.SOCK_RAW, socket.IPPROTO_RAW)
         except PermissionError:
-            raise PermissionDenied(f"reading {source} needs CAP_NET_RAW: run as root") from None
+            raise PermissionDenied(f"reading {source} needs CAP_NET_RAW", hint="run as root") from None
         with sock:
             for table in names:
                 info = ctypes.create_string_buffer(table.encode(), _GETINFO.size)

@@ -68,7 +68,7 @@ def parse_listen(text: str) -> tuple[str, int]:
         ipaddress.ip_address(host)
     except ValueError:
         if host != "localhost":
-            raise UsageError(f"--listen {text}: give an IP address, e.g. 127.0.0.1:{DEFAULT_PORT}") from None
+            raise UsageError(f"--listen {text}: not an IP address", hint=f"give one, e.g. 127.0.0.1:{DEFAULT_PORT}") from None
     return host, int(port)
 
 

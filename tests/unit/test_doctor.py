@@ -179,7 +179,7 @@ def test_own_program_is_ok(monkeypatch):
 
 def test_unreadable_programs_warn_instead_of_raising(monkeypatch):
     def refuse(link):
-        raise PermissionDenied("failed to open BPF program 3: permission denied (run as root)")
+        raise PermissionDenied("failed to open BPF program 3: permission denied", hint="run as root")
 
     monkeypatch.setattr(doctor.xdp, "inspect", refuse)
     [r] = doctor.check_xdp(_link())
@@ -191,7 +191,7 @@ def test_unreadable_programs_warn_instead_of_raising(monkeypatch):
 
 def test_missing_bcc_is_a_fail_with_the_hint(monkeypatch):
     def missing():
-        raise MissingDependency(f"bcc is not importable: {doctor.compiler.BCC_HINT}")
+        raise MissingDependency("bcc is not importable", hint=doctor.compiler.BCC_HINT)
 
     monkeypatch.setattr(doctor.compiler, "import_bcc", missing)
     r = doctor.check_bcc()
