@@ -34,14 +34,18 @@ RTAX_MTU = 2  # the metric's number, also its bit in RTAX_LOCK
 # removes the routes that use it: observed, no message at all on the route
 # groups, only on this one.
 RTNLGRP_NEXTHOP = 32
-EVENT_GROUPS = (
-    RTNLGRP_LINK, RTNLGRP_NEIGH,
+# What can change a route lookup's answer (icmp.py's caches of routes and
+# addresses listen to these)...
+ROUTE_EVENT_GROUPS = (
+    RTNLGRP_LINK,
     RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV6_IFADDR,
     RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE,
     # Policy routing rules change answers as much as routes do.
     RTNLGRP_IPV4_RULE, RTNLGRP_IPV6_RULE,
     RTNLGRP_NEXTHOP,
 )
+# ... and, for a next hop's MAC, the neighbours.
+EVENT_GROUPS = (*ROUTE_EVENT_GROUPS, RTNLGRP_NEIGH)
 
 # Errors of a destination-only `route get`, as observed on 6.18 for both
 # IPv4 and IPv6 (ip route get, and pyroute2's NetlinkError.code):

@@ -60,18 +60,9 @@ from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import (
-    RTNLGRP_IPV4_IFADDR,
-    RTNLGRP_IPV4_ROUTE,
-    RTNLGRP_IPV4_RULE,
-    RTNLGRP_IPV6_IFADDR,
-    RTNLGRP_IPV6_ROUTE,
-    RTNLGRP_IPV6_RULE,
-    RTNLGRP_LINK,
-)
 
 from xdpfwd import sysctl
-from xdpfwd.afpacket.fib import drain, event_socket
+from xdpfwd.afpacket.fib import ROUTE_EVENT_GROUPS, drain, event_socket
 from xdpfwd.afpacket.packet import checksum
 
 CAUSES = frozenset({"time_exceeded", "no_route", "unreachable", "prohibit", "blackhole",
@@ -664,8 +655,6 @@ def select_v6_source(candidates: list[Addr6], dst: bytes, dst_ifindex: int) -> b
 
 RTN_UNICAST, RTN_LOCAL, RTN_BROADCAST, RTN_ANYCAST, RTN_MULTICAST = 1, 2, 3, 4, 5
 RTM_F_FIB_MATCH = 0x2000
-EVENT_GROUPS = (RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV6_IFADDR, RTNLGRP_IPV4_ROUTE,
-                RTNLGRP_IPV6_ROUTE, RTNLGRP_IPV4_RULE, RTNLGRP_IPV6_RULE, 32)  # 32: nexthops
 MAX_CACHED = 4096
 
 
@@ -706,7 +695,7 @@ class IcmpErrors:
                                    socket.IPPROTO_ICMPV6)
         # Nothing is read from this socket: let nothing queue on it.
         self._raw6.setsockopt(socket.IPPROTO_ICMPV6, 1, b"\xff" * 32)  # ICMP6_FILTER: block all
-        self._events = event_socket(EVENT_GROUPS)
+        self._events = event_socket(ROUTE_EVENT_GROUPS)
         self._ipr = IPRoute()
         self._routes: dict[tuple, RouteBack] = {}
         self._links: dict[int, tuple[bytes, int, bool]] = {}  # ifindex -> (MAC, MTU, loopback)
