@@ -99,6 +99,12 @@ def forwarding_path(family: str, ifname: str) -> Path:
     return path(family, "conf", ifname, "forwarding")
 
 
+def force_forwarding_path(ifname: str) -> Path:
+    """IPv6 only, 6.17 and later: ip6_forward() forwards what arrives on
+    ifname even with net.ipv6.conf.all.forwarding=0."""
+    return path("ipv6", "conf", ifname, "force_forwarding")
+
+
 def forwarding_name(family: str, ifname: str) -> str:
     return name(family, "conf", ifname, "forwarding")
 
@@ -118,7 +124,7 @@ def kernel_forwards(family: str, ifname: str) -> bool:
     only what bpf_fib_lookup() asks."""
     if family == "ipv4":
         return forwarding(family, ifname)
-    forced = read(path("ipv6", "conf", ifname, "force_forwarding")) == "1"
+    forced = read(force_forwarding_path(ifname)) == "1"
     return forwarding("ipv6", "all") or forced
 
 

@@ -19,6 +19,7 @@ import socket
 import sys
 import time
 
+from xdpfwd import sysctl
 from xdpfwd.afpacket import packet, slowpath, state
 from xdpfwd.afpacket.fib import Fib
 from xdpfwd.afpacket.fragment import fragment
@@ -83,10 +84,12 @@ def kernel_forwarding_off(ports: list[int]) -> frozenset[tuple[int, int]]:
     off = set()
     for ifindex in ports:
         name = socket.if_indextoname(ifindex)
-        if saved.get(f"/proc/sys/net/ipv4/conf/{name}/forwarding", "1") != "1":
+        if saved.get(str(sysctl.forwarding_path("ipv4", name)), "1") != "1":
             off.add((4, ifindex))
-        # ip6_forward() asks the namespace's switch.
-        if saved.get("/proc/sys/net/ipv6/conf/all/forwarding", "1") != "1":
+        # ip6_forward() asks the namespace's switch, or the port's own
+        # force_forwarding (sysctl.kernel_forwards()).
+        if (saved.get(str(sysctl.forwarding_path("ipv6", "all")), "1") != "1"
+                and saved.get(str(sysctl.force_forwarding_path(name)), "0") != "1"):
             off.add((6, ifindex))
     return frozenset(off)
 

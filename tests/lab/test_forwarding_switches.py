@@ -31,3 +31,26 @@ def test_ipv6_off_for_the_namespace_is_not_forwarded(pinned, mode):  # noqa: F81
         if mode != "kernel":
             assert xdpfwd("detach").returncode == 0
         sysctl("net.ipv6.conf.all.forwarding", "1")
+
+
+@pytest.mark.parametrize("mode", ["kernel", "native", "skb", "afpacket"])
+def test_ipv6_forced_on_a_port_crosses_exactly_once(pinned, mode):  # noqa: F811
+    """force_forwarding on the ingress port (6.17 and later): ip6_forward()
+    forwards what arrives there whatever "all" says. The AF_PACKET
+    forwarder must turn it off while it forwards (else the kernel's copy
+    crosses too) and give it back after."""
+    router, sendbox = pinned
+    sysctl("net.ipv6.conf.eth1.force_forwarding", "1")
+    try:
+        if mode != "kernel":
+            proc = xdpfwd("attach", "eth1", "eth0", "--mode", mode)
+            assert proc.returncode == 0, proc.stderr
+        v6 = (Ether(src=sendbox, dst=router) / IPv6(src="fd00:10::10", dst="fd00:11::20")
+              / UDP(dport=2152) / MARK)
+        got, _ = through_router([bytes(v6)] * 3)
+        assert len(got) == 3, f"{mode}: {len(got)} of 3 arrived"
+    finally:
+        if mode != "kernel":
+            assert xdpfwd("detach").returncode == 0
+            assert sysctl("net.ipv6.conf.eth1.force_forwarding") == "1"
+        sysctl("net.ipv6.conf.eth1.force_forwarding", "0")
