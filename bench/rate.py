@@ -27,7 +27,8 @@ STEP = 1.25
 FLOOR_PPS = 1000.0  # below this a row carries nothing worth the name
 MAX_PROBES = 8      # with PROBE_SECONDS, the search's time stays under ~15 s
 PROBE_SECONDS = 1.0  # the window of a probe
-SHORT = 0.95        # the generator sent less than this share of the rate asked for
+SHORT = 0.8         # the generator sent less than this share of the rate asked for ...
+MORE = 1.05         # ... and not this many times what it sent one step lower: it is spent
 
 # Pacing (generator.c): frames go out in groups of PACE_GROUP, the devmap
 # bulk queue's size, as the flooding generator's reach the router (the C
@@ -78,18 +79,21 @@ class Probe:
     def carried(self) -> bool:
         return self.loss < LOSS_LIMIT
 
-    @property
-    def short(self) -> bool:
-        """The generator did not reach the rate: going higher measures it,
-        not the row."""
-        return self.offered < SHORT * self.rate
+    def spent(self, before: "Probe") -> bool:
+        """The generator is the limit: it sent well short of the rate asked
+        for, and hardly more than at the step before. Falling short alone
+        is no reason to stop: other people's processes on the generator's
+        CPU make it fall short at any rate."""
+        return self.offered < SHORT * self.rate and self.offered < MORE * before.offered
 
 
 def search(probe: Callable[[float], Probe], start: float, max_probes: int = MAX_PROBES,
            floor: float = FLOOR_PPS) -> tuple[float, list[Probe]]:
-    """The highest rate probed that was carried (0.0: none, down to floor)
-    and every probe in order. start: where to begin (what the row
-    delivered flooded)."""
+    """The highest rate carried (0.0: none, down to floor) and every probe
+    in order. start: where to begin (what the row delivered flooded). The
+    steps go by the rates asked for, the result is the rate the generator
+    sent in the best probe: other people's processes on its CPU may have
+    kept it short of the rate asked for, and that rate was never tried."""
     probes: list[Probe] = []
     good = bad = None
 
@@ -106,7 +110,7 @@ def search(probe: Callable[[float], Probe], start: float, max_probes: int = MAX_
     p = run(max(start, floor))
     while len(probes) < max_probes:
         if bad is None:  # carried so far: up
-            if p.short:
+            if len(probes) > 1 and p.spent(probes[-2]):
                 break
             p = run(good * STEP)
         elif good is None:  # not carried yet: down
@@ -117,4 +121,4 @@ def search(probe: Callable[[float], Probe], start: float, max_probes: int = MAX_
             break
     if good is not None and bad is not None and len(probes) < max_probes:
         run(math.sqrt(good * bad))  # between them, on the scale the steps take
-    return good or 0.0, probes
+    return max((p.offered for p in probes if p.carried), default=0.0), probes

@@ -123,6 +123,7 @@ class RowSummary:
     probes: list[dict] = field(default_factory=list)  # the search: rate, offered, delivered, loss
     carried_rate: list[float] = field(default_factory=list)   # pps the generator was paced at
     carried_pps: dict[int, float] = field(default_factory=dict)   # round -> delivered packets/s
+    carried_offered: list[float] = field(default_factory=list)  # packets/s the generator sent
     carried_cost: dict[int, float] = field(default_factory=dict)  # round -> router CPU ns/pkt
     carried_loss: list[float] = field(default_factory=list)  # share of what was sent, lost
     carried_receive_ns: list[float] = field(default_factory=list)
@@ -222,6 +223,7 @@ def _paced(s: RowSummary, x: dict, window: str) -> None:
         return
     s.carried_rate.append(x["rate"])
     s.carried_pps[x["round"]] = rate(x["handled"], secs)
+    s.carried_offered.append(rate(x["offered"], secs))
     s.carried_loss.append(sent_loss(x["offered"], x["handled"]))
     c = cost_ns(x["router_task_s"], x["handled"])
     if c is not None:
@@ -658,12 +660,13 @@ def carried_lines(summary: TrafficSummary) -> list[str]:
         if not r.userspace or not (r.probes or r.carried_rate):
             continue
         trail = ", ".join(f"{si(p['rate'])} {_pct(p['loss'])}" for p in r.probes)
-        searched = f" (search, paced pps and share lost: {trail})" if trail else ""
+        searched = f"; searched (paced pps, share lost): {trail}" if trail else ""
         if r.carries_nothing:
             head = f"{r.label}: carries nothing{searched}"
         else:
-            head = (f"{r.label}: carries {si(r.carried_median)} pps, the generator paced at "
-                    f"{si(median(r.carried_rate))}, {_pct(median(r.carried_loss))} lost"
+            head = (f"{r.label}: carries {si(r.carried_median)} pps (the generator paced at "
+                    f"{si(median(r.carried_rate))} sent {si(median(r.carried_offered))}, "
+                    f"{_pct(median(r.carried_loss))} lost)"
                     f"{searched}; there router CPU {_num(r.carried_cost_median)} ns/pkt, "
                     f"receive {_num(median(r.carried_receive_ns))} ns/frame, its processes "
                     f"{_num(median(r.carried_process_ns))} ns/pkt")
@@ -752,6 +755,7 @@ def summary_json(summaries: list[TrafficSummary]) -> dict:
             if r.userspace:
                 rows[key].update({
                     "carried_pps": r.carried_median, "carried_rate_pps": median(r.carried_rate),
+                    "carried_offered_pps": median(r.carried_offered),
                     "carries_nothing": r.carries_nothing,
                     "carried_loss_median": median(r.carried_loss),
                     "carried_router_ns_per_pkt": r.carried_cost_median,

@@ -69,7 +69,14 @@ def test_probe_loss():
     assert not rate.Probe(1000, 1000, 990).carried  # 1% is not under 1%
     assert rate.Probe(1000, 1000, 1003).loss == 0.0  # frames queued before the window
     assert rate.Probe(1000, 0, 0).loss == 1.0 and not rate.Probe(1000, 0, 0).carried
-    assert rate.Probe(1000, 940, 940).short and not rate.Probe(1000, 960, 960).short
+
+
+def test_the_generator_is_spent_only_when_asking_for_more_gets_no_more():
+    before = rate.Probe(1000, 960, 960)
+    assert rate.Probe(1250, 990, 990).spent(before)
+    assert not rate.Probe(1250, 1010, 1010).spent(before)  # sent what it was asked for, nearly
+    before = rate.Probe(1000, 750, 750)
+    assert not rate.Probe(1250, 900, 900).spent(before)  # short, but it sent more
 
 
 def test_up_by_steps_then_one_bisection():
@@ -98,9 +105,26 @@ def test_the_search_stays_within_its_probes():
 def test_the_generator_limits_the_search_not_the_row():
     fwd = Forwarder(capacity=1e12, generator=130_000)
     carried, probes = rate.search(fwd, start=100_000)
-    # 125k sent in full; 156k asked for, 130k sent: going higher measures the generator.
-    assert fwd.asked == pytest.approx([100_000, 125_000, 156_250])
-    assert carried == pytest.approx(156_250) and probes[-1].short
+    # 125k sent in full; 156k asked for, 130k sent; 195k asked for, 130k sent:
+    # going higher measures the generator.
+    assert fwd.asked == pytest.approx([100_000, 125_000, 156_250, 195_312.5])
+    # What it carried is what the generator sent, not what was asked for.
+    assert carried == pytest.approx(130_000) and probes[-1].spent(probes[-2])
+
+
+def test_a_generator_short_of_the_rate_does_not_end_the_search():
+    # Other people's processes took a fifth of the generator's CPU: every
+    # probe sent 75% of the rate asked for, and the search still goes up.
+    class Disturbed(Forwarder):
+        def __call__(self, pps):
+            self.asked.append(pps)
+            return rate.Probe(pps, 0.75 * pps, min(0.75 * pps, self.capacity))
+
+    fwd = Disturbed(capacity=140_000)
+    carried, _ = rate.search(fwd, start=100_000)
+    assert fwd.asked == pytest.approx([100_000, 125_000, 156_250, 195_312.5, 174_693],
+                                      rel=1e-4)
+    assert carried == pytest.approx(0.75 * 174_693, rel=1e-4)  # sent, and carried
 
 
 def test_a_row_that_carries_nothing():

@@ -327,8 +327,8 @@ def test_markdown_report(summary):
     assert "| xdpfwd native XDP | 2.25M |" in md  # no † on the XDP rows
     # Not searched: the kernel and XDP rows take what they can and drop the rest cheaply.
     assert "| kernel IP forwarding | 900k | 800k–1.00M | 1.00x | 0% | 1125 | — | — |" in md
-    assert ("- xdpfwd afpacket: carries 252k pps, the generator paced at 280k, 0% lost "
-            "(search, paced pps and share lost: 250k 0%, 312k 5%, 280k 0.36%); there "
+    assert ("- xdpfwd afpacket: carries 252k pps (the generator paced at 280k sent 252k, 0% "
+            "lost); searched (paced pps, share lost): 250k 0%, 312k 5%, 280k 0.36%; there "
             "router CPU 2250 ns/pkt") in md
     assert "Flooded (overload): 225k pps delivered at 4500 ns/pkt." in md
     assert "| attach, native: cold | 610 ms |" in md
@@ -353,7 +353,7 @@ def test_a_row_that_carries_nothing_is_reported_as_such():
     row = next(line for line in report.traffic_table(s) if line.startswith("| naive"))
     assert row.startswith("| naive AF_PACKET loop † | 90k | 80k–100k | — | 91% | 11250 | "
                           "nothing | — |")
-    assert "naive AF_PACKET loop: carries nothing (search" in " ".join(report.carried_lines(s))
+    assert "naive AF_PACKET loop: carries nothing; searched" in " ".join(report.carried_lines(s))
     targets = {n: v for n, v, _, _ in report.ratio_targets([s])}
     assert targets["afpacket_vs_naive"] is None  # "n/a ... not met", not a crash
     js = report.summary_json([s])["64B-1flow"]["rows"]["naive"]
