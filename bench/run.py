@@ -8,7 +8,7 @@ with the generator paced at the rate it carries (bench/rate.py says why),
 which the first round searches for and later rounds reuse.
 
     make bench            # 5 rounds x 5 s, 64 and 1500 bytes x 1 and 1000 flows
-    make bench QUICK=1    # 2 rounds x 3 s, 64 bytes x 1 and 1000 flows (under 4 minutes)
+    make bench QUICK=1    # 2 rounds x 3 s, 64 bytes x 1 and 1000 flows (about 4 minutes)
 """
 
 import json
