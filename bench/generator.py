@@ -20,14 +20,13 @@ import threading
 from xdpfwd import bpfsys, netlink, netns
 
 from bench import frames
+from bench.rate import pacing
 from bench.xdpprog import compile_bpf
 
 TEST_XDP_LIVE_FRAMES = 1 << 1  # BPF_F_TEST_XDP_LIVE_FRAMES
 BATCH = 64                     # frames per test-run batch (the kernel's default)
 REPEAT = 2**31 - 1             # until stopped by a signal
 STOP_SIGNAL = signal.SIGUSR1
-
-
 class Generator:
     """Sends `traffic` from ns/ifname to the router's eth1, from gen_cpu."""
 
@@ -47,6 +46,8 @@ class Generator:
                    f"-DGENERATOR_IFINDEX={ifindex}"]
         self.bpf, (self.fd,) = compile_bpf("generator.c", [("bench_generator", -1)], cflags)
         self.table = self.bpf.get_table("bench_generator_count")
+        self.pace = self.bpf.get_table("bench_generator_pace")
+        self.rate: float | None = None
         self.ns, self.gen_cpu = ns, gen_cpu
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -67,6 +68,17 @@ class Generator:
                 if rc < 0 and err != 4 and not self._stopping:  # 4: EINTR, our stop
                     self.error = f"test run failed: {os.strerror(err)}"
                     return
+
+    def set_rate(self, rate_pps: float | None) -> None:
+        """Pace the next runs at rate_pps (None: unpaced). Only while
+        stopped: the program writes the due time as it runs."""
+        if self._thread is not None:
+            raise RuntimeError("generator: set_rate while running")
+        interval, burst, group = pacing(rate_pps)
+        # The due time starts at 0, long past: the first group goes at once.
+        for slot, value in enumerate((interval, burst, 0, group, 0)):
+            self.pace[ctypes.c_int(slot)] = ctypes.c_ulonglong(value)
+        self.rate = rate_pps or None
 
     def start(self) -> None:
         self._stopping = False

@@ -1,6 +1,7 @@
 """One measurement: a row is in place, the generator sends one kind of
-traffic for a fixed time, and every counter is read at both ends of the
-window (after a short warm-up, so queues and caches are in steady state).
+traffic for a fixed time, as fast as it can (flooding the router) or paced
+at a given rate, and every counter is read at both ends of the window
+(after a short warm-up, so queues and caches are in steady state).
 """
 
 import time
@@ -12,6 +13,8 @@ from bench.rows import Row
 from bench.testbed import GENERATOR_CPU, ROUTER_CPU, Testbed
 
 WARMUP = 0.25  # seconds of traffic before the window opens
+DRAIN_LIMIT = 3.0  # seconds to wait, at most, for what earlier windows queued
+DRAIN_QUIET = 0.1  # ... until the sink counted nothing for this long
 
 
 @dataclass
@@ -37,6 +40,9 @@ class Sample:
     userspace: bool       # a user-space forwarder (its processes share the CPU with the receive)
     bpf_stats: bool       # a window with kernel.bpf_stats_enabled=1, for run times only
     retried: int = 0      # measured again because other people's load was high
+    rate: float = 0.0     # the generator paced at this many packets/s; 0: flooding
+    window: str = "flood"  # "flood"; or paced: "probe" (searching the rate a row
+    #                        carries, bench/rate.py) or "carried" (at that rate)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -49,14 +55,34 @@ def _read(bed: Testbed, row: Row, gen, ours: set[int], receive: list[int]):
             bed.router_received())
 
 
+def drain(bed: Testbed, row: Row) -> None:
+    """Wait until what an earlier window left queued has gone through: a
+    user-space forwarder's ring holds thousands of frames after a flood,
+    and a paced window that began with them would deliver more than it
+    offered."""
+    counter = bed.ceiling if row.counts_at == "ceiling" else bed.sink
+    deadline = time.monotonic() + DRAIN_LIMIT
+    last = counter.count()
+    while time.monotonic() < deadline:
+        time.sleep(DRAIN_QUIET)
+        now = counter.count()
+        if now == last:
+            return
+        last = now
+
+
 def measure(bed: Testbed, row: Row, traffic: Traffic, rnd: int, seconds: float,
-            bpf_stats: bool = False) -> Sample:
+            bpf_stats: bool = False, rate: float | None = None, window: str = "flood") -> Sample:
     """bpf_stats: time the XDP programs (kernel.bpf_stats_enabled=1) in this
     window. Their clock reads cost every program on the path, so windows
-    that count packets run without."""
+    that count packets run without. rate: pace the generator at this many
+    packets/s (None: flood); window: what the window is for (Sample.window)."""
     gen = bed.generators[traffic]
     ours = cpu.namespace_inodes(bed.namespaces)
     receive = bed.pin_napi() + cpu.kernel_threads(ROUTER_CPU)
+    if rate:
+        drain(bed, row)
+    gen.set_rate(rate)
     bed.bpf_stats(bpf_stats)
     gen.start()
     try:
@@ -66,6 +92,7 @@ def measure(bed: Testbed, row: Row, traffic: Traffic, rnd: int, seconds: float,
         b = _read(bed, row, gen, ours, receive)
     finally:
         gen.stop()
+        gen.set_rate(None)  # whoever starts it next (the profile) floods
         bed.bpf_stats(False)
     (sa, ga, la, ha, pa, ka, ra), (sb, gb, lb, hb, pb, kb, rb) = a, b
     return Sample(
@@ -79,5 +106,5 @@ def measure(bed: Testbed, row: Row, traffic: Traffic, rnd: int, seconds: float,
         router_task_s=cpu.task_seconds(sa, sb) + cpu.tree_seconds(sa, sb),
         receive_s=cpu.task_seconds(sa, sb),
         process_cpu_s=cpu.tree_seconds(sa, sb),
-        userspace=bool(row.pids), bpf_stats=bpf_stats,
+        userspace=bool(row.pids), bpf_stats=bpf_stats, rate=rate or 0.0, window=window,
     )

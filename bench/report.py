@@ -5,22 +5,27 @@ Ratios are paired: each round's row is compared with the same round's
 kernel (or ceiling, or naive) row, and the median of those ratios is
 reported, so drift of the machine between rounds cancels out. What is
 compared depends on the row and on what limited the rows (decide()): the
-user-space rows always by router CPU per forwarded packet (they share the
-router's CPU with their receive path, so their delivered packets/s is the
-scheduler's share as much as theirs); the others by delivered packets/s
-when the router limited them; by packets per second of the router's own
-CPU time when other people's processes took part of the machine; by
-forwarding cost per packet above the ceiling when the generator did.
+user-space rows always by router CPU per forwarded packet at the rate they
+carry (bench/rate.py: flooded, they share the router's CPU with a receive
+path that mostly receives what their full ring drops), against the kernel
+and XDP rows' router CPU per forwarded packet flooded (where they are
+CPU-bound and what they cannot take costs them nothing: it is dropped on
+the generator's CPU); the others by delivered packets/s when the router
+limited them; by packets per second of the router's own CPU time when
+other people's processes took part of the machine; by forwarding cost per
+packet above the ceiling when the generator did.
 """
 
 import statistics
 from dataclasses import dataclass, field
 
+from bench.rate import LOSS_LIMIT, PACE_BURST, PACE_GROUP, PROBE_SECONDS, STEP
+
 # The targets of issue 12, 64-byte UDP: (name, row, against, goal, by, the
 # traffics it must hold at). by None: the figure decide() picks (delivered
 # packets/s on a quiet machine); "cpu": router CPU per forwarded packet,
-# receive path included. A target that names two traffics is judged by the
-# worse of them.
+# receive path included, a user-space row's at the rate it carries. A
+# target that names two traffics is judged by the worse of them.
 ONE_FLOW, MANY_FLOWS = "64B-1flow", "64B-1000flows"
 TARGET_TRAFFICS = [ONE_FLOW, MANY_FLOWS]
 RATIO_TARGETS = [
@@ -31,7 +36,8 @@ RATIO_TARGETS = [
 # The XDP program's own run time (bpf_stats), rp_filter off, at both traffics.
 PROG_NS_GOAL = 200
 TARGET_TRAFFIC = ONE_FLOW  # the one that decides how the ratios are compared
-# Rows compared by router CPU per forwarded packet whatever decide() says.
+# Rows compared by router CPU per forwarded packet at the rate they carry,
+# whatever decide() says.
 USERSPACE = ("afpacket", "naive")
 EXPORTER_SCRAPE_GOAL_MS = 10
 EXPORTER_RSS_GOAL_MB = 60
@@ -113,6 +119,16 @@ class RowSummary:
     offered_over_handled: list[float] = field(default_factory=list)
     foreign: list[float] = field(default_factory=list)    # other people's share of a CPU
     retried: int = 0
+    # Paced at the rate the row carries (user-space rows; bench/rate.py):
+    probes: list[dict] = field(default_factory=list)  # the search: rate, offered, delivered, loss
+    carried_rate: list[float] = field(default_factory=list)   # pps the generator was paced at
+    carried_pps: dict[int, float] = field(default_factory=dict)   # round -> delivered packets/s
+    carried_offered: list[float] = field(default_factory=list)  # packets/s the generator sent
+    carried_cost: dict[int, float] = field(default_factory=dict)  # round -> router CPU ns/pkt
+    carried_loss: list[float] = field(default_factory=list)  # share of what was sent, lost
+    carried_receive_ns: list[float] = field(default_factory=list)
+    carried_process_ns: list[float] = field(default_factory=list)
+    paced_foreign: list[float] = field(default_factory=list)  # probe and carried windows
 
     @property
     def pps_median(self) -> float | None:
@@ -130,6 +146,26 @@ class RowSummary:
     def router_bound(self) -> bool:
         return bool(self.offered_over_handled) and min(self.offered_over_handled) >= OFFERED_MIN
 
+    @property
+    def carried_median(self) -> float | None:
+        return median(list(self.carried_pps.values()))
+
+    @property
+    def carried_cost_median(self) -> float | None:
+        return median(list(self.carried_cost.values()))
+
+    @property
+    def carries_nothing(self) -> bool:
+        """Searched, and not even the lowest rate probed got through."""
+        return bool(self.probes) and not self.carried_rate
+
+    @property
+    def cpu_cost(self) -> dict[int, float]:
+        """Per round, the router CPU per forwarded packet that compares this
+        row by CPU: a user-space row's at the rate it carries (none when it
+        carries nothing), any other row's flooded."""
+        return self.carried_cost if self.userspace else self.cost
+
 
 def summarize_row(row: str, label: str, samples: list[dict]) -> RowSummary:
     """Packets and CPU from the ordinary windows; the XDP program's run
@@ -144,6 +180,10 @@ def summarize_row(row: str, label: str, samples: list[dict]) -> RowSummary:
                 s.sink_ns.append(x["sink_ns"] / x["sink_runs"])
             continue
         secs = x["seconds"]
+        window = x.get("window", "flood")
+        if window != "flood":
+            _paced(s, x, window)
+            continue
         s.pps[x["round"]] = rate(x["handled"], secs)
         c = cost_ns(x["router_task_s"], x["handled"])
         if c is not None:
@@ -164,6 +204,38 @@ def summarize_row(row: str, label: str, samples: list[dict]) -> RowSummary:
     return s
 
 
+def sent_loss(offered: int, handled: int) -> float:
+    """The share of the frames the generator sent that the sink never saw
+    (1.0 when it sent none: nothing was carried)."""
+    return max(0, offered - handled) / offered if offered > 0 else 1.0
+
+
+def _paced(s: RowSummary, x: dict, window: str) -> None:
+    """A window with the generator paced: a probe of the search, or one at
+    the rate the search found."""
+    secs = x["seconds"]
+    s.paced_foreign.append(x["foreign_cpu_s"] / secs if secs > 0 else 0.0)
+    s.retried += x.get("retried", 0)
+    if window == "probe":
+        s.probes.append({"rate": x["rate"], "offered": rate(x["offered"], secs),
+                         "delivered": rate(x["handled"], secs),
+                         "loss": sent_loss(x["offered"], x["handled"])})
+        return
+    s.carried_rate.append(x["rate"])
+    s.carried_pps[x["round"]] = rate(x["handled"], secs)
+    s.carried_offered.append(rate(x["offered"], secs))
+    s.carried_loss.append(sent_loss(x["offered"], x["handled"]))
+    c = cost_ns(x["router_task_s"], x["handled"])
+    if c is not None:
+        s.carried_cost[x["round"]] = c
+    r = cost_ns(x["receive_s"], x["received"])
+    if r is not None:
+        s.carried_receive_ns.append(r)
+    p = cost_ns(x["process_cpu_s"], x["handled"]) if x["process_cpu_s"] > 0 else None
+    if p is not None:
+        s.carried_process_ns.append(p)
+
+
 @dataclass
 class TrafficSummary:
     traffic: str
@@ -174,7 +246,8 @@ class TrafficSummary:
 
     def figure(self, row: str) -> str:
         """What compares `row` with others: router CPU per forwarded packet
-        for a user-space forwarder, else what decide() chose."""
+        (at the rate it carries) for a user-space forwarder, else what
+        decide() chose."""
         r = self.rows.get(row)
         return "cpu" if r is not None and r.userspace else self.by
 
@@ -182,7 +255,8 @@ class TrafficSummary:
         """Per-round ratios of row to against, by `by` or figure(row):
         "pps": delivered packets/s, row over against;
         "cpu": packets per second of router CPU time the row's work used,
-               row over against (against's cost per packet over row's);
+               row over against (against's cost per packet over row's;
+               a user-space row's at the rate it carries, RowSummary.cpu_cost);
         "cost": against's forwarding cost above the ceiling over row's (how
                many times cheaper row forwards; against "ceiling": the
                ceiling's whole cost over row's)."""
@@ -193,7 +267,7 @@ class TrafficSummary:
         if by == "pps":
             return paired(a.pps, b.pps)
         if by == "cpu":
-            return paired(b.cost, a.cost)
+            return paired(b.cpu_cost, a.cpu_cost)
         ceiling = self.rows.get("ceiling")
         if ceiling is None:
             return []
@@ -225,7 +299,7 @@ class TrafficSummary:
 
     @property
     def disturbed(self) -> int:
-        """Windows in which other people's processes took more than
+        """Flooded windows in which other people's processes took more than
         FOREIGN_LIMIT of a CPU."""
         return sum(f > FOREIGN_LIMIT for s in self.rows.values() for f in s.foreign)
 
@@ -417,10 +491,19 @@ def _pct(value: float | None) -> str:
     return f"{value:.0%}" if value >= 0.01 or value == 0 else f"{value:.2%}"
 
 
+def carried_cell(s: RowSummary) -> str:
+    """The carried-rate column: "—" for a row not searched (kernel, XDP),
+    "nothing" for one that carried not even the lowest rate probed."""
+    if s.carries_nothing:
+        return "nothing"
+    return si(s.carried_median)
+
+
 def traffic_table(summary: TrafficSummary) -> list[str]:
-    head = ("| path | delivered pps | min–max | vs kernel | lost in router | router CPU ns/pkt "
+    head = ("| path | delivered pps, flooded | min–max | vs kernel | lost in router "
+            "| router CPU ns/pkt | carried pps | router CPU ns/pkt carried "
             "| receive ns/pkt | above ceiling ns/pkt | XDP prog ns/pkt | process CPU ns/pkt |")
-    lines = [head, "| --- |" + " ---: |" * 9]
+    lines = [head, "| --- |" + " ---: |" * 11]
     for key, s in summary.rows.items():
         lo_hi = s.pps_spread
         vs_kernel = median(summary.vs(key, "kernel"))  # by the row's figure
@@ -429,7 +512,8 @@ def traffic_table(summary: TrafficSummary) -> list[str]:
             f"{si(lo_hi[0]) + '–' + si(lo_hi[1]) if lo_hi else '—'} | "
             f"{_num(vs_kernel, '{:.2f}x')} | "
             f"{_pct(median(s.loss)) if key != 'ceiling' else '(all dropped)'} | "
-            f"{_num(s.cost_median)} | {_num(median(s.receive_ns))} | "
+            f"{_num(s.cost_median)} | {carried_cell(s)} | {_num(s.carried_cost_median)} | "
+            f"{_num(median(s.receive_ns))} | "
             f"{_num(median(summary.above_ceiling(key)))} | "
             f"{_num(median(s.prog_ns))} | {_num(median(s.process_ns))} |")
     return lines
@@ -454,14 +538,26 @@ SETUP = (
     "bench-recvbox), veth links. **Generator**: an XDP program run by BPF_PROG_TEST_RUN in "
     "live-frame mode in sendbox on CPU 0, transmitting into the router's eth1; what the "
     "eth1's ring (256 frames) has no room for is dropped there, as a NIC drops at a full RX "
-    "ring. **Receive path**: the router's eth1 runs threaded NAPI, its thread pinned to CPU 1: "
+    "ring. **Pacing**: for the user-space rows the generator is also paced (a token bucket in "
+    f"the program: a group of {PACE_GROUP} frames per interval, the devmap bulk in which the "
+    f"flooding generator's frames reach the router too; at most {PACE_BURST} back to back "
+    "after a stall; frames beyond the rate are recycled unsent and do not count as offered), "
+    "to find the "
+    f"highest rate each carries with under {LOSS_LIMIT:.0%} of what was sent lost: from what "
+    f"it delivered flooded, up by {STEP}x while under {LOSS_LIMIT:.0%} (down while not), then "
+    f"one bisection step, {PROBE_SECONDS:g}-second probes, in the first round; every round "
+    "then measures it at that rate too. **Receive path**: "
+    "the router's eth1 runs threaded NAPI, its thread pinned to CPU 1: "
     "veth's receive, the XDP program, the kernel's forwarding, the packet socket's copy into "
     "a user-space forwarder's ring and the transmit into recvbox all run there, for every "
     "row alike. User-space forwarders are pinned to CPU 1 too, beside that thread. **Sink**: "
     "recvbox's eth0 runs threaded NAPI too, its thread pinned to CPU 0 (SCHED_FIFO, ahead of "
     "the generator), with an XDP program that counts and drops IPv4/UDP and passes ARP. "
     "**Router CPU** is the NAPI thread's, ksoftirqd's and the forwarder processes' CPU time "
-    "on CPU 1 (/proc), so neither the generator's transmit nor the sink is in it. GRO is on "
+    "on CPU 1 (/proc), so neither the generator's transmit nor the sink is in it. **Compared** "
+    "by router CPU per forwarded packet (user-space rows): each at the rate it carries, "
+    "against the kernel row flooded, where it is CPU-bound and what it cannot take costs it "
+    "nothing (the generator's side of the veth drops it, on CPU 0). GRO is on "
     "on the router's eth1 (veth needs NAPI there to accept redirected frames). The XDP "
     "programs' run times come from separate 1-second windows with kernel.bpf_stats_enabled=1 "
     "(first round); every other window runs with it off, since its clock reads slow every "
@@ -472,32 +568,45 @@ BY_TEXT = {
     "cpu": "packets per second of router CPU (other people's processes disturbed some windows)",
     "cost": "forwarding cost per packet above the ceiling (the generator limited some rows)",
 }
-USERSPACE_BY = "router CPU per forwarded packet, receive path included"
+USERSPACE_BY = ("router CPU per forwarded packet, receive path included, at the rate the row "
+                "carries, against the kernel's flooded")
 
 USERSPACE_NOTE = (
     "† The user-space rows share the router's CPU with their own receive path (the NAPI "
-    "thread: veth, the packet socket's copy into the ring, the kernel dropping its own copy), "
-    "flooded far beyond what they take, so their delivered packets/s is the scheduler's share "
-    "as much as their speed: their vs kernel is by router CPU per forwarded packet (NAPI "
-    "thread, ksoftirqd and forwarder processes over packets delivered), the kernel's over "
-    "theirs. That charges them the receive of frames their rings then had no room for, which "
-    "a forwarder fed no faster than it forwards would not pay: receive ns/pkt (per frame "
-    "received) shows that part.")
+    "thread: veth, the packet socket's copy into the ring, the kernel dropping its own copy). "
+    "Flooded, that thread spends most of the CPU receiving frames their full ring then drops "
+    "(receive livelock): their delivered pps, flooded, is what they deliver under overload, "
+    "a fact of its own, not the cost of forwarding a packet. Their vs kernel is by router CPU "
+    "per forwarded packet (NAPI thread, ksoftirqd and forwarder processes over packets "
+    "delivered) with the generator paced at the rate they carry (under "
+    f"{LOSS_LIMIT:.0%} lost), the kernel's (flooded) over theirs; vs each other likewise, "
+    "both at their carried rates.")
 
 COLUMNS = [
-    ("delivered pps", "packets/s counted by the sink on recvbox (the ceiling row: dropped by "
-                      "its program on the router's eth1); median over rounds"),
+    ("delivered pps, flooded", "packets/s counted by the sink on recvbox (the ceiling row: "
+                               "dropped by its program on the router's eth1) while the "
+                               "generator floods the router; median over rounds. For † rows "
+                               "their throughput under overload, receive livelock included"),
     ("vs kernel", "this row over kernel forwarding in the same round, median of the rounds: "
                   "by the figure that decides (said under each table), for † rows by router "
-                  "CPU per forwarded packet"),
+                  "CPU per forwarded packet at the rate they carry against the kernel's "
+                  "flooded (n/a for a row that carries nothing)"),
     ("lost in router", "frames the router's eth1 took from its ring but the sink never saw. "
                        "What the router cannot take never gets that far: the generator's "
                        "transmit drops it at the full ring, as a NIC drops at a full RX ring"),
-    ("router CPU ns/pkt", "CPU time of the router's work per delivered packet: the router's "
-                          "eth1 NAPI thread, CPU 1's ksoftirqd and the forwarder's processes "
-                          "with their children (/proc/PID/stat; other people's processes on "
-                          "that CPU are not counted). Neither the generator's transmit nor "
-                          "recvbox's sink runs there"),
+    ("router CPU ns/pkt", "CPU time of the router's work per delivered packet, flooded: "
+                          "the router's eth1 NAPI thread, CPU 1's ksoftirqd and the "
+                          "forwarder's processes with their children (/proc/PID/stat; other "
+                          "people's processes on that CPU are not counted). Neither the "
+                          "generator's transmit nor recvbox's sink runs there"),
+    ("carried pps", "† rows: packets/s delivered with the generator paced at the highest "
+                    "rate the search found them to carry with under "
+                    f"{LOSS_LIMIT:.0%} of what it sent lost (first round's search, every "
+                    "round's window; median over rounds); \"nothing\" when not even the "
+                    "lowest rate probed got through. Not searched for the kernel and XDP "
+                    "rows (—)"),
+    ("router CPU ns/pkt carried", "† rows: router CPU ns/pkt (as above) in the windows at "
+                                  "the carried rate; what their vs kernel compares"),
     ("receive ns/pkt", "the NAPI thread's and ksoftirqd's CPU time per frame the router's "
                        "eth1 received: for the kernel and XDP rows all of their work, for † "
                        "rows their receive path"),
@@ -520,7 +629,7 @@ def _notes(summary: TrafficSummary) -> str:
     retried = sum(r.retried for r in rows)
     parts = []
     cheaper = [f"{r.label.removeprefix('xdpfwd ')} {q:.2f}x" for k, r in summary.rows.items()
-               if k not in ("kernel", "ceiling")
+               if k not in ("kernel", "ceiling") and not r.userspace
                and (q := median(summary.vs(k, "kernel", by="cost"))) is not None]
     if cheaper:
         parts.append("forwarding cost per packet above the ceiling, kernel's over the row's: "
@@ -543,6 +652,29 @@ def _notes(summary: TrafficSummary) -> str:
     return "; ".join(parts) + "."
 
 
+def carried_lines(summary: TrafficSummary) -> list[str]:
+    """For each † row: the rate it carries, how the search got there, and
+    its CPU at that rate beside its figures flooded."""
+    out = []
+    for r in summary.rows.values():
+        if not r.userspace or not (r.probes or r.carried_rate):
+            continue
+        trail = ", ".join(f"{si(p['rate'])} {_pct(p['loss'])}" for p in r.probes)
+        searched = f"; searched (paced pps, share lost): {trail}" if trail else ""
+        if r.carries_nothing:
+            head = f"{r.label}: carries nothing{searched}"
+        else:
+            head = (f"{r.label}: carries {si(r.carried_median)} pps (the generator paced at "
+                    f"{si(median(r.carried_rate))} sent {si(median(r.carried_offered))}, "
+                    f"{_pct(median(r.carried_loss))} lost)"
+                    f"{searched}; there router CPU {_num(r.carried_cost_median)} ns/pkt, "
+                    f"receive {_num(median(r.carried_receive_ns))} ns/frame, its processes "
+                    f"{_num(median(r.carried_process_ns))} ns/pkt")
+        out.append(f"{head}. Flooded (overload): {si(r.pps_median)} pps delivered at "
+                   f"{_num(r.cost_median)} ns/pkt.")
+    return out
+
+
 def _share(cpus: float) -> str:
     """A share of a CPU. The estimate counts a process that ends in a window
     with its whole life's CPU time, so it can exceed what the machine has."""
@@ -552,7 +684,7 @@ def _share(cpus: float) -> str:
 def _disturbed(summaries: list[TrafficSummary]) -> str:
     """A warning when other people's processes took more than
     FOREIGN_LIMIT of a CPU in some windows, or an empty string."""
-    shares = [f for s in summaries for r in s.rows.values() for f in r.foreign]
+    shares = [f for s in summaries for r in s.rows.values() for f in r.foreign + r.paced_foreign]
     bad = [f for f in shares if f > FOREIGN_LIMIT]
     if not bad:
         return ""
@@ -591,7 +723,7 @@ def markdown(m: dict, command: str, plan: str, summaries: list[TrafficSummary], 
         out += [f"## {s.label}", ""] + traffic_table(s) + ["", f"Ratios by {BY_TEXT[s.by]} († rows: "
                                                             f"by {USERSPACE_BY}). " + _notes(s), ""]
         if any(r.userspace for r in s.rows.values()):
-            out += [USERSPACE_NOTE, ""]
+            out += [USERSPACE_NOTE, ""] + [f"- {line}" for line in carried_lines(s)] + [""]
     out += ["## Control plane", ""] + control_table(cp) + [""]
     out += ["## Columns", ""] + [f"- **{name}**: {text}." for name, text in COLUMNS] + [""]
     if errors:
@@ -620,6 +752,17 @@ def summary_json(summaries: list[TrafficSummary]) -> dict:
                 "process_ns_per_pkt": median(r.process_ns),
                 "router_bound": r.router_bound,
             }
+            if r.userspace:
+                rows[key].update({
+                    "carried_pps": r.carried_median, "carried_rate_pps": median(r.carried_rate),
+                    "carried_offered_pps": median(r.carried_offered),
+                    "carries_nothing": r.carries_nothing,
+                    "carried_loss_median": median(r.carried_loss),
+                    "carried_router_ns_per_pkt": r.carried_cost_median,
+                    "carried_receive_ns_per_pkt": median(r.carried_receive_ns),
+                    "carried_process_ns_per_pkt": median(r.carried_process_ns),
+                    "probes": r.probes,
+                })
         out[s.traffic] = {"label": s.label, "router_bound": s.router_bound,
                           "disturbed_windows": s.disturbed, "ratios_by": s.by, "rows": rows}
     return out

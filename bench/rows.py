@@ -6,10 +6,11 @@ router's eth1 receives in a NAPI thread pinned there (testbed.py), so the
 kernel and XDP paths (which run inside that thread) and the user-space
 forwarders (pinned there with taskset; the workers inherit the
 supervisor's affinity) pay for the same receive on the same CPU. A
-user-space forwarder shares that CPU with its receive path, flooded far
-beyond what it takes, so its delivered packets/s measures the scheduler's
-share as much as the forwarder: the report compares these rows by router
-CPU per forwarded packet (receive path included).
+user-space forwarder shares that CPU with its receive path; flooded, it
+mostly receives what its full ring then drops, so these rows (userspace)
+are also measured at the rate they carry (bench/rate.py), and the report
+compares them by router CPU per forwarded packet at that rate (receive
+path included).
 """
 
 from xdpfwd import bpfsys, netns, sysctl
@@ -24,6 +25,7 @@ class Row:
     key = ""
     label = ""
     counts_at = "sink"  # where its packets are counted: the sink, or the ceiling program
+    userspace = False   # a user-space forwarder: also measured at the rate it carries
 
     def __init__(self):
         self.prog_id = 0            # the XDP program to read run time from, if any
@@ -105,6 +107,7 @@ class Xdp(Row):
 
 class Afpacket(Row):
     key, label = "afpacket", "xdpfwd afpacket"
+    userspace = True
 
     def start(self, bed):
         t = router.xdpfwd(bed.router, "attach", *PORTS, "--mode", "afpacket", cpu=ROUTER_CPU)
@@ -124,6 +127,7 @@ class Afpacket(Row):
 
 class Naive(Row):
     key, label = "naive", "naive AF_PACKET loop"
+    userspace = True
 
     def __init__(self):
         super().__init__()

@@ -3,8 +3,12 @@ in turn (started, measured, stopped: A B C D E F, A B C D E F, ...), so
 the rows compared in one ratio were measured within a minute of each
 other; then the report.
 
+Every row is measured flooded. A user-space row is measured a second time
+with the generator paced at the rate it carries (bench/rate.py says why),
+which the first round searches for and later rounds reuse.
+
     make bench            # 5 rounds x 5 s, 64 and 1500 bytes x 1 and 1000 flows
-    make bench QUICK=1    # 2 rounds x 3 s, 64 bytes x 1 and 1000 flows (under 4 minutes)
+    make bench QUICK=1    # 2 rounds x 3 s, 64 bytes x 1 and 1000 flows (about 4 minutes)
 """
 
 import json
@@ -15,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import chart, cpu, exporter, frames, machine, peer, profile, report, router
+from bench import chart, cpu, exporter, frames, machine, peer, profile, rate, report, router
 from bench.measure import Sample, measure
 from bench.rows import Row, all_rows
 from bench.testbed import GENERATOR_CPU, ROUTER_CPU, Testbed
@@ -43,6 +47,7 @@ class Plan:
         self.traffics = [frames.Traffic(s, f) for s in sizes for f in flows]
         self.retry_budget = 25.0 if quick else 40.0  # seconds of measuring again, at most
         self.spent = 0.0
+        self.carried: dict[tuple[str, str], float] = {}  # (traffic, row) -> pps; 0: nothing
 
     def describe(self) -> str:
         kinds = ", ".join(t.label for t in self.traffics)
@@ -62,12 +67,13 @@ def _quiet(bed, limit_s: float) -> None:
             return
 
 
-def _measure(bed, row, traffic, rnd, plan, spent) -> tuple[Sample, float]:
+def _measure(bed, row, traffic, rnd, plan, spent, seconds=None, **paced) -> tuple[Sample, float]:
     """One sample. When other people's processes took more than
     FOREIGN_LIMIT of a CPU during it, wait for them to calm down and measure
     again (up to MAX_TRIES, while the budget lasts); keep the least
-    disturbed window."""
-    sample = measure(bed, row, traffic, rnd, plan.seconds)
+    disturbed window. paced: measure()'s rate and window."""
+    seconds = seconds or plan.seconds
+    sample = measure(bed, row, traffic, rnd, seconds, **paced)
     tries = 1
     while (sample.foreign_cpu_s / sample.seconds > FOREIGN_LIMIT and tries < MAX_TRIES
            and spent < plan.retry_budget):
@@ -75,13 +81,39 @@ def _measure(bed, row, traffic, rnd, plan, spent) -> tuple[Sample, float]:
             "measuring again")
         t0 = time.monotonic()
         _quiet(bed, 5.0)
-        again = measure(bed, row, traffic, rnd, plan.seconds)
+        again = measure(bed, row, traffic, rnd, seconds, **paced)
         spent += time.monotonic() - t0
         tries += 1
         if again.foreign_cpu_s / again.seconds < sample.foreign_cpu_s / sample.seconds:
             sample = again
     sample.retried = tries - 1
     return sample, spent
+
+
+def _carried(bed, row, traffic, rnd, plan, samples, flooded: Sample) -> None:
+    """A user-space row at the rate it carries: searched for (from what it
+    delivered flooded) the first time, every probe kept as a sample; then
+    one window at that rate. A row that carries nothing gets no window."""
+    key = (traffic.key, row.key)
+    if key not in plan.carried:
+        def probe(pps: float) -> rate.Probe:
+            s, plan.spent = _measure(bed, row, traffic, rnd, plan, plan.spent, rate.PROBE_SECONDS,
+                                     rate=pps, window="probe")
+            samples.append(s)
+            return rate.Probe(pps, s.offered / s.seconds, s.handled / s.seconds)
+
+        plan.carried[key], probes = rate.search(probe, flooded.handled / flooded.seconds)
+        trail = ", ".join(f"{report.si(p.rate)} {report._pct(p.loss)}" for p in probes)
+        found = report.si(plan.carried[key]) if plan.carried[key] else "nothing"
+        log(f"  {row.key} carries {found} (< {rate.LOSS_LIMIT:.0%} lost; probed {trail})")
+    if plan.carried[key]:
+        s, plan.spent = _measure(bed, row, traffic, rnd, plan, plan.spent,
+                                 rate=plan.carried[key], window="carried")
+        samples.append(s)
+        log(f"round {rnd + 1}/{plan.rounds} {traffic.key:<16} {row.key:<10} "
+            f"{report.si(s.handled / s.seconds):>6} pps  at {report.si(plan.carried[key])} pps "
+            f"offered, lost {report._pct(report.sent_loss(s.offered, s.handled))}, router "
+            f"CPU {report._num(report.cost_ns(s.router_task_s, s.handled))} ns/pkt")
 
 
 def _row(bed, row, traffic, rnd, plan, samples, errors, where) -> dict | None:
@@ -98,6 +130,8 @@ def _row(bed, row, traffic, rnd, plan, samples, errors, where) -> dict | None:
         samples.append(s)
         log(f"round {rnd + 1}/{plan.rounds} {traffic.key:<16} {row.key:<10} "
             f"{report.si(s.handled / s.seconds):>6} pps  router CPU {s.router_cpu_s / s.seconds:.0%}")
+        if row.userspace:
+            _carried(bed, row, traffic, rnd, plan, samples, s)
         if rnd == 0 and row.prog_id:
             samples.append(measure(bed, row, traffic, rnd, STATS_SECONDS, bpf_stats=True))
         if rnd == 0 and row.key in ("xdp_native", "ceiling"):

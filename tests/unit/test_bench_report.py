@@ -16,7 +16,7 @@ TARGET_RE = re.compile(
 
 def sample(row, rnd, handled, router_cpu_s=1.0, seconds=1.0, offered=None, received=None,
            userspace=False, bpf_stats=False, prog_ns=0, prog_runs=0, process_cpu_s=0.0,
-           foreign_cpu_s=0.0, traffic="64B-1flow"):
+           foreign_cpu_s=0.0, traffic="64B-1flow", rate=0.0, window="flood"):
     received = received if received is not None else handled
     return {
         "row": row, "traffic": traffic, "round": rnd, "seconds": seconds,
@@ -27,7 +27,18 @@ def sample(row, rnd, handled, router_cpu_s=1.0, seconds=1.0, offered=None, recei
         "foreign_cpu_s": foreign_cpu_s, "prog_ns": prog_ns, "prog_runs": prog_runs,
         "sink_ns": 0, "sink_runs": 0, "process_cpu_s": process_cpu_s,
         "userspace": userspace, "bpf_stats": bpf_stats, "retried": 0,
+        "rate": rate, "window": window,
     }
+
+
+def paced(row, rnd, rate, handled, router_cpu_s, offered=None, window="carried",
+          traffic="64B-1flow"):
+    """A window with the generator paced at `rate` (a probe of the search,
+    or one at the carried rate), 1 s long."""
+    offered = offered if offered is not None else handled
+    return sample(row, rnd, handled, router_cpu_s, offered=offered, received=offered,
+                  userspace=True, process_cpu_s=router_cpu_s / 2, traffic=traffic, rate=rate,
+                  window=window)
 
 
 LABELS = {"kernel": "kernel IP forwarding", "xdp_native": "xdpfwd native XDP",
@@ -48,7 +59,17 @@ def lab_samples(traffic="64B-1flow", native=2_500_000):
             sample("naive", rnd, int(100_000 * drift), userspace=True, received=1_000_000,
                    process_cpu_s=0.5, traffic=traffic),
             sample("ceiling", rnd, int(5_000_000 * drift), traffic=traffic),  # 200 ns/pkt
+            # Paced at the rates they carry (searched in round 0), drift alike:
+            # afpacket 2000 (2500) ns/pkt, naive 10000 (12500) ns/pkt.
+            paced("afpacket", rnd, 280_000, int(280_000 * drift), 0.56, traffic=traffic),
+            paced("naive", rnd, 80_000, int(80_000 * drift), 0.8, traffic=traffic),
         ]
+    # The searches (round 0): from what each delivered flooded, up by 1.25x
+    # while under 1% lost (down while not), then one bisection step.
+    for row, probes in (("afpacket", [(250_000, 0), (312_500, 15_625), (279_508, 1_000)]),
+                        ("naive", [(100_000, 3_000), (80_000, 400), (89_443, 1_800)])):
+        out += [paced(row, 0, r, r - lost, 0.5, offered=r, window="probe", traffic=traffic)
+                for r, lost in probes]
     # A bpf_stats window: only the program's run time may come from it.
     out.append(sample("xdp_native", 0, 1_000_000, bpf_stats=True, prog_ns=230_000_000,
                       prog_runs=1_000_000, traffic=traffic))
@@ -113,16 +134,31 @@ def test_userspace_rows_are_compared_by_router_cpu_per_forwarded_packet(summary)
     af = summary.rows["afpacket"]
     assert af.userspace and summary.figure("afpacket") == "cpu"
     assert summary.figure("xdp_native") == "pps"
-    # Receive path and processes alike: 1 s of router CPU over 250k (200k) packets.
+    # Flooded, receive path and processes alike: 1 s of router CPU over 250k
+    # (200k) packets; the paced windows are kept out of the flooded figures.
+    assert af.pps == {0: 250_000, 1: 200_000}
     assert af.cost == pytest.approx({0: 4000.0, 1: 5000.0})
     assert summary.above_ceiling("afpacket") == pytest.approx([3800.0, 4750.0])
     assert af.loss == pytest.approx([0.75, 0.8])
     assert af.process_ns == pytest.approx([3200.0, 4000.0])
     # Its NAPI thread's 0.2 s over the 1M frames the router's eth1 received.
     assert af.receive_ns == pytest.approx([200.0, 200.0])
-    # vs kernel by router CPU: 1000/4000 and 1250/5000, whatever decide() chose.
-    assert summary.vs("afpacket", "kernel") == pytest.approx([0.25, 0.25])
-    assert summary.vs("afpacket", "naive") == pytest.approx([2.5, 2.5])
+    assert af.offered == [2_500_000, 2_000_000]
+    # At the rate it carries: 0.56 s of router CPU over 280k (224k) packets.
+    assert af.carried_pps == {0: 280_000, 1: 224_000}
+    assert af.carried_cost == pytest.approx({0: 2000.0, 1: 2500.0})
+    assert af.carried_rate == [280_000, 280_000] and af.carried_loss == [0.0, 0.0]
+    assert af.carried_process_ns == pytest.approx([1000.0, 1250.0])
+    assert [p["rate"] for p in af.probes] == [250_000, 312_500, 279_508]
+    assert af.probes[1]["loss"] == pytest.approx(0.05)
+    assert not af.carries_nothing
+    # vs kernel by router CPU, the row at its carried rate against the kernel
+    # flooded: 1000/2000 and 1250/2500, whatever decide() chose.
+    assert summary.vs("afpacket", "kernel") == pytest.approx([0.5, 0.5])
+    # vs naive, both at their carried rates: 10000/2000 and 12500/2500.
+    assert summary.vs("afpacket", "naive") == pytest.approx([5.0, 5.0])
+    # The kernel and XDP rows are not paced: by CPU, flooded, as before.
+    assert summary.vs("xdp_native", "kernel", by="cpu") == pytest.approx([2.5, 2.5])
 
 
 def test_router_bound_decides_by_pps(summary):
@@ -182,9 +218,10 @@ def test_ratio_targets_of_issue_12():
     value, goal, each = targets["xdp_native_vs_kernel"]
     assert (value, goal) == (pytest.approx(2.0), 2.2)
     assert each == {"64B-1flow": pytest.approx(2.5), "64B-1000flows": pytest.approx(2.0)}
-    # The user-space targets: by router CPU per forwarded packet, 1 flow.
-    assert targets["afpacket_vs_kernel"][:2] == (pytest.approx(0.25), 0.8)
-    assert targets["afpacket_vs_naive"][:2] == (pytest.approx(2.5), 3.0)
+    # The user-space targets: by router CPU per forwarded packet at the
+    # carried rate, against the kernel's flooded; 1 flow.
+    assert targets["afpacket_vs_kernel"][:2] == (pytest.approx(0.5), 0.8)
+    assert targets["afpacket_vs_naive"][:2] == (pytest.approx(5.0), 3.0)
 
 
 def test_target_lines_and_notes_of_issue_12():
@@ -283,13 +320,53 @@ def test_markdown_report(summary):
     assert "`make bench QUICK=1`" in md and "2 CPUs (AMD EPYC), kernel 6.18.0" in md
     assert "2025-01-01 00:00 UTC" in md
     table = [line for line in md.splitlines() if line.startswith("| xdpfwd afpacket †")]
-    assert len(table) == 1 and table[0].count("|") == 11
+    assert len(table) == 1 and table[0].count("|") == 13
+    # Flooded 225k at 4500 ns; carried 252k (median of 280k and 224k) at 2250 ns.
+    assert table[0].startswith("| xdpfwd afpacket † | 225k | 200k–250k | 0.50x | 78% | 4500 | "
+                               "252k | 2250 |")
     assert "| xdpfwd native XDP | 2.25M |" in md  # no † on the XDP rows
+    # Not searched: the kernel and XDP rows take what they can and drop the rest cheaply.
+    assert "| kernel IP forwarding | 900k | 800k–1.00M | 1.00x | 0% | 1125 | — | — |" in md
+    assert ("- xdpfwd afpacket: carries 252k pps (the generator paced at 280k sent 252k, 0% "
+            "lost); searched (paced pps, share lost): 250k 0%, 312k 5%, 280k 0.36%; there "
+            "router CPU 2250 ns/pkt") in md
+    assert "Flooded (overload): 225k pps delivered at 4500 ns/pkt." in md
     assert "| attach, native: cold | 610 ms |" in md
     assert "| exporter scrape | 1.20 ms | 1.10 ms–1.30 ms | 3 |" in md
     assert "| detach, skb | — | — | 0 |" in md
     assert "Ratios by delivered packets/s († rows: by router CPU per forwarded packet" in md
     assert targets[0] in md
+
+
+def test_a_row_that_carries_nothing_is_reported_as_such():
+    # The naive loop lost more than 1% even at the lowest rate probed: no
+    # window at a carried rate, no ratio, no division by zero.
+    data = [x for x in lab_samples() if not (x["row"] == "naive" and x["window"] != "flood")]
+    data += [sample("naive", 0, r // 2, offered=r, userspace=True, rate=r, window="probe")
+             for r in (1_000, 100)]
+    (s,) = report.summarize(data, LABELS, {"64B-1flow": "64 B, 1 flow"})
+    report.decide(s)
+    naive = s.rows["naive"]
+    assert naive.carries_nothing and naive.carried_median is None and naive.cpu_cost == {}
+    assert report.carried_cell(naive) == "nothing"
+    assert s.vs("naive", "kernel") == [] and s.vs("afpacket", "naive") == []
+    row = next(line for line in report.traffic_table(s) if line.startswith("| naive"))
+    assert row.startswith("| naive AF_PACKET loop † | 90k | 80k–100k | — | 91% | 11250 | "
+                          "nothing | — |")
+    assert "naive AF_PACKET loop: carries nothing; searched" in " ".join(report.carried_lines(s))
+    targets = {n: v for n, v, _, _ in report.ratio_targets([s])}
+    assert targets["afpacket_vs_naive"] is None  # "n/a ... not met", not a crash
+    js = report.summary_json([s])["64B-1flow"]["rows"]["naive"]
+    assert js["carries_nothing"] and js["carried_pps"] is None
+    # A row never searched (the search failed before its first probe) is not "nothing".
+    assert not report.summarize([x for x in data if x["window"] == "flood"], LABELS,
+                                {"64B-1flow": "1"})[0].rows["naive"].carries_nothing
+
+
+def test_sent_loss():
+    assert report.sent_loss(1000, 990) == pytest.approx(0.01)
+    assert report.sent_loss(1000, 1010) == 0.0  # frames queued before the window
+    assert report.sent_loss(0, 0) == 1.0  # nothing sent: nothing carried
 
 
 def test_si_units():
