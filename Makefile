@@ -15,7 +15,7 @@ test: setup
 # naive AF_PACKET loop, the peer (xdp-tools' xdp-forward, fetched by apt into
 # bench/build/ on first use) and an XDP drop ceiling, interleaved, in a lab
 # of its own (namespaces bench-*). QUICK=1: 2 rounds, 64 B, 1 and 1000 flows,
-# < 4 min. Prints the table, writes bench/results/latest.{md,json,svg}, ends
+# about 5 min. Prints the table, writes bench/results/latest.{md,json,svg}, ends
 # with TARGET lines.
 bench: setup
 	XDPFWD_LAB_PREFIX=bench- .venv/bin/python -m bench \

@@ -50,6 +50,10 @@ ATTACH_WARM_GOAL_MS = 500
 # usually saturated then, but need not be: a forwarder that sleeps while
 # its queue overflows is still the bottleneck.)
 OFFERED_MIN = 1.2
+# ...and only while the router's CPU is this busy: below it, something past
+# the router (recvbox's sink, on the generator's CPU) limited the row, and
+# its delivered packets/s understates the router's capacity.
+BUSY_MIN = 0.95
 # Other people's processes may use this much of a CPU in a window before
 # the window counts as disturbed (and is measured again while time allows).
 FOREIGN_LIMIT = 0.05
@@ -457,6 +461,16 @@ def decide(summary: TrafficSummary | None) -> tuple[str, str]:
     bound = (f"in every window of every kernel and XDP row the generator offered at least "
              f"{margin:.1f}x what the row delivered (the router's CPU {busy:.0%} busy or more), "
              "so the forwarder, not the generator, set the rate")
+    idle = [s.row for s in forwarders if min(s.busy) < BUSY_MIN]
+    if idle:
+        summary.by = "cpu"
+        return "cpu", (
+            f"packets per second of router CPU decides (delivered packets over the CPU time the "
+            f"router's work used): the generator offered at least {margin:.1f}x what each row "
+            f"delivered, but the router's CPU was under {BUSY_MIN:.0%} busy in some windows of "
+            f"{', '.join(idle)} (down to {busy:.0%}): what took the packets away (recvbox's sink, "
+            "on the generator's CPU) set their rate, not the router, so delivered packets/s "
+            "would understate those rows")
     if summary.disturbed:
         summary.by = "cpu"
         total = sum(len(s.foreign) for s in summary.rows.values())

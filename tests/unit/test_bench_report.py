@@ -186,6 +186,19 @@ def test_disturbed_windows_decide_by_router_cpu():
     assert targets["xdp_native_vs_kernel"] is None  # 1000 flows not measured: not met
 
 
+def test_a_router_not_kept_busy_decides_by_router_cpu():
+    data = lab_samples()
+    for x in data:
+        if x["row"] == "xdp_native":
+            # Offered plenty, but the router's CPU 80% busy: the sink past the
+            # router took the packets away no faster.
+            x["router_cpu_s"] = x["router_task_s"] = 0.8
+    (s,) = report.summarize(data, LABELS, {"64B-1flow": "64 B, 1 flow"})
+    by, why = report.decide(s)
+    assert by == "cpu" == s.by
+    assert "under 95% busy in some windows of xdp_native (down to 80%)" in why
+
+
 def test_generator_bound_falls_back_to_cost():
     data = lab_samples()
     for x in data:
