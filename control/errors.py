@@ -23,6 +23,16 @@ class XdpfwdError(Exception):
     def __str__(self) -> str:
         return f"{self.message}; {self.hint}" if self.hint else self.message
 
+    def reworded(self, message: str, hint: str = "") -> "XdpfwdError":
+        """The same error (its class, so its exit status, its errno and
+        whatever else it carries) saying more: built without calling the
+        class's own __init__, whose arguments differ from class to class."""
+        other = type(self).__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        Exception.__init__(other, message)
+        other.message, other.hint = message, hint
+        return other
+
 
 class UsageError(XdpfwdError):
     """The command line names something that cannot work (bad interface...)."""

@@ -9,7 +9,6 @@ time, another tool's XDP program is never touched, and an interface is
 served by at most one of the two datapaths.
 """
 
-import copy
 import fcntl
 import os
 import signal
@@ -163,10 +162,10 @@ def _check_netfilter(links, mode: str, bypass: bool) -> list[str]:
         found = netfilter.scan(ports, mode)
     except XdpfwdError as e:
         if not bypass:
-            unread = copy.copy(e)  # the same class, so the same exit status
-            unread.message = f"{e.message}; cannot tell whether netfilter would be bypassed"
-            unread.hint = (f"{e.hint}, or " if e.hint else "") + "--bypass-netfilter forwards anyway"
-            raise unread from None
+            raise e.reworded(
+                f"{e.message}; cannot tell whether netfilter would be bypassed",
+                hint=(f"{e.hint}, or " if e.hint else "") + "--bypass-netfilter forwards anyway",
+            ) from None
         return [f"warning: bypassing netfilter, unread: {e}"]
     if found and not bypass:
         raise NetfilterInPath(

@@ -430,8 +430,10 @@ static void count(FastPath *fp, int slot, Py_ssize_t word, uint64_t bytes)
 
 static void kick(struct tx *t)
 {
-	/* Sends every slot marked SEND_REQUEST (tpacket_snd()); a full queue
-	 * leaves them marked for the next kick, as TxRing.flush() does. */
+	/* Sends every slot marked SEND_REQUEST (tpacket_snd()). What it
+	 * could not send stays marked; TxRing.flush() sees that and sends
+	 * it, and drops a frame the device refused (its errors are left to
+	 * flush(), which knows what each means). */
 	(void)send(t->fd, NULL, 0, MSG_DONTWAIT);
 	t->queued = 0;
 	t->kicked = 1;
@@ -713,6 +715,8 @@ static int FastPath_init(FastPath *fp, PyObject *args, PyObject *kwds)
 	for (int i = 0; i < fp->nports; i++) {
 		unsigned long v = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(seq, i));
 
+		if (!PyErr_Occurred() && v > UINT32_MAX)
+			PyErr_SetString(PyExc_OverflowError, "an ifindex is a 32-bit number");
 		if (PyErr_Occurred()) {
 			Py_DECREF(seq);
 			return -1;
@@ -743,7 +747,10 @@ static int FastPath_init(FastPath *fp, PyObject *args, PyObject *kwds)
 	Py_DECREF(it);
 	if (PyErr_Occurred())
 		return -1;
-	if (fp->port_words < 2 || fp->rx_word < 0 || fp->tx_word < 0 || fp->outcome_word < 0 ||
+	/* A bound on port_words keeps nports * port_words * 8 (the counts'
+	 * allocation) from overflowing. */
+	if (fp->port_words < 2 || fp->port_words > (1 << 20) ||
+	    fp->rx_word < 0 || fp->tx_word < 0 || fp->outcome_word < 0 ||
 	    fp->rx_word + 2 > fp->port_words || fp->tx_word + 2 > fp->port_words) {
 		PyErr_SetString(PyExc_ValueError, "counter words outside a port's counters");
 		return -1;
@@ -866,6 +873,18 @@ static PyObject *FastPath_run(FastPath *fp, PyObject *Py_UNUSED(ignored))
 				break;
 		}
 		PyBuffer_Release(&buf);
+		if (failed) {
+			/* The ring's position still goes back to Python (its
+			 * blocks are the kernel's again), with handle_frame()'s
+			 * exception kept, not replaced by a later call's. */
+			PyObject *type, *value, *tb;
+
+			PyErr_Fetch(&type, &value, &tb);
+			if (set_u64(r->ring, "next_block", next) || set_u64(r->ring, "read", read))
+				PyErr_Clear();
+			PyErr_Restore(type, value, tb);
+			goto out;
+		}
 		if (set_u64(r->ring, "next_block", next) || set_u64(r->ring, "read", read))
 			goto out;
 	}

@@ -282,8 +282,18 @@ class TxRing:
         self.queued += 1
         return True
 
+    def unsent(self) -> bool:
+        """The newest slot is still marked for sending. The kernel sends
+        from the ring's head in order, so this is true whenever any frame
+        is left: a send() that stopped short (no send buffer left for the
+        next frame: tpacket_snd() returns what it sent, and success) or a
+        kick of the fast path's that met a refusal (it ignores send()'s
+        errors and leaves them to flush())."""
+        off = (self.next - 1) % self.frame_nr * self.frame_size
+        return struct.unpack_from("=I", self.map, off)[0] == TP_STATUS_SEND_REQUEST
+
     def flush(self) -> None:
-        if not self.queued:
+        if not self.queued and not self.unsent():
             return
         for _ in range(self.frame_nr):
             try:

@@ -59,16 +59,19 @@ def _forwarding_paths(ports: list[str]) -> list[Path]:
         paths += sorted(p for p in sysctl.path("ipv6", "conf").glob("*/forwarding")
                         if p.parent.name != "all")
         # ip6_forward() also forwards what arrives on a port with
-        # force_forwarding (6.17 and later), whatever "all" says. Last:
+        # force_forwarding (6.17 and later), whatever "all" says; and
         # writing "all" resets every interface's force_forwarding (seen on
-        # 6.18), so it is given back after "all".
-        paths += [f for f in map(sysctl.force_forwarding_path, ports) if f.exists()]
+        # 6.18, addrconf_forward_change()): every one is saved, and given
+        # back after "all".
+        paths += sorted(p for p in sysctl.path("ipv6", "conf").glob("*/force_forwarding")
+                        if p.parent.name not in ("all", "default"))
     return paths
 
 
 def disable_forwarding(saved: dict[str, str]) -> None:
     """The IPv4 ports' switches and IPv6's namespace-wide one off (the
-    kernel copies "all" to every interface)."""
+    kernel copies "all" to every interface), and force_forwarding, which
+    writing "all" resets on every interface anyway."""
     for p in saved:
         if (p.startswith(f"{sysctl.path('ipv4')}/") or p == str(sysctl.forwarding_path("ipv6", "all"))
                 or p.endswith("/force_forwarding")):

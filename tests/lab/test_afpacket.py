@@ -122,7 +122,9 @@ def test_frames_the_egress_device_drops_are_dropped_and_the_worker_goes_on(afpac
     try:
         subprocess.run(["ip", "-n", lab.ns("recvbox"), "link", "set", "eth0", "down"], check=True)
         try:
-            refused = traffic.send_udp(200, "sendbox", "recvbox", 4, timeout=0.5)
+            # More than a TX ring's 1024 slots: the fast path then kicks
+            # a full ring itself, and the refusal meets that kick first.
+            refused = traffic.send_udp(3000, "sendbox", "recvbox", 4, timeout=0.5)
             assert refused.unique == 0
             time.sleep(0.5)  # the workers' flushes meet the refusal
         finally:
@@ -130,7 +132,7 @@ def test_frames_the_egress_device_drops_are_dropped_and_the_worker_goes_on(afpac
         deadline = time.monotonic() + 5
         while link_state("router", "eth0") != "UP" and time.monotonic() < deadline:
             time.sleep(0.1)
-        # Numbered from 0 again: a frame of the first 200 arriving late
+        # Numbered from 0 again: a frame of the first 3000 arriving late
         # shows up as a second copy of its number.
         after = traffic.send_udp(400, "sendbox", "recvbox", 4, timeout=3)
         numbers = sorted(seq for _, seq, _ in after.arrivals)

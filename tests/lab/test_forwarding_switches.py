@@ -41,6 +41,8 @@ def test_ipv6_forced_on_a_port_crosses_exactly_once(pinned, mode):  # noqa: F811
     crosses too) and give it back after."""
     router, sendbox = pinned
     sysctl("net.ipv6.conf.eth1.force_forwarding", "1")
+    # Not a port, but writing "all" resets every interface's: given back too.
+    sysctl("net.ipv6.conf.lo.force_forwarding", "1")
     try:
         if mode != "kernel":
             proc = xdpfwd("attach", "eth1", "eth0", "--mode", mode)
@@ -53,4 +55,6 @@ def test_ipv6_forced_on_a_port_crosses_exactly_once(pinned, mode):  # noqa: F811
         if mode != "kernel":
             assert xdpfwd("detach").returncode == 0
             assert sysctl("net.ipv6.conf.eth1.force_forwarding") == "1"
+            assert sysctl("net.ipv6.conf.lo.force_forwarding") == "1"
         sysctl("net.ipv6.conf.eth1.force_forwarding", "0")
+        sysctl("net.ipv6.conf.lo.force_forwarding", "0")

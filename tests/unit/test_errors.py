@@ -23,6 +23,12 @@ def test_a_bpf_failure_keeps_its_errno_and_reason():
     assert str(e) == "failed to attach the XDP program: Device or resource busy"
 
 
+def test_reworded_keeps_the_class_and_what_it_carries():
+    e = bpfsys.BpfError("attach the XDP program", errno.EBUSY).reworded("said more", hint="do this")
+    assert type(e) is bpfsys.BpfError and e.errno == errno.EBUSY and e.what == "attach the XDP program"
+    assert (str(e), e.exit_code) == ("said more; do this", 1)
+
+
 def test_permission_denied_from_the_kernel_says_what_to_do(monkeypatch):
     monkeypatch.setattr(bpfsys.ctypes, "get_errno", lambda: errno.EPERM)
     with pytest.raises(PermissionDenied) as raised:

@@ -1,0 +1,81 @@
+"""The TX ring against a device that refuses frames: a veth whose peer is
+down (no carrier), so every frame the kernel hands it comes back as
+ENOBUFS. tpacket_snd() keeps such a frame at the ring's head, marked for
+sending; the kernel's own forwarding would have dropped it. The ring must
+drop it too, also when the refusal met a send() that was not flush()'s
+(the C fast path's kick of a full ring ignores errors), so that nothing
+refused then arrives once the device takes frames again."""
+
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+
+from xdpfwd import netns
+from xdpfwd.afpacket.rings import TxRing
+
+A = f"txring-a-{os.getpid()}"
+B = f"txring-b-{os.getpid()}"
+
+
+def ip(ns, *args):
+    subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def refusing():
+    made = []
+    try:
+        for ns in (A, B):
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+            made.append(ns)
+        ip(A, "link", "add", "txa", "type", "veth", "peer", "name", "txb", "netns", B)
+        ip(A, "link", "set", "txa", "up")  # txb stays down: txa has no carrier
+        with netns.entered(A):
+            ring = TxRing(socket.if_nametoindex("txa"), frame_nr=32)  # one 64 KiB block
+        try:
+            yield ring
+        finally:
+            ring.close()
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns])
+
+
+def frame(n: int) -> bytes:
+    return b"\x02" + bytes(5) + b"\x02" + bytes(5) + b"\x88\xb5" + n.to_bytes(4, "big") + bytes(44)
+
+
+def test_frames_refused_in_a_kick_are_dropped_not_sent_later(refusing):
+    ring = refusing
+    for n in range(5):
+        assert ring.queue(frame(n))
+    # What the fast path does with a full ring: send(), errors ignored,
+    # and nothing left counted as queued.
+    with pytest.raises(OSError):
+        ring.sock.send(b"")
+    ring.queued = 0
+    ring.flush()
+
+    ip(B, "link", "set", "txb", "up")
+    with netns.entered(B):
+        rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88B5))
+    rx.bind(("txb", 0))
+    rx.settimeout(0.5)
+    deadline = time.monotonic() + 5
+    while ring.queue(frame(99)) and (ring.flush() or True):
+        try:
+            first = rx.recv(2048)
+            break
+        except TimeoutError:
+            assert time.monotonic() < deadline, "txa never took a frame"
+    got = [int.from_bytes(first[14:18], "big")]
+    try:
+        while True:
+            got.append(int.from_bytes(rx.recv(2048)[14:18], "big"))
+    except TimeoutError:
+        pass
+    rx.close()
+    assert set(got) == {99}, f"frames sent after the link came back: {got}"
