@@ -62,6 +62,24 @@ class Layout:
         """Where `transmitted` sits, counted in struct xdpfwd_count."""
         return len(self.outcomes) + 1
 
+    # The same places counted in u64 words (packets, then bytes), as the
+    # AF_PACKET forwarder's counters file and its C fast path address them.
+
+    @property
+    def port_words(self) -> int:
+        return self.value_size // 8
+
+    @property
+    def received_word(self) -> int:
+        return 2 * self.received_index
+
+    def outcome_word(self, outcome: int) -> int:
+        return 2 * self.outcome_index(outcome)
+
+    @property
+    def transmitted_word(self) -> int:
+        return 2 * self.transmitted_index
+
 
 
 _DEFINE = re.compile(r"^#define\s+(XDPFWD_\w+)\s+(\w+)\s*$", re.M)

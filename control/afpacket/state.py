@@ -191,7 +191,7 @@ def counters_path() -> Path:
 
 
 def _slots(workers: int, ports: int) -> int:
-    return workers * ports * layout().value_size // 8
+    return workers * ports * layout().port_words
 
 
 def create_counters(workers: int, ports: int) -> None:
@@ -212,7 +212,7 @@ class WorkerCounters:
     """
 
     def __init__(self, worker: int, workers: int, ports: int):
-        self.size = ports * layout().value_size // 8
+        self.size = ports * layout().port_words
         self._file = open(counters_path(), "r+b")
         self._map = mmap.mmap(self._file.fileno(), _slots(workers, ports) * 8)
         self._shared = (ctypes.c_uint64 * self.size).from_buffer(self._map, worker * self.size * 8)

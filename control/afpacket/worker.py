@@ -71,8 +71,8 @@ def fast_path(ports: list[int], disabled: frozenset, rx=(), tx=()):
     lay = layout()
     return _fastpath.FastPath(
         ports=ports, outcomes=packet.OUTCOME_INDEX, slow=slowpath.SLOW, disabled=disabled,
-        port_words=lay.value_size // 8, rx_word=2 * lay.received_index,
-        outcome_word=2 * lay.outcome_index(0), tx_word=2 * lay.transmitted_index, rx=rx, tx=tx)
+        port_words=lay.port_words, rx_word=lay.received_word, outcome_word=lay.outcome_word(0),
+        tx_word=lay.transmitted_word, rx=rx, tx=tx)
 
 
 def kernel_forwarding_off(ports: list[int]) -> frozenset[tuple[int, int]]:
@@ -103,10 +103,10 @@ class Worker:
         self.portset = frozenset(ports)
         self.disabled = kernel_forwarding_off(ports)
         lay = layout()
-        self.slot = {ifindex: i * lay.value_size // 8 for i, ifindex in enumerate(ports)}
-        self.rx_word = 2 * lay.received_index
-        self.outcome_word = 2 * lay.outcome_index(0)
-        self.tx_word = 2 * lay.transmitted_index
+        self.slot = {ifindex: i * lay.port_words for i, ifindex in enumerate(ports)}
+        self.rx_word = lay.received_word
+        self.outcome_word = lay.outcome_word(0)
+        self.tx_word = lay.transmitted_word
         self.fib = Fib()
         self.rx = open_rx_rings(ports, fanout_base)
         self.tx = {ifindex: TxRing(ifindex) for ifindex in ports}
