@@ -109,23 +109,28 @@ def forwarding_name(family: str, ifname: str) -> str:
     return name(family, "conf", ifname, "forwarding")
 
 
-def forwarding(family: str, ifname: str) -> bool:
+def _on(p: Path, saved: dict[str, str] | None) -> bool:
+    return (read(p) if saved is None else saved.get(str(p))) == "1"
+
+
+def forwarding(family: str, ifname: str, saved: dict[str, str] | None = None) -> bool:
     """Whether `family` (ipv4, ipv6) arriving on ifname may be forwarded
     as bpf_fib_lookup() sees it: it answers FWD_DISABLED when this is off.
-    Absent (IPv6 disabled on the interface or the box) is off."""
-    return read(forwarding_path(family, ifname)) == "1"
+    Absent (IPv6 disabled on the interface or the box) is off. saved:
+    values recorded earlier (path -> value, as save() returns them) to
+    judge by instead of today's."""
+    return _on(forwarding_path(family, ifname), saved)
 
 
-def kernel_forwards(family: str, ifname: str) -> bool:
+def kernel_forwards(family: str, ifname: str, saved: dict[str, str] | None = None) -> bool:
     """Whether the kernel's own forwarding forwards `family` arriving on
     ifname. IPv4: the port's switch (ip_route_input_slow()). IPv6:
     ip6_forward() asks net.ipv6.conf.all.forwarding, or the port's
     force_forwarding (6.17 and later); the port's own forwarding value is
-    only what bpf_fib_lookup() asks."""
+    only what bpf_fib_lookup() asks. saved: as for forwarding()."""
     if family == "ipv4":
-        return forwarding(family, ifname)
-    forced = read(force_forwarding_path(ifname)) == "1"
-    return forwarding("ipv6", "all") or forced
+        return forwarding(family, ifname, saved)
+    return forwarding("ipv6", "all", saved) or _on(force_forwarding_path(ifname), saved)
 
 
 def set_forwarding(family: str, ifname: str, on: bool) -> None:

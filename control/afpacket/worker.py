@@ -80,18 +80,11 @@ def kernel_forwarding_off(ports: list[int]) -> frozenset[tuple[int, int]]:
     the forwarder turned it off everywhere (the values the supervisor saved
     first): the kernel would not forward those, so neither does this."""
     st = state.load()
-    saved = st.sysctls if st else {}
-    off = set()
-    for ifindex in ports:
-        name = socket.if_indextoname(ifindex)
-        if saved.get(str(sysctl.forwarding_path("ipv4", name)), "1") != "1":
-            off.add((4, ifindex))
-        # ip6_forward() asks the namespace's switch, or the port's own
-        # force_forwarding (sysctl.kernel_forwards()).
-        if (saved.get(str(sysctl.forwarding_path("ipv6", "all")), "1") != "1"
-                and saved.get(str(sysctl.force_forwarding_path(name)), "0") != "1"):
-            off.add((6, ifindex))
-    return frozenset(off)
+    if st is None:
+        return frozenset()
+    return frozenset((family, ifindex) for ifindex in ports for family in (4, 6)
+                     if not sysctl.kernel_forwards(f"ipv{family}", socket.if_indextoname(ifindex),
+                                                   st.sysctls))
 
 
 class Worker:

@@ -137,7 +137,7 @@ def test_ethtool_structs_match_the_kernel_abi():
 
 
 def _forwarding(monkeypatch, states):
-    monkeypatch.setattr(doctor.sysctl, "forwarding", lambda fam, ifname: states[fam])
+    monkeypatch.setattr(doctor.sysctl, "forwarding", lambda fam, ifname, saved=None: states[fam])
     return {r.message.split(".")[1]: r for r in doctor.check_forwarding("eth1")}
 
 
