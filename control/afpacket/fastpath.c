@@ -24,7 +24,9 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <endian.h>
 #include <linux/if_packet.h>
+#include <linux/virtio_net.h>
 
 #ifndef XDPFWD_FASTPATH_SOURCE_HASH
 #error "setup.py defines XDPFWD_FASTPATH_SOURCE_HASH (the sources' sha256)"
@@ -44,6 +46,9 @@
 /* Where a TPACKET_V2 frame's data starts without PACKET_TX_HAS_OFF:
  * tpacket_parse_header() in net/packet/af_packet.c. */
 #define TX_DATA_OFFSET (TPACKET2_HDRLEN - sizeof(struct sockaddr_ll))
+/* The frame follows a struct virtio_net_hdr there (PACKET_VNET_HDR: the
+ * TxRing docstring in rings.py says why). */
+#define TX_FRAME_OFFSET (TX_DATA_OFFSET + sizeof(struct virtio_net_hdr))
 
 /* The outcomes the decision names, by their labels in bpf/counters.h. */
 struct outcomes {
@@ -452,7 +457,7 @@ static int transmit(struct tx *t, const uint8_t *f, const struct verdict *v)
 	uint8_t *frame;
 	struct tpacket2_hdr *h;
 
-	if (v->out_len > t->frame_size - TX_DATA_OFFSET)
+	if (v->out_len > t->frame_size - TX_FRAME_OFFSET)
 		return 0;
 	frame = (uint8_t *)t->buf.buf + (size_t)t->next * t->frame_size;
 	h = (struct tpacket2_hdr *)frame;
@@ -461,8 +466,11 @@ static int transmit(struct tx *t, const uint8_t *f, const struct verdict *v)
 		if (!slot_free(h))
 			return 0;
 	}
-	rewrite(frame + TX_DATA_OFFSET, f, v);
-	h->tp_len = v->out_len;
+	/* hdr_len = the whole frame: copied into the skb, no offloads. */
+	memset(frame + TX_DATA_OFFSET, 0, sizeof(struct virtio_net_hdr));
+	((struct virtio_net_hdr *)(frame + TX_DATA_OFFSET))->hdr_len = htole16(v->out_len);
+	rewrite(frame + TX_FRAME_OFFSET, f, v);
+	h->tp_len = sizeof(struct virtio_net_hdr) + v->out_len;
 	/* The kernel reads a slot only once its status says SEND_REQUEST. */
 	__atomic_store_n(&h->tp_status, TP_STATUS_SEND_REQUEST, __ATOMIC_RELEASE);
 	t->next = (t->next + 1) % t->frame_nr;
@@ -664,7 +672,7 @@ static int init_rings(FastPath *fp, PyObject *rx, PyObject *tx)
 			PyErr_SetString(PyExc_ValueError, "tx: rings in the order of the ports");
 			goto out;
 		}
-		if (t->frame_nr == 0 || t->frame_size <= TX_DATA_OFFSET) {
+		if (t->frame_nr == 0 || t->frame_size <= TX_FRAME_OFFSET) {
 			PyErr_SetString(PyExc_ValueError, "tx: no frames");
 			goto out;
 		}
@@ -1172,7 +1180,8 @@ PyMODINIT_FUNC PyInit__fastpath(void)
 		return NULL;
 	if (PyModule_AddObjectRef(m, "FastPath", (PyObject *)&FastPathType) ||
 	    PyModule_AddStringConstant(m, "SOURCE_HASH", XDPFWD_FASTPATH_SOURCE_HASH) ||
-	    PyModule_AddIntConstant(m, "TX_DATA_OFFSET", (long)TX_DATA_OFFSET)) {
+	    PyModule_AddIntConstant(m, "TX_DATA_OFFSET", (long)TX_DATA_OFFSET) ||
+	    PyModule_AddIntConstant(m, "TX_FRAME_OFFSET", (long)TX_FRAME_OFFSET)) {
 		Py_DECREF(m);
 		return NULL;
 	}

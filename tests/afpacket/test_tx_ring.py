@@ -1,4 +1,9 @@
-"""The TX ring against a device that refuses frames: a veth whose peer is
+"""The TX ring on a veth whose peer is in another namespace.
+
+How a frame leaves: copied once into the skb, not lent as the ring's pages
+(which the crossing would copy again, a page per frame).
+
+Against a device that refuses frames: a veth whose peer is
 down (no carrier), so every frame the kernel hands it comes back as
 ENOBUFS. tpacket_snd() keeps such a frame at the ring's head, marked for
 sending; the kernel's own forwarding would have dropped it. The ring must
@@ -6,6 +11,7 @@ drop it too, also when the refusal met a send() that was not flush()'s
 (the C fast path's kick of a full ring ignores errors), so that nothing
 refused then arrives once the device takes frames again."""
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -24,15 +30,19 @@ def ip(ns, *args):
     subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True, timeout=10)
 
 
-@pytest.fixture
-def refusing():
+@contextlib.contextmanager
+def veth_ring(carrier: bool):
+    """A TxRing on txa, whose veth peer txb is in another namespace; txb
+    up or, without carrier, down (then txa refuses every frame)."""
     made = []
     try:
         for ns in (A, B):
             subprocess.run(["ip", "netns", "add", ns], check=True)
             made.append(ns)
         ip(A, "link", "add", "txa", "type", "veth", "peer", "name", "txb", "netns", B)
-        ip(A, "link", "set", "txa", "up")  # txb stays down: txa has no carrier
+        ip(A, "link", "set", "txa", "up")
+        if carrier:
+            ip(B, "link", "set", "txb", "up")
         with netns.entered(A):
             ring = TxRing(socket.if_nametoindex("txa"), frame_nr=32)  # one 64 KiB block
         try:
@@ -42,6 +52,35 @@ def refusing():
     finally:
         for ns in made:
             subprocess.run(["ip", "netns", "del", ns])
+
+
+@pytest.fixture
+def refusing():
+    with veth_ring(carrier=False) as ring:
+        yield ring
+
+
+def pages_allocated() -> int:
+    with open("/proc/vmstat") as f:
+        return sum(int(v) for k, v in (line.split() for line in f) if k.startswith("pgalloc_"))
+
+
+def test_a_frame_is_copied_into_the_skb_not_lent_as_ring_pages():
+    """Without PACKET_VNET_HDR, tpacket_snd() hangs the frame's payload on
+    the skb as the ring's own pages, and veth (like any crossing into
+    another namespace) must copy them into a fresh page per frame
+    (skb_copy_ubufs()): measured, 50 003 pages for 50 000 frames. With it,
+    the frame is copied once into the skb: a few pages (the machine's own
+    business) for the same frames."""
+    with veth_ring(carrier=True) as ring:
+        time.sleep(0.2)
+        before = pages_allocated()
+        for _ in range(200):
+            for n in range(250):
+                assert ring.queue(frame(n))
+            ring.flush()
+        after = pages_allocated()
+    assert after - before < 50_000 // 4, f"{after - before} pages allocated for 50 000 frames"
 
 
 def frame(n: int) -> bytes:

@@ -31,6 +31,7 @@ def test_the_extension_is_built_from_this_trees_source():
 
 def test_transmit_slots_agree_on_where_a_frame_starts():
     assert _fastpath.TX_DATA_OFFSET == rings.TX_DATA_OFFSET
+    assert _fastpath.TX_FRAME_OFFSET == rings.TX_FRAME_OFFSET
 
 
 def fast(disabled=frozenset(), rx=(), tx=()):
@@ -160,7 +161,11 @@ class Tx:
 
     def sent(self, i):
         status, length = struct.unpack_from("=II", self.map, i * FRAME_SIZE)
-        start = i * FRAME_SIZE + rings.TX_DATA_OFFSET
+        # The virtio_net_hdr first: the whole frame copied, no offloads.
+        vnet = rings.VNET_HDR.unpack_from(self.map, i * FRAME_SIZE + rings.TX_DATA_OFFSET)
+        length -= rings.VNET_HDR.size
+        assert vnet == (0, 0, length, 0, 0, 0)
+        start = i * FRAME_SIZE + rings.TX_FRAME_OFFSET
         return status, bytes(self.map[start:start + length])
 
 
