@@ -2,6 +2,12 @@
 thread (where the kernel and XDP rows do all of their work) for one window
 of a row (a window of its own: sampling slows what it watches), its
 samples summed by kernel function into the parts of the path.
+
+The AF_PACKET forwarder's work is spread over threads (the NAPI thread, its
+own processes, their system calls), so for it the whole router CPU is
+sampled with call chains, and each sample goes to the part of the path its
+chain passes through (STACK_PARTS): a page freed under ip_error() is the
+kernel's own copy of the frame, one under veth_xmit() the transmit.
 """
 
 import re
@@ -77,3 +83,87 @@ def profile(bed, traffic, seconds: float = 1.0) -> dict[str, float] | None:
         return record(tids, seconds)
     finally:
         gen.stop()
+
+
+# (part, pattern of a frame's function or file); a sample goes to the first
+# part any frame of its call chain matches, so the more specific come first.
+STACK_PARTS = [
+    ("giving received frames' pages back to the generator's page pool, owned by "
+     "the other CPU (napi_pp_put_page)", re.compile(r"^napi_pp_put_page$")),
+    ("the rest of the kernel's own copy of each frame (IP input finds forwarding off "
+     "and drops it)", re.compile(r"^ip_list_rcv$|^ip_rcv|^ip_sublist_rcv$|^ipv6_list_rcv$|"
+                                      r"^ipv6_rcv$|^ip6_")),
+    ("the packet socket's copy into the forwarder's RX ring",
+     re.compile(r"^tpacket_rcv$|^packet_rcv_fanout$|^packet_rcv$")),
+    ("transmit: veth into recvbox (waking its NAPI thread included)", re.compile(r"^veth_xmit$")),
+    ("transmit: a new skb per frame (allocation)", re.compile(r"^sock_alloc_send_pskb$")),
+    ("transmit: the rest of send() (tpacket_snd)", re.compile(r"^__sys_sendto$|^packet_sendmsg$")),
+    ("receive: veth, skb and GRO (the NAPI thread)", re.compile(r"^veth_poll$|^napi_threaded_poll")),
+    ("the forwarder's other system calls (poll, counters)", re.compile(r"^do_syscall_64$")),
+    ("the C fast path (user space)", re.compile(r"_fastpath")),
+    ("Python and libc (the worker's loop)", re.compile(r"python|libc")),
+    ("switching between the NAPI thread and the forwarder", re.compile(r"^__?schedule$|"
+                                                                        r"^finish_task_switch")),
+]
+IDLE = re.compile(r"^swapper")
+FRAME = re.compile(r"^\s+[0-9a-f]+\s+(\S+)(?:\s+\((.*)\))?\s*$")
+
+
+def attribute_stacks(script: str) -> dict[str, float]:
+    """`perf script -F comm,ip,sym,dso` output of call-chain samples ->
+    share (0..100) of the busy samples per part, in STACK_PARTS order,
+    OTHER last; the idle task's samples are left out."""
+    shares = {name: 0 for name, _ in STACK_PARTS}
+    shares[OTHER] = 0
+    busy = 0
+    for sample in script.split("\n\n"):
+        lines = [l for l in sample.splitlines() if l.strip()]
+        if not lines or IDLE.match(lines[0].strip()):
+            continue
+        names = []
+        for line in lines[1:]:
+            m = FRAME.match(line)
+            if m:
+                names += [m.group(1).split("+")[0], m.group(2) or ""]
+        if not names:
+            continue
+        busy += 1
+        part = next((name for name, pat in STACK_PARTS if any(pat.search(n) for n in names if n)),
+                    OTHER)
+        shares[part] += 1
+    return {k: 100.0 * v / busy for k, v in shares.items()} if busy else {}
+
+
+def record_cpu(cpu: int, seconds: float) -> dict[str, float] | None:
+    """Sample everything on `cpu` with call chains for `seconds`; None when
+    perf is missing or refuses."""
+    with tempfile.TemporaryDirectory(prefix="xdpfwd-bench-perf-") as d:
+        data = Path(d) / "perf.data"
+        try:
+            rec = subprocess.run(["perf", "record", "-q", "-g", "-C", str(cpu), "-o", str(data), "--",
+                                  "sleep", str(seconds)], capture_output=True, text=True,
+                                 timeout=seconds + 30)
+            if rec.returncode != 0 or not data.exists():
+                return None
+            script = subprocess.run(["perf", "script", "-i", str(data), "-F", "comm,ip,sym,dso"],
+                                    capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+    if script.returncode != 0:
+        return None
+    return attribute_stacks(script.stdout) or None
+
+
+def profile_cpu(bed, traffic, cpu: int, rate_pps: float, seconds: float = 1.0) -> dict[str, float] | None:
+    """perf on all of the router's CPU while `traffic` flows at `rate_pps`
+    (paced) through what is attached now."""
+    gen = bed.generators[traffic]
+    bed.pin_napi()
+    gen.set_rate(rate_pps)
+    gen.start()
+    try:
+        time.sleep(0.25)
+        return record_cpu(cpu, seconds)
+    finally:
+        gen.stop()
+        gen.set_rate(None)

@@ -132,6 +132,11 @@ def _row(bed, row, traffic, rnd, plan, samples, errors, where) -> dict | None:
             f"{report.si(s.handled / s.seconds):>6} pps  router CPU {s.router_cpu_s / s.seconds:.0%}")
         if row.userspace:
             _carried(bed, row, traffic, rnd, plan, samples, s)
+            carried = plan.carried.get((traffic.key, row.key))
+            if rnd == 0 and row.key == "afpacket" and carried:
+                shares = profile.profile_cpu(bed, traffic, ROUTER_CPU, carried)
+                if shares:
+                    where[(traffic.key, row.key)] = shares
         if rnd == 0 and row.prog_id:
             samples.append(measure(bed, row, traffic, rnd, STATS_SECONDS, bpf_stats=True))
         if rnd == 0 and row.key in ("xdp_native", "ceiling"):
@@ -208,7 +213,8 @@ def _control_plane(rows: list[Row], exp: dict | None) -> dict:
 
 
 def _where(summaries, where: dict) -> list[str]:
-    """Where native XDP's router CPU goes, from this run's figures only."""
+    """Where native XDP's and AF_PACKET's router CPU goes, from this run's
+    figures only."""
     out = []
     for s in summaries:
         native, ceiling = s.rows.get("xdp_native"), s.rows.get("ceiling")
@@ -233,6 +239,16 @@ def _where(summaries, where: dict) -> list[str]:
                 parts = ", ".join(f"{name} {pct:.0f}%" for name, pct in shares.items() if pct >= 0.5)
                 out.append(f"{s.label}, `perf record` of the router's NAPI thread for 1 s, "
                            f"{s.rows[key].label if key in s.rows else key}: {parts}")
+    for s in summaries:
+        afp, shares = s.rows.get("afpacket"), where.get((s.traffic, "afpacket"))
+        if afp is None or not shares:
+            continue
+        cost = afp.carried_cost_median
+        parts = ", ".join(f"{name} {pct:.0f}%" + (f" (~{pct * cost / 100:.0f} ns)" if cost else "")
+                          for name, pct in shares.items() if pct >= 0.5)
+        out.append(f"{s.label}, `perf record -g` of all of the router's CPU for 1 s, "
+                   f"{afp.label} at the rate it carries (router CPU "
+                   f"{report._num(cost)} ns/pkt there, shared out by these parts): {parts}")
     return out
 
 

@@ -1,0 +1,67 @@
+"""The benchmark's perf attribution (bench/profile.py): call-chain samples
+of `perf script` shared out by the part of the path they pass through.
+No kernel needed: the samples are written here as perf prints them."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench import profile  # noqa: E402
+
+KERNEL = "([kernel.kallsyms])"
+FASTPATH = "(/x/control/afpacket/_fastpath.cpython-311-x86_64-linux-gnu.so)"
+
+
+def sample(comm: str, *frames: tuple[str, str]) -> str:
+    """One sample: its task, then its chain from the leaf up."""
+    return comm + " \n" + "".join(f"\tffffffff81000000 {sym} {dso}\n" for sym, dso in frames)
+
+
+KERNEL_COPY_FREED = sample("napi/eth1-3180", ("_raw_spin_lock", KERNEL),
+                           ("page_pool_put_unrefed_netmem", KERNEL), ("napi_pp_put_page", KERNEL),
+                           ("ip_error", KERNEL), ("ip_list_rcv", KERNEL), ("veth_poll", KERNEL))
+KERNEL_COPY_ROUTED = sample("napi/eth1-3180", ("ip_route_input_slow", KERNEL),
+                            ("ip_list_rcv", KERNEL), ("veth_poll", KERNEL))
+RING_COPY = sample("napi/eth1-3180", ("__pi_memcpy", KERNEL), ("tpacket_rcv", KERNEL),
+                   ("veth_poll", KERNEL))
+VETH_XMIT = sample("python3", ("__napi_schedule", KERNEL), ("veth_xmit", KERNEL),
+                   ("packet_sendmsg", KERNEL), ("__sys_sendto", KERNEL), ("do_syscall_64", KERNEL),
+                   ("kick", FASTPATH))
+SKB_ALLOC = sample("python3", ("allocate_slab", KERNEL), ("sock_alloc_send_pskb", KERNEL),
+                   ("packet_sendmsg", KERNEL), ("__sys_sendto", KERNEL))
+DECISION = sample("python3", ("hop_slot+0x1a", FASTPATH), ("[unknown]", "([unknown])"))
+PYTHON = sample("python3", ("_PyEval_EvalFrameDefault", "(/usr/bin/python3.11)"))
+IDLE = sample("swapper", ("pv_native_safe_halt", KERNEL), ("default_idle", KERNEL))
+UNKNOWN = sample("kworker/1:0", ("process_one_work", KERNEL))
+
+
+def shares(*samples: str) -> dict[str, float]:
+    got = profile.attribute_stacks("\n".join(samples))
+    return {name: pct for name, pct in got.items() if pct}
+
+
+def part(start: str) -> str:
+    return next(name for name, _ in profile.STACK_PARTS if name.startswith(start))
+
+
+def test_each_sample_goes_to_the_part_its_chain_passes_through():
+    got = shares(KERNEL_COPY_FREED, KERNEL_COPY_ROUTED, RING_COPY, VETH_XMIT, SKB_ALLOC,
+                 DECISION, PYTHON, UNKNOWN)
+    assert got == pytest.approx({
+        part("giving received frames' pages back"): 12.5,  # before IP input: the page's return
+        part("the rest of the kernel's own copy"): 12.5,
+        part("the packet socket's copy"): 12.5,             # before "receive: veth"
+        part("transmit: veth"): 12.5,                       # before "the rest of send()"
+        part("transmit: a new skb"): 12.5,
+        part("the C fast path"): 12.5,
+        part("Python and libc"): 12.5,
+        profile.OTHER: 12.5,
+    })
+
+
+def test_the_idle_task_is_left_out_of_the_shares():
+    assert shares(IDLE, RING_COPY, IDLE, PYTHON) == {part("the packet socket's copy"): 50.0,
+                                                      part("Python and libc"): 50.0}
+    assert profile.attribute_stacks(IDLE) == {}
