@@ -72,17 +72,21 @@ def record(tids: list[int], seconds: float) -> dict[str, float] | None:
     return shares if sum(shares.values()) > 0 else None
 
 
-def profile(bed, traffic, seconds: float = 1.0) -> dict[str, float] | None:
-    """perf on the router's NAPI thread while `traffic` flows through what
-    is attached now."""
+def profile(bed, traffic, seconds: float = 1.0, cpu: int | None = None,
+            rate_pps: float | None = None) -> dict[str, float] | None:
+    """perf while `traffic` flows through what is attached now, flooded or
+    paced at rate_pps: on the router's NAPI thread, or with `cpu`, on all
+    of that CPU with call chains (record_cpu())."""
     gen = bed.generators[traffic]
     tids = bed.pin_napi()
+    gen.set_rate(rate_pps)
     gen.start()
     try:
         time.sleep(0.25)
-        return record(tids, seconds)
+        return record(tids, seconds) if cpu is None else record_cpu(cpu, seconds)
     finally:
         gen.stop()
+        gen.set_rate(None)
 
 
 # (part, pattern of a frame's function or file); a sample goes to the first
@@ -153,17 +157,3 @@ def record_cpu(cpu: int, seconds: float) -> dict[str, float] | None:
         return None
     return attribute_stacks(script.stdout) or None
 
-
-def profile_cpu(bed, traffic, cpu: int, rate_pps: float, seconds: float = 1.0) -> dict[str, float] | None:
-    """perf on all of the router's CPU while `traffic` flows at `rate_pps`
-    (paced) through what is attached now."""
-    gen = bed.generators[traffic]
-    bed.pin_napi()
-    gen.set_rate(rate_pps)
-    gen.start()
-    try:
-        time.sleep(0.25)
-        return record_cpu(cpu, seconds)
-    finally:
-        gen.stop()
-        gen.set_rate(None)

@@ -134,7 +134,7 @@ def _row(bed, row, traffic, rnd, plan, samples, errors, where) -> dict | None:
             _carried(bed, row, traffic, rnd, plan, samples, s)
             carried = plan.carried.get((traffic.key, row.key))
             if rnd == 0 and row.key == "afpacket" and carried:
-                shares = profile.profile_cpu(bed, traffic, ROUTER_CPU, carried)
+                shares = profile.profile(bed, traffic, cpu=ROUTER_CPU, rate_pps=carried)
                 if shares:
                     where[(traffic.key, row.key)] = shares
         if rnd == 0 and row.prog_id:
