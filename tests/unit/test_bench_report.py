@@ -328,7 +328,7 @@ def test_markdown_report(summary):
                          chart="latest.svg", absent={"peer": "no package"})
     assert "](latest.svg)" in md
     assert "- **peer**: not available: no package" in md
-    assert "## Where native XDP's router CPU goes\n\n- prog 160 ns" in md
+    assert "## Where the router's CPU goes (native XDP, AF_PACKET)\n\n- prog 160 ns" in md
     assert md.rstrip().endswith("- beside")
     assert "`make bench QUICK=1`" in md and "2 CPUs (AMD EPYC), kernel 6.18.0" in md
     assert "2025-01-01 00:00 UTC" in md
