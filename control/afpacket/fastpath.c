@@ -24,7 +24,6 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <endian.h>
 #include <linux/if_packet.h>
 #include <linux/virtio_net.h>
 
@@ -468,7 +467,8 @@ static int transmit(struct tx *t, const uint8_t *f, const struct verdict *v)
 	}
 	/* hdr_len = the whole frame: copied into the skb, no offloads. */
 	memset(frame + TX_DATA_OFFSET, 0, sizeof(struct virtio_net_hdr));
-	((struct virtio_net_hdr *)(frame + TX_DATA_OFFSET))->hdr_len = htole16(v->out_len);
+	/* The host's byte order: vio_le() in net/packet/af_packet.c. */
+	((struct virtio_net_hdr *)(frame + TX_DATA_OFFSET))->hdr_len = (__virtio16)v->out_len;
 	rewrite(frame + TX_FRAME_OFFSET, f, v);
 	h->tp_len = sizeof(struct virtio_net_hdr) + v->out_len;
 	/* The kernel reads a slot only once its status says SEND_REQUEST. */

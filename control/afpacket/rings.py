@@ -48,10 +48,11 @@ PKT3_HDR = struct.Struct("=IIIIIIHH")
 # TPACKET_ALIGN(sizeof(struct tpacket2_hdr)) = 32 (without PACKET_TX_HAS_OFF).
 TX_DATA_OFFSET = 32
 TX_STATUS_LEN = struct.Struct("=II")
-# struct virtio_net_hdr (PACKET_VNET_HDR), little-endian on this host:
-# flags, gso_type, hdr_len, gso_size, csum_start, csum_offset. It precedes
-# each frame in the TX ring; see TxRing for why.
-VNET_HDR = struct.Struct("<BBHHHH")
+# struct virtio_net_hdr (PACKET_VNET_HDR): flags, gso_type, hdr_len,
+# gso_size, csum_start, csum_offset, in the host's byte order (the packet
+# socket reads them with vio_le(), virtio_legacy_is_little_endian()). It
+# precedes each frame in the TX ring; see TxRing for why.
+VNET_HDR = struct.Struct("=BBHHHH")
 TX_FRAME_OFFSET = TX_DATA_OFFSET + VNET_HDR.size
 # send() errors that mean the device dropped the frame at the ring's head
 # (tpacket_snd() gives net_xmit_errno(NET_XMIT_DROP) for a full veth peer
@@ -245,11 +246,13 @@ class TxRing:
     PACKET_VNET_HDR, with each frame's virtio_net_hdr saying hdr_len = the
     whole frame: tpacket_snd() then copies the frame into the skb's own
     buffer. Without it, it copies the Ethernet header only and hangs the
-    rest on as the ring's pages, marked zero-copy; a frame that crosses
-    into another namespace or is queued must then be copied all the same
-    (skb_orphan_frags_rx() -> skb_copy_ubufs(): a fresh page per frame,
-    16% of the router's CPU in the benchmark, veth to veth). The header
-    asks for nothing else (no checksum offload, no GSO).
+    rest on as the ring's pages, marked zero-copy; veth must then copy them
+    all the same (____dev_forward_skb() -> skb_orphan_frags() ->
+    skb_copy_ubufs(): a fresh page per frame, 16% of the router's CPU in the
+    benchmark), as must a packet tap (skb_orphan_frags_rx()). The price: a
+    NIC that could have sent the pages as they were now gets a copy made
+    once, a memcpy of the frame. The header asks for nothing else (no
+    checksum offload, no GSO).
     """
 
     def __init__(self, ifindex: int, frame_size: int = 2048, frame_nr: int = 1024):

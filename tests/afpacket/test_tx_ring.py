@@ -60,6 +60,14 @@ def refusing():
         yield ring
 
 
+def link_stat(ns: str, ifname: str, name: str):
+    """A counter of ns/ifname (or its operstate) from sysfs, as a number."""
+    path = f"/sys/class/net/{ifname}/" + ("operstate" if name == "operstate" else f"statistics/{name}")
+    out = subprocess.run(["ip", "netns", "exec", ns, "cat", path], check=True, capture_output=True,
+                         text=True, timeout=10).stdout.strip()
+    return out if name == "operstate" else int(out)
+
+
 def pages_allocated() -> int:
     with open("/proc/vmstat") as f:
         return sum(int(v) for k, v in (line.split() for line in f) if k.startswith("pgalloc_"))
@@ -67,20 +75,35 @@ def pages_allocated() -> int:
 
 def test_a_frame_is_copied_into_the_skb_not_lent_as_ring_pages():
     """Without PACKET_VNET_HDR, tpacket_snd() hangs the frame's payload on
-    the skb as the ring's own pages, and veth (like any crossing into
-    another namespace) must copy them into a fresh page per frame
-    (skb_copy_ubufs()): measured, 50 003 pages for 50 000 frames. With it,
-    the frame is copied once into the skb: a few pages (the machine's own
-    business) for the same frames."""
+    the skb as the ring's own pages, and veth must copy them into a fresh
+    page per frame (____dev_forward_skb() -> skb_orphan_frags() ->
+    skb_copy_ubufs()): a page for every frame sent. With it, the frame is
+    copied once into the skb: next to no pages. The count is the whole
+    machine's (/proc/vmstat), so other people's work can add to it: the
+    best of three tries decides, and the frames must have arrived."""
+    sent = 50_000
     with veth_ring(carrier=True) as ring:
-        time.sleep(0.2)
-        before = pages_allocated()
-        for _ in range(200):
-            for n in range(250):
-                assert ring.queue(frame(n))
-            ring.flush()
-        after = pages_allocated()
-    assert after - before < 50_000 // 4, f"{after - before} pages allocated for 50 000 frames"
+        deadline = time.monotonic() + 5
+        while link_stat(B, "txb", "operstate") != "up":
+            assert time.monotonic() < deadline, "txb never came up"
+            time.sleep(0.05)
+        tries = []
+        for _ in range(3):
+            received = link_stat(B, "txb", "rx_packets")
+            before = pages_allocated()
+            for _ in range(sent // 250):
+                for n in range(250):
+                    assert ring.queue(frame(n))
+                ring.flush()
+            tries.append(pages_allocated() - before)
+            # Sent, not skipped as malformed (a bad header would be, with
+            # PACKET_LOSS): txb's backlog may drop a few when its softirq
+            # runs late, never most.
+            arrived = link_stat(B, "txb", "rx_packets") - received
+            assert arrived >= sent * 9 // 10, f"{arrived} of {sent} frames arrived"
+            if tries[-1] < sent // 4:
+                break
+    assert min(tries) < sent // 4, f"pages allocated for {sent} frames, per try: {tries}"
 
 
 def frame(n: int) -> bytes:

@@ -155,7 +155,11 @@ class Rx:
 class Tx:
     def __init__(self, ifindex):
         self.ifindex, self.frame_size, self.frame_nr = ifindex, FRAME_SIZE, FRAME_NR
-        self.map = bytearray(FRAME_SIZE * FRAME_NR)
+        # Dirty slots, as a reused ring's are (status AVAILABLE): what the
+        # C leaves unwritten shows.
+        self.map = bytearray(b"\xff" * (FRAME_SIZE * FRAME_NR))
+        for i in range(FRAME_NR):
+            struct.pack_into("=I", self.map, i * FRAME_SIZE, 0)
         self.next = self.queued = 0
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 
