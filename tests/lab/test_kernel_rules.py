@@ -76,9 +76,9 @@ def pinned(lab):
     """Permanent neighbours: no frame waits for ARP/ND, and the results
     do not depend on timing."""
     pin_neighbours()
-    yield macs()
-    sysctl("net.ipv4.conf.all.rp_filter", "0")
-    sysctl("net.ipv4.conf.eth1.rp_filter", "0")
+    # rp_filter as it was, whatever a test leaves (one that fails half way).
+    with sysctls_set({"net.ipv4.conf.all.rp_filter": "0", "net.ipv4.conf.eth1.rp_filter": "0"}):
+        yield macs()
 
 
 def udp4(router, sendbox, src, dst="10.0.11.20", dmac=None, **kw):
@@ -116,13 +116,12 @@ def test_rp_filter_followed_while_attached(mode, pinned):
     router, sendbox = pinned
     before = stats() if mode != "kernel" else None
     for (all_, eth1), expected in RP_CASES:
-        sysctl("net.ipv4.conf.all.rp_filter", all_)
-        sysctl("net.ipv4.conf.eth1.rp_filter", eth1)
-        time.sleep(0.25)  # the AF_PACKET forwarder re-reads the sysctls at most this late
-        for src, want in zip(("10.0.10.10", "10.0.11.99", "192.0.2.77"), expected):
-            got, _ = through_router([udp4(router, sendbox, src)] * 3)
-            assert len(got) == (3 if want else 0), \
-                f"{mode}: rp_filter all={all_} eth1={eth1}, source {src}: {len(got)} of 3 arrived"
+        with sysctls_set({"net.ipv4.conf.all.rp_filter": all_, "net.ipv4.conf.eth1.rp_filter": eth1}):
+            time.sleep(0.25)  # the AF_PACKET forwarder re-reads the sysctls at most this late
+            for src, want in zip(("10.0.10.10", "10.0.11.99", "192.0.2.77"), expected):
+                got, _ = through_router([udp4(router, sendbox, src)] * 3)
+                assert len(got) == (3 if want else 0), \
+                    f"{mode}: rp_filter all={all_} eth1={eth1}, source {src}: {len(got)} of 3 arrived"
     if mode in ("native", "skb"):
         # The ordinary source was forwarded in XDP, not passed.
         assert stats()["eth1"]["forwarded_packets"] - before["eth1"]["forwarded_packets"] >= 12

@@ -509,6 +509,21 @@ def oracle(oracle_lab):
     """The kernel's outcome for every frame set, run twice: the oracle
     must agree with itself before it can judge anything."""
     classifier = Classifier(oracle_lab.router_addrs)
+    try:
+        _kernel_outcomes(oracle_lab, classifier)
+    finally:
+        set_rp_filter(0)  # also when the oracle fails half way
+    yield oracle_lab
+    if oracle_lab.results:  # one table for all that ran: category x mode
+        rows = defaultdict(dict)
+        for name, per_cat in oracle_lab.results.items():
+            for cat, n in per_cat.items():
+                rows[cat][name] = n
+        print("\n" + table(rows, list(oracle_lab.results),
+                            "differing frames per category (all rp_filter settings):"))
+
+
+def _kernel_outcomes(oracle_lab, classifier):
     for rp, frame_set in oracle_lab.frame_sets.items():
         set_rp_filter(rp)
         assert_kernel_forwarding(oracle_lab)
@@ -531,15 +546,6 @@ def oracle(oracle_lab):
             for (cat, variant), c in sorted(seen.items()):
                 counts = ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
                 print(f"  {cat:<20} {variant:<36} {counts}")
-    set_rp_filter(0)
-    yield oracle_lab
-    if oracle_lab.results:  # one table for all that ran: category x mode
-        rows = defaultdict(dict)
-        for name, per_cat in oracle_lab.results.items():
-            for cat, n in per_cat.items():
-                rows[cat][name] = n
-        print("\n" + table(rows, list(oracle_lab.results),
-                            "differing frames per category (all rp_filter settings):"))
 
 
 @contextmanager
