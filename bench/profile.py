@@ -6,8 +6,12 @@ samples summed by kernel function into the parts of the path.
 The AF_PACKET forwarder's work is spread over threads (the NAPI thread, its
 own processes, their system calls), so for it the whole router CPU is
 sampled with call chains, and each sample goes to the part of the path its
-chain passes through (STACK_PARTS): a page freed under ip_error() is the
-kernel's own copy of the frame, one under veth_xmit() the transmit.
+kernel frames pass through (STACK_PARTS: under ip_list_rcv() it is the
+kernel's own copy of the frame, under veth_xmit() the transmit; a page
+given back to the generator's pool has a part of its own, wherever it is
+freed), else by the user-space code it was taken in (USER_PARTS, by the
+file of the innermost user-space frame: the C extension and Python are
+built without frame pointers, so their callers are not to be trusted).
 """
 
 import re
@@ -89,52 +93,59 @@ def profile(bed, traffic, seconds: float = 1.0, cpu: int | None = None,
         gen.set_rate(None)
 
 
-# (part, pattern of a frame's function or file); a sample goes to the first
-# part any frame of its call chain matches, so the more specific come first.
+# (part, pattern of a kernel function); a sample goes to the first part
+# any kernel frame of its call chain matches, so the more specific come
+# first.
 STACK_PARTS = [
     ("giving received frames' pages back to the generator's page pool, owned by "
      "the other CPU (napi_pp_put_page)", re.compile(r"^napi_pp_put_page$")),
     ("the rest of the kernel's own copy of each frame (IP input finds forwarding off "
      "and drops it)", re.compile(r"^ip_list_rcv$|^ip_rcv|^ip_sublist_rcv$|^ipv6_list_rcv$|"
-                                      r"^ipv6_rcv$|^ip6_")),
+                                 r"^ipv6_rcv$|^ip6_")),
     ("the packet socket's copy into the forwarder's RX ring",
      re.compile(r"^tpacket_rcv$|^packet_rcv_fanout$|^packet_rcv$")),
     ("transmit: veth into recvbox (waking its NAPI thread included)", re.compile(r"^veth_xmit$")),
     ("transmit: a new skb per frame (allocation)", re.compile(r"^sock_alloc_send_pskb$")),
     ("transmit: the rest of send() (tpacket_snd)", re.compile(r"^__sys_sendto$|^packet_sendmsg$")),
-    ("receive: veth, skb and GRO (the NAPI thread)", re.compile(r"^veth_poll$|^napi_threaded_poll")),
-    ("the forwarder's other system calls (poll, counters)", re.compile(r"^do_syscall_64$")),
-    ("the C fast path (user space)", re.compile(r"_fastpath")),
-    ("Python and libc (the worker's loop)", re.compile(r"python|libc")),
     ("switching between the NAPI thread and the forwarder", re.compile(r"^__?schedule$|"
                                                                         r"^finish_task_switch")),
+    ("receive: veth, skb and GRO (the NAPI thread)", re.compile(r"^veth_poll$|^napi_threaded_poll")),
+    ("the forwarder's other system calls (poll, counters)", re.compile(r"^do_syscall_64$")),
 ]
+# (part, pattern of the file of the innermost user-space frame), for a
+# sample none of whose kernel frames (if any) matched above.
+USER_PARTS = [
+    ("the C fast path (user space)", re.compile(r"_fastpath")),
+    ("Python and libc (the worker's loop)", re.compile(r"python|libc|\[unknown\]")),
+]
+KERNEL_DSO = "[kernel.kallsyms]"
 IDLE = re.compile(r"^swapper")
 FRAME = re.compile(r"^\s+[0-9a-f]+\s+(\S+)(?:\s+\((.*)\))?\s*$")
 
 
 def attribute_stacks(script: str) -> dict[str, float]:
     """`perf script -F comm,ip,sym,dso` output of call-chain samples ->
-    share (0..100) of the busy samples per part, in STACK_PARTS order,
-    OTHER last; the idle task's samples are left out."""
-    shares = {name: 0 for name, _ in STACK_PARTS}
+    share (0..100) of the busy samples per part, in STACK_PARTS then
+    USER_PARTS order, OTHER last; the idle task's samples are left out."""
+    parts = STACK_PARTS + USER_PARTS
+    shares = {name: 0 for name, _ in parts}
     shares[OTHER] = 0
     busy = 0
     for sample in script.split("\n\n"):
         lines = [l for l in sample.splitlines() if l.strip()]
         if not lines or IDLE.match(lines[0].strip()):
             continue
-        names = []
-        for line in lines[1:]:
-            m = FRAME.match(line)
-            if m:
-                names += [m.group(1).split("+")[0], m.group(2) or ""]
-        if not names:
+        frames = [(m.group(1).split("+")[0], m.group(2) or "")
+                  for m in map(FRAME.match, lines[1:]) if m]
+        if not frames:
             continue
         busy += 1
-        part = next((name for name, pat in STACK_PARTS if any(pat.search(n) for n in names if n)),
-                    OTHER)
-        shares[part] += 1
+        kernel = [sym for sym, dso in frames if dso == KERNEL_DSO]
+        user = next((dso for _, dso in frames if dso != KERNEL_DSO), None)
+        part = next((name for name, pat in STACK_PARTS if any(pat.search(k) for k in kernel)), None)
+        if part is None and user is not None:
+            part = next((name for name, pat in USER_PARTS if pat.search(user)), None)
+        shares[part or OTHER] += 1
     return {k: 100.0 * v / busy for k, v in shares.items()} if busy else {}
 
 

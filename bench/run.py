@@ -247,8 +247,9 @@ def _where(summaries, where: dict) -> list[str]:
         parts = ", ".join(f"{name} {pct:.0f}%" + (f" (~{pct * cost / 100:.0f} ns)" if cost else "")
                           for name, pct in shares.items() if pct >= 0.5)
         out.append(f"{s.label}, `perf record -g` of all of the router's CPU for 1 s, "
-                   f"{afp.label} at the rate it carries (router CPU "
-                   f"{report._num(cost)} ns/pkt there, shared out by these parts): {parts}")
+                   f"{afp.label} paced at the rate it carries, in a window of its own: the "
+                   f"share of the busy samples per part (and that share of the router CPU "
+                   f"per packet of the carried windows, {report._num(cost)} ns, median): {parts}")
     return out
 
 

@@ -32,6 +32,14 @@ VETH_XMIT = sample("python3", ("__napi_schedule", KERNEL), ("veth_xmit", KERNEL)
 SKB_ALLOC = sample("python3", ("allocate_slab", KERNEL), ("sock_alloc_send_pskb", KERNEL),
                    ("packet_sendmsg", KERNEL), ("__sys_sendto", KERNEL))
 DECISION = sample("python3", ("hop_slot+0x1a", FASTPATH), ("[unknown]", "([unknown])"))
+# An interrupt taken in the C: its kernel frames name no part, the user
+# frame under them decides.
+DECISION_INTERRUPTED = sample("python3", ("irqentry_exit_to_user_mode", KERNEL),
+                              ("asm_sysvec_call_function_single", KERNEL),
+                              ("FastPath_run", FASTPATH))
+# The NAPI thread giving the CPU up to the forwarder: switching, not receive.
+NAPI_YIELDS = sample("napi/eth1-3180", ("finish_task_switch.isra.0", KERNEL), ("__schedule", KERNEL),
+                     ("napi_threaded_poll_loop", KERNEL), ("napi_threaded_poll", KERNEL))
 PYTHON = sample("python3", ("_PyEval_EvalFrameDefault", "(/usr/bin/python3.11)"))
 IDLE = sample("swapper", ("pv_native_safe_halt", KERNEL), ("default_idle", KERNEL))
 UNKNOWN = sample("kworker/1:0", ("process_one_work", KERNEL))
@@ -43,21 +51,23 @@ def shares(*samples: str) -> dict[str, float]:
 
 
 def part(start: str) -> str:
-    return next(name for name, _ in profile.STACK_PARTS if name.startswith(start))
+    return next(name for name, _ in profile.STACK_PARTS + profile.USER_PARTS
+                if name.startswith(start))
 
 
 def test_each_sample_goes_to_the_part_its_chain_passes_through():
     got = shares(KERNEL_COPY_FREED, KERNEL_COPY_ROUTED, RING_COPY, VETH_XMIT, SKB_ALLOC,
-                 DECISION, PYTHON, UNKNOWN)
+                 DECISION, DECISION_INTERRUPTED, NAPI_YIELDS, PYTHON, UNKNOWN)
     assert got == pytest.approx({
-        part("giving received frames' pages back"): 12.5,  # before IP input: the page's return
-        part("the rest of the kernel's own copy"): 12.5,
-        part("the packet socket's copy"): 12.5,             # before "receive: veth"
-        part("transmit: veth"): 12.5,                       # before "the rest of send()"
-        part("transmit: a new skb"): 12.5,
-        part("the C fast path"): 12.5,
-        part("Python and libc"): 12.5,
-        profile.OTHER: 12.5,
+        part("giving received frames' pages back"): 10,  # before IP input: the page's return
+        part("the rest of the kernel's own copy"): 10,
+        part("the packet socket's copy"): 10,             # before "receive: veth"
+        part("transmit: veth"): 10,                       # before "the rest of send()", the C's kick
+        part("transmit: a new skb"): 10,
+        part("switching"): 10,                            # before "receive: veth"
+        part("the C fast path"): 20,
+        part("Python and libc"): 10,
+        profile.OTHER: 10,
     })
 
 
