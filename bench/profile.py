@@ -55,24 +55,32 @@ def attribute(report: str) -> dict[str, float]:
     return shares
 
 
-def record(tids: list[int], seconds: float) -> dict[str, float] | None:
-    """Sample the threads for `seconds`; None when perf is missing or refuses."""
+def _perf(target: list[str], seconds: float, read: list[str]) -> str | None:
+    """`perf record` of `target` (its options: what to sample) for `seconds`,
+    then `perf` `read` (a report or script command) of what it recorded:
+    that command's output; None when perf is missing or refuses."""
     with tempfile.TemporaryDirectory(prefix="xdpfwd-bench-perf-") as d:
         data = Path(d) / "perf.data"
         try:
-            rec = subprocess.run(["perf", "record", "-q", "-t", ",".join(map(str, tids)), "-o", str(data), "--",
+            rec = subprocess.run(["perf", "record", "-q", *target, "-o", str(data), "--",
                                   "sleep", str(seconds)], capture_output=True, text=True,
                                  timeout=seconds + 30)
             if rec.returncode != 0 or not data.exists():
                 return None
-            rep = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children",
-                                  "--sort", "symbol", "-q"], capture_output=True, text=True,
-                                 timeout=60)
+            out = subprocess.run(["perf", *read[:1], "-i", str(data), *read[1:]],
+                                 capture_output=True, text=True, timeout=120)
         except (OSError, subprocess.TimeoutExpired):
             return None
-    if rep.returncode != 0:
+    return out.stdout if out.returncode == 0 else None
+
+
+def record(tids: list[int], seconds: float) -> dict[str, float] | None:
+    """Sample the threads for `seconds`; None when perf is missing or refuses."""
+    report = _perf(["-t", ",".join(map(str, tids))], seconds,
+                   ["report", "--stdio", "--no-children", "--sort", "symbol", "-q"])
+    if report is None:
         return None
-    shares = attribute(rep.stdout)
+    shares = attribute(report)
     return shares if sum(shares.values()) > 0 else None
 
 
@@ -152,19 +160,7 @@ def attribute_stacks(script: str) -> dict[str, float]:
 def record_cpu(cpu: int, seconds: float) -> dict[str, float] | None:
     """Sample everything on `cpu` with call chains for `seconds`; None when
     perf is missing or refuses."""
-    with tempfile.TemporaryDirectory(prefix="xdpfwd-bench-perf-") as d:
-        data = Path(d) / "perf.data"
-        try:
-            rec = subprocess.run(["perf", "record", "-q", "-g", "-C", str(cpu), "-o", str(data), "--",
-                                  "sleep", str(seconds)], capture_output=True, text=True,
-                                 timeout=seconds + 30)
-            if rec.returncode != 0 or not data.exists():
-                return None
-            script = subprocess.run(["perf", "script", "-i", str(data), "-F", "comm,ip,sym,dso"],
-                                    capture_output=True, text=True, timeout=120)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-    if script.returncode != 0:
+    script = _perf(["-g", "-C", str(cpu)], seconds, ["script", "-F", "comm,ip,sym,dso"])
+    if script is None:
         return None
-    return attribute_stacks(script.stdout) or None
-
+    return attribute_stacks(script) or None
