@@ -711,7 +711,7 @@ def markdown(m: dict, command: str, plan: str, summaries: list[TrafficSummary], 
              cp: dict, errors: list[str], targets: list[str], elapsed: float,
              notes: list[str] = (), where: list[str] = (), chart: str | None = None,
              absent: dict[str, str] | None = None) -> str:
-    """notes: beside the targets; where: where native XDP's and AF_PACKET's time goes;
+    """notes: beside the targets; where: where the kernel's, native XDP's and AF_PACKET's time goes;
     chart: the SVG's file name; absent: rows that could not run, and why."""
     from bench.machine import one_line
 
@@ -743,7 +743,7 @@ def markdown(m: dict, command: str, plan: str, summaries: list[TrafficSummary], 
     if errors:
         out += ["## Errors", ""] + [f"- {e}" for e in errors] + [""]
     if where:
-        out += ["## Where the router's CPU goes (native XDP, AF_PACKET)", ""] + \
+        out += ["## Where the router's CPU goes (kernel, native XDP, AF_PACKET)", ""] + \
             [f"- {w}" for w in where] + [""]
     out += ["## Targets (64 B; 1 flow, and 1000 flows where named)", "", "```"] + targets + ["```", ""]
     out += [f"- {n}" for n in notes] + ([""] if notes else [])

@@ -28,6 +28,10 @@ RESULTS = Path(__file__).parent / "results"
 FOREIGN_LIMIT = report.FOREIGN_LIMIT  # of a CPU, other people's, before a window is redone
 MAX_TRIES = 3         # windows per sample at most
 STATS_SECONDS = 1.0   # the window that times the XDP programs (first round only)
+# Rows whose router CPU is profiled on the NAPI thread (first round): the
+# kernel beside native XDP shows what both pay that a NIC would not (the
+# wake-up of recvbox's NAPI thread), the ceiling what receiving alone costs.
+PROFILED = ("kernel", "xdp_native", "ceiling")
 
 
 def log(msg: str) -> None:
@@ -139,7 +143,7 @@ def _row(bed, row, traffic, rnd, plan, samples, errors, where) -> dict | None:
                     where[(traffic.key, row.key)] = shares
         if rnd == 0 and row.prog_id:
             samples.append(measure(bed, row, traffic, rnd, STATS_SECONDS, bpf_stats=True))
-        if rnd == 0 and row.key in ("xdp_native", "ceiling"):
+        if rnd == 0 and row.key in PROFILED:
             shares = profile.profile(bed, traffic)
             if shares:
                 where[(traffic.key, row.key)] = shares
@@ -212,9 +216,41 @@ def _control_plane(rows: list[Row], exp: dict | None) -> dict:
     return {"rows": cp}
 
 
+def _parts(shares: dict[str, float], cost: float | None) -> str:
+    """The parts of a profile with their shares, and each share of `cost`
+    (ns per packet) when there is one."""
+    return ", ".join(f"{name} {pct:.0f}%" + (f" (~{pct * cost / 100:.0f} ns)" if cost else "")
+                     for name, pct in shares.items() if pct >= 0.5)
+
+
+def _without_wake(s, where: dict) -> str | None:
+    """Kernel over native XDP by router CPU per packet, as measured and with
+    each row's share spent waking recvbox's NAPI thread taken out: a cost of
+    this lab (a cross-CPU wake-up, an IPI, a VM exit here) that a NIC's
+    transmit does not have, and that the kernel, sending one skb at a time,
+    pays more often per packet than XDP's bulks of 16."""
+    kernel, native = s.rows.get("kernel"), s.rows.get("xdp_native")
+    k_shares, n_shares = where.get((s.traffic, "kernel")), where.get((s.traffic, "xdp_native"))
+    if not (kernel and native and k_shares and n_shares):
+        return None
+    k, n = kernel.cost_median, native.cost_median
+    if not k or not n:
+        return None
+    k_wake, n_wake = k_shares.get(profile.WAKE, 0.0) / 100, n_shares.get(profile.WAKE, 0.0) / 100
+    if k_wake >= 1 or n_wake >= 1:
+        return None
+    return (f"{s.label}: kernel over native XDP by router CPU per packet {k / n:.2f}x as "
+            f"measured ({report._num(k)} / {report._num(n)} ns), "
+            f"{k * (1 - k_wake) / (n * (1 - n_wake)):.2f}x without each one's share spent "
+            f"waking recvbox's NAPI thread ({report._num(k * (1 - k_wake))} / "
+            f"{report._num(n * (1 - n_wake))} ns): a cost of this lab (a wake-up on the other "
+            "CPU, an IPI, a VM exit here) that a NIC's transmit does not have, and that the "
+            "kernel, sending one skb at a time, pays more often per packet than XDP's bulks of 16")
+
+
 def _where(summaries, where: dict) -> list[str]:
-    """Where native XDP's and AF_PACKET's router CPU goes, from this run's
-    figures only."""
+    """Where the kernel's, native XDP's and AF_PACKET's router CPU goes,
+    from this run's figures only."""
     out = []
     for s in summaries:
         native, ceiling = s.rows.get("xdp_native"), s.rows.get("ceiling")
@@ -233,19 +269,25 @@ def _where(summaries, where: dict) -> list[str]:
             line += (f", so {above - (prog - ceil_prog):.0f} ns above the ceiling are outside "
                      "the program (redirect, devmap flush, veth transmit into recvbox)")
         out.append(line)
-        for key in ("xdp_native", "ceiling"):
+        for key in PROFILED:
             shares = where.get((s.traffic, key))
             if shares:
-                parts = ", ".join(f"{name} {pct:.0f}%" for name, pct in shares.items() if pct >= 0.5)
+                r = s.rows.get(key)
+                cost = r.cost_median if r else None
                 out.append(f"{s.label}, `perf record` of the router's NAPI thread for 1 s, "
-                           f"{s.rows[key].label if key in s.rows else key}: {parts}")
+                           f"{r.label if r else key}: the share of its samples per part (and "
+                           f"that share of its router CPU per packet flooded, "
+                           f"{report._num(cost)} ns, median): {_parts(shares, cost)}")
+    for s in summaries:
+        line = _without_wake(s, where)
+        if line:
+            out.append(line)
     for s in summaries:
         afp, shares = s.rows.get("afpacket"), where.get((s.traffic, "afpacket"))
         if afp is None or not shares:
             continue
         cost = afp.carried_cost_median
-        parts = ", ".join(f"{name} {pct:.0f}%" + (f" (~{pct * cost / 100:.0f} ns)" if cost else "")
-                          for name, pct in shares.items() if pct >= 0.5)
+        parts = _parts(shares, cost)
         out.append(f"{s.label}, `perf record -g` of all of the router's CPU for 1 s, "
                    f"{afp.label} paced at the rate it carries, in a window of its own: the "
                    f"share of the busy samples per part (and that share of the router CPU "

@@ -75,3 +75,33 @@ def test_the_idle_task_is_left_out_of_the_shares():
     assert shares(IDLE, RING_COPY, IDLE, PYTHON) == {part("the packet socket's copy"): 50.0,
                                                       part("Python and libc"): 50.0}
     assert profile.attribute_stacks(IDLE) == {}
+
+
+# `perf report --sort symbol` of the router's NAPI thread (native XDP, then
+# the kernel's forwarding), as perf prints it.
+NAPI_THREAD_REPORT = """\
+    27.00%  [k] veth_xdp_rcv
+    24.00%  [k] __napi_schedule
+    22.00%  [k] bpf_prog_c6c96178ee852962_xdpfwd_redirect
+     7.00%  [k] fib_table_lookup
+     4.00%  [k] veth_xmit
+     3.00%  [k] veth_xdp_xmit
+     2.00%  [k] try_to_wake_up
+     1.00%  [k] __kmem_cache_alloc_bulk
+"""
+
+
+def test_the_wake_up_of_recvbox_is_not_counted_as_receive():
+    """__napi_schedule on the router's thread is the transmit waking recvbox's
+    NAPI thread (an IPI): the pattern for the receive ("napi") would take it
+    if the wake-up's part did not come first, and veth_xmit ("veth_") too."""
+    got = {k: v for k, v in profile.attribute(NAPI_THREAD_REPORT).items() if v}
+    first = {name.split(" (")[0].split(" on ")[0]: name for name, _ in profile.PARTS}
+    assert got == pytest.approx({
+        first["veth receive"]: 27,
+        first["waking recvbox's NAPI thread"]: 26,
+        first["XDP program"]: 22,
+        first["FIB lookups"]: 7,
+        first["transmit into recvbox"]: 7,
+        first["kernel stack"]: 1,
+    })

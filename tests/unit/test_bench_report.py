@@ -328,7 +328,7 @@ def test_markdown_report(summary):
                          chart="latest.svg", absent={"peer": "no package"})
     assert "](latest.svg)" in md
     assert "- **peer**: not available: no package" in md
-    assert "## Where the router's CPU goes (native XDP, AF_PACKET)\n\n- prog 160 ns" in md
+    assert "## Where the router's CPU goes (kernel, native XDP, AF_PACKET)\n\n- prog 160 ns" in md
     assert md.rstrip().endswith("- beside")
     assert "`make bench QUICK=1`" in md and "2 CPUs (AMD EPYC), kernel 6.18.0" in md
     assert "2025-01-01 00:00 UTC" in md
@@ -387,3 +387,29 @@ def test_si_units():
     assert report.si(915_400) == "915k"
     assert report.si(42) == "42"
     assert report.si(None) == "—"
+
+
+def test_each_profiled_row_gets_its_parts_in_ns_of_its_own_cost(summary):
+    """The kernel is profiled beside native XDP (both pay the wake-up of
+    recvbox's NAPI thread); each share is also said in ns of that row's own
+    router CPU per packet (kernel 1000 ns in round 0, 1250 in round 1)."""
+    from bench import profile, run
+    wake = profile.WAKE
+    where = {("64B-1flow", "kernel"): {wake: 30.0, "other": 70.0},
+             ("64B-1flow", "xdp_native"): {wake: 20.0, "other": 80.0}}
+    lines = run._where([summary], where)
+    kernel = next(line for line in lines if "kernel IP forwarding" in line)
+    native = next(line for line in lines if ", xdpfwd native XDP:" in line)
+    assert f"1125 ns, median): {wake} 30% (~338 ns), other 70% (~788 ns)" in kernel
+    assert f"450 ns, median): {wake} 20% (~90 ns), other 80% (~360 ns)" in native
+    # Without the wake-ups: (1125 * 0.7) / (450 * 0.8) = 788 / 360.
+    without = next(line for line in lines if "without each one's share" in line)
+    assert without.startswith("64 B, 1 flow: kernel over native XDP by router CPU per packet "
+                              "2.50x as measured (1125 / 450 ns), 2.19x without")
+    assert "(788 / 360 ns)" in without
+
+
+def test_no_line_without_the_wake_ups_when_a_profile_is_missing(summary):
+    from bench import profile, run
+    where = {("64B-1flow", "xdp_native"): {profile.WAKE: 20.0, "other": 80.0}}
+    assert not [line for line in run._where([summary], where) if "without each one's" in line]
