@@ -267,7 +267,8 @@ def _where(summaries, where: dict) -> list[str]:
                 f"{report._num(prog)} ns")
         if prog is not None and above is not None and ceil_prog is not None:
             line += (f", so {above - (prog - ceil_prog):.0f} ns above the ceiling are outside "
-                     "the program (redirect, devmap flush, veth transmit into recvbox)")
+                     "the program (redirect, devmap flush, veth transmit into recvbox, "
+                     "waking its NAPI thread)")
         out.append(line)
         for key in PROFILED:
             shares = where.get((s.traffic, key))
