@@ -122,8 +122,9 @@ def _carried(bed, row, traffic, rnd, plan, samples, flooded: Sample) -> None:
 
 def _row(bed, row, traffic, rnd, plan, samples, errors, where) -> dict | None:
     """Start a row, measure it with one kind of traffic, stop it. The first
-    round also times its XDP program (and for native XDP: attaching again,
-    the exporter, and a perf profile of the router's CPU into `where`).
+    round also times its XDP program, profiles the router's CPU into `where`
+    (the PROFILED rows and AF_PACKET), and for native XDP times attaching
+    again and the exporter.
     Returns the exporter's figures when it measured them."""
     exp = None
     first = rnd == 0 and traffic == plan.traffics[0]
@@ -224,11 +225,9 @@ def _parts(shares: dict[str, float], cost: float | None) -> str:
 
 
 def _without_wake(s, where: dict) -> str | None:
-    """Kernel over native XDP by router CPU per packet, as measured and with
-    each row's share spent waking recvbox's NAPI thread taken out: a cost of
-    this lab (a cross-CPU wake-up, an IPI, a VM exit here) that a NIC's
-    transmit does not have, and that the kernel, sending one skb at a time,
-    pays more often per packet than XDP's bulks of 16."""
+    """Kernel over native XDP by router CPU per packet (the ratio of the two
+    rows' medians), as measured and with each row's share spent waking
+    recvbox's NAPI thread (its profile, one window) taken out."""
     kernel, native = s.rows.get("kernel"), s.rows.get("xdp_native")
     k_shares, n_shares = where.get((s.traffic, "kernel")), where.get((s.traffic, "xdp_native"))
     if not (kernel and native and k_shares and n_shares):
@@ -239,13 +238,40 @@ def _without_wake(s, where: dict) -> str | None:
     k_wake, n_wake = k_shares.get(profile.WAKE, 0.0) / 100, n_shares.get(profile.WAKE, 0.0) / 100
     if k_wake >= 1 or n_wake >= 1:
         return None
-    return (f"{s.label}: kernel over native XDP by router CPU per packet {k / n:.2f}x as "
-            f"measured ({report._num(k)} / {report._num(n)} ns), "
+    return (f"{s.label}: kernel over native XDP, router CPU per packet, {k / n:.2f}x "
+            f"({report._num(k)} / {report._num(n)} ns); "
             f"{k * (1 - k_wake) / (n * (1 - n_wake)):.2f}x without each one's share spent "
             f"waking recvbox's NAPI thread ({report._num(k * (1 - k_wake))} / "
-            f"{report._num(n * (1 - n_wake))} ns): a cost of this lab (a wake-up on the other "
-            "CPU, an IPI, a VM exit here) that a NIC's transmit does not have, and that the "
-            "kernel, sending one skb at a time, pays more often per packet than XDP's bulks of 16")
+            f"{report._num(n * (1 - n_wake))} ns)")
+
+
+WITHOUT_WAKE_NOTE = (
+    "Waking recvbox's NAPI thread is a cost of this lab: a wake-up of a thread on the other "
+    "CPU (try_to_wake_up(), an IPI, and whatever this VM's hypervisor adds: not separated "
+    "here), where a NIC's transmit writes a doorbell. The kernel checks for it after every "
+    "skb it sends, XDP's devmap once per router NAPI poll (up to 64 frames); either wakes "
+    "recvbox's thread only when it has gone idle. The ratios just above are of the rows' "
+    "medians with shares from one profiled window each, not the paired figures the TARGET "
+    "lines judge")
+
+
+def _native_line(s, native, ceiling) -> str:
+    """Native XDP's router CPU per packet: the ceiling's, its program's and
+    the rest."""
+    prog = report.median(native.prog_ns)
+    cost = native.cost_median
+    above = report.median(s.above_ceiling("xdp_native"))
+    ceil_prog = report.median(ceiling.prog_ns) if ceiling else None
+    line = (f"{s.label}: router CPU {report._num(cost)} ns/pkt, of which the ceiling's "
+            f"receive-and-drop {report._num(ceiling.cost_median if ceiling else None)} ns "
+            f"(its own program {report._num(ceil_prog)} ns) and "
+            f"{report._num(above)} ns above it; xdpfwd's program (bpf_stats) "
+            f"{report._num(prog)} ns")
+    if prog is not None and above is not None and ceil_prog is not None:
+        line += (f", so {above - (prog - ceil_prog):.0f} ns above the ceiling are outside "
+                 "the program (redirect, devmap flush, veth transmit into recvbox, "
+                 "waking its NAPI thread)")
+    return line
 
 
 def _where(summaries, where: dict) -> list[str]:
@@ -254,35 +280,20 @@ def _where(summaries, where: dict) -> list[str]:
     out = []
     for s in summaries:
         native, ceiling = s.rows.get("xdp_native"), s.rows.get("ceiling")
-        if native is None:
-            continue
-        prog = report.median(native.prog_ns)
-        cost = native.cost_median
-        above = report.median(s.above_ceiling("xdp_native"))
-        ceil_prog = report.median(ceiling.prog_ns) if ceiling else None
-        line = (f"{s.label}: router CPU {report._num(cost)} ns/pkt, of which the ceiling's "
-                f"receive-and-drop {report._num(ceiling.cost_median if ceiling else None)} ns "
-                f"(its own program {report._num(ceil_prog)} ns) and "
-                f"{report._num(above)} ns above it; xdpfwd's program (bpf_stats) "
-                f"{report._num(prog)} ns")
-        if prog is not None and above is not None and ceil_prog is not None:
-            line += (f", so {above - (prog - ceil_prog):.0f} ns above the ceiling are outside "
-                     "the program (redirect, devmap flush, veth transmit into recvbox, "
-                     "waking its NAPI thread)")
-        out.append(line)
+        if native is not None:
+            out.append(_native_line(s, native, ceiling))
         for key in PROFILED:
             shares = where.get((s.traffic, key))
             if shares:
                 r = s.rows.get(key)
                 cost = r.cost_median if r else None
-                out.append(f"{s.label}, `perf record` of the router's NAPI thread for 1 s, "
+                out.append(f"{s.label}, `perf record -g` of the router's NAPI thread for 1 s, "
                            f"{r.label if r else key}: the share of its samples per part (and "
                            f"that share of its router CPU per packet flooded, "
                            f"{report._num(cost)} ns, median): {_parts(shares, cost)}")
-    for s in summaries:
-        line = _without_wake(s, where)
-        if line:
-            out.append(line)
+    without = [line for s in summaries if (line := _without_wake(s, where))]
+    if without:
+        out += without + [WITHOUT_WAKE_NOTE]
     for s in summaries:
         afp, shares = s.rows.get("afpacket"), where.get((s.traffic, "afpacket"))
         if afp is None or not shares:
