@@ -62,6 +62,10 @@ BypassNetfilter = Annotated[bool, typer.Option(
     "--bypass-netfilter",
     help="Forward even where nftables/iptables rules sit on the forward path; they are then "
          "skipped for the forwarded packets (one warning per chain on stderr).")]
+BypassIpsec = Annotated[bool, typer.Option(
+    "--bypass-ipsec",
+    help="Forward even where IPsec (xfrm) policies or SAs would act on forwarded packets; "
+         "they are then skipped, and the packets leave in clear (a warning on stderr).")]
 TlsCert = Annotated[Optional[str], typer.Option("--tls-cert", metavar="FILE",
                                                 help="Serve the metrics over HTTPS with this certificate.")]
 TlsKey = Annotated[Optional[str], typer.Option("--tls-key", metavar="FILE",
@@ -110,7 +114,7 @@ def _report(result) -> None:
 
 @app.command()
 def attach(interfaces: Ports, mode: ModeOption = Mode.auto, enable_forwarding: EnableForwarding = False,
-           bypass_netfilter: BypassNetfilter = False):
+           bypass_netfilter: BypassNetfilter = False, bypass_ipsec: BypassIpsec = False):
     """Start forwarding between the interfaces, and return.
 
     Forwarding goes on after the command exits. All or nothing: if one
@@ -119,7 +123,7 @@ def attach(interfaces: Ports, mode: ModeOption = Mode.auto, enable_forwarding: E
     from xdpfwd import forwarder
 
     _report(forwarder.attach(interfaces, mode.value, enable_forwarding, _options["verbose"],
-                             bypass_netfilter))
+                             bypass_netfilter, bypass_ipsec))
 
 
 @app.command()
@@ -128,6 +132,7 @@ def run(
     mode: ModeOption = Mode.auto,
     enable_forwarding: EnableForwarding = False,
     bypass_netfilter: BypassNetfilter = False,
+    bypass_ipsec: BypassIpsec = False,
     metrics: Annotated[Optional[str], typer.Option(
         "--metrics", metavar="HOST:PORT", help="Also serve /metrics there (as `exporter`).")] = None,
     tls_cert: TlsCert = None,
@@ -155,7 +160,7 @@ def run(
         systemd.notify("READY=1")
 
     code = forwarder.run(interfaces, mode.value, enable_forwarding, _options["verbose"], ready,
-                         bypass_netfilter)
+                         bypass_netfilter, bypass_ipsec)
     print("detached")
     raise typer.Exit(code)
 

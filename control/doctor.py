@@ -14,7 +14,7 @@ import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from xdpfwd import bpfsys, compiler, forwarder, netfilter, netlink, sysctl, xdp
+from xdpfwd import bpfsys, compiler, forwarder, ipsec, netfilter, netlink, sysctl, xdp
 from xdpfwd.errors import MissingDependency, PermissionDenied, XdpfwdError
 
 LEVELS = {"ok": "ok", "warn": "warn", "fail": "FAIL"}
@@ -334,6 +334,31 @@ def check_netfilter() -> list[Result]:
     return netfilter_results(found, attached)
 
 
+# -- IPsec -------------------------------------------------------------------
+
+
+def ipsec_results(found: list[str], attached: bool) -> list[Result]:
+    if not found:
+        return [Result("ipsec", "ok", "no IPsec (xfrm) policy or SA on the forward path")]
+    what = "xdpfwd's packets skip it" if attached else "attach refuses"
+    fix = ("detach, or accept the bypass" if attached else
+           "remove them (ip xfrm policy, ip xfrm state), or attach --bypass-ipsec")
+    return [Result("ipsec", "warn", f"IPsec (xfrm): {ipsec.summary(found)}: {what}", fix)]
+
+
+def check_ipsec() -> list[Result]:
+    """Read afresh at each run: policies added after attach show up here."""
+    modes = set(forwarding_ports().values())
+    seeing = modes & set(ipsec.MODES_SEEING_DECRYPTED)
+    mode = "native" if modes and not seeing else "auto"
+    try:
+        found = ipsec.scan(mode)
+    except XdpfwdError as e:
+        fix = "run as root" if isinstance(e, PermissionDenied) else None
+        return [Result("ipsec", "warn", f"cannot read IPsec (xfrm): {e}", fix)]
+    return ipsec_results(found, bool(modes))
+
+
 def forwarding_ports() -> dict[str, str]:
     """{port: mode} where xdpfwd forwards in this namespace, XDP or afpacket."""
     from xdpfwd import snapshot  # it imports the AF_PACKET forwarder: only when needed
@@ -357,7 +382,8 @@ def _guard(check: str, fn) -> list[Result]:
 
 CHECKS = [("privileges", check_privileges), ("bcc", check_bcc),
           ("kernel headers", check_headers), ("libbpf", check_libbpf), ("btf", check_btf),
-          ("bpffs", check_bpffs), ("interfaces", check_interfaces), ("netfilter", check_netfilter)]
+          ("bpffs", check_bpffs), ("interfaces", check_interfaces), ("netfilter", check_netfilter),
+          ("ipsec", check_ipsec)]
 
 
 def run() -> list[Result]:

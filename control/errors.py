@@ -73,3 +73,11 @@ class NetfilterInPath(XdpfwdError):
     them would silently disable them (override: --bypass-netfilter)."""
 
     exit_code = 7
+
+
+class IpsecInPath(XdpfwdError):
+    """IPsec (xfrm) policies would act on forwarded packets: forwarding
+    past them would send in clear what they encrypt, or let through what
+    they block (override: --bypass-ipsec)."""
+
+    exit_code = 8

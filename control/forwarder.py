@@ -14,11 +14,11 @@ import os
 import signal
 from contextlib import contextmanager, suppress
 
-from xdpfwd import netfilter, netlink, netns, sysctl, xdp
+from xdpfwd import ipsec, netfilter, netlink, netns, sysctl, xdp
 from xdpfwd.afpacket import datapath as afpacket
 from xdpfwd.datapath import AttachResult, Datapath, PortState
-from xdpfwd.errors import (Conflict, ForwardingDisabled, KernelRefused, MissingDependency,
-                           NetfilterInPath, PermissionDenied, UsageError, XdpfwdError)
+from xdpfwd.errors import (Conflict, ForwardingDisabled, IpsecInPath, KernelRefused,
+                           MissingDependency, NetfilterInPath, PermissionDenied, UsageError, XdpfwdError)
 from xdpfwd.layout import layout
 
 
@@ -153,25 +153,45 @@ def _check_free(links, states, mode) -> AttachResult | None:
     return None
 
 
+def _scan(what: str, flag: str, scan, bypass: bool) -> tuple[list, list[str]]:
+    """(scan()'s findings, notes). Where the kernel cannot be read, refuse:
+    not knowing is no licence to bypass; with bypass, a warning says so."""
+    try:
+        return scan(), []
+    except XdpfwdError as e:
+        if not bypass:
+            raise e.reworded(
+                f"{e.message}; cannot tell whether {what} would be bypassed",
+                hint=(f"{e.hint}, or " if e.hint else "") + f"{flag} forwards anyway",
+            ) from None
+        return [], [f"warning: bypassing {what}, unread: {e}"]
+
+
 def _check_netfilter(links, mode: str, bypass: bool) -> list[str]:
     """Refuse to forward past netfilter rules, or, with bypass, one warning
     per chain that is skipped. The kernel would show each forwarded packet
     to them; xdpfwd would not, and silently."""
     ports = [l.name for l in links]
-    try:
-        found = netfilter.scan(ports, mode)
-    except XdpfwdError as e:
-        if not bypass:
-            raise e.reworded(
-                f"{e.message}; cannot tell whether netfilter would be bypassed",
-                hint=(f"{e.hint}, or " if e.hint else "") + "--bypass-netfilter forwards anyway",
-            ) from None
-        return [f"warning: bypassing netfilter, unread: {e}"]
+    found, notes = _scan("netfilter", "--bypass-netfilter", lambda: netfilter.scan(ports, mode),
+                         bypass)
     if found and not bypass:
         raise NetfilterInPath(
             f"netfilter on the forward path would be bypassed: {netfilter.summary(found)}",
             hint="remove the rules, or pass --bypass-netfilter to forward past them")
-    return netfilter.warnings(found)
+    return notes + netfilter.warnings(found)
+
+
+def _check_ipsec(mode: str, bypass: bool) -> list[str]:
+    """Refuse to forward past IPsec policies, or, with bypass, one warning.
+    The kernel would encrypt, block or check the forwarded packets there;
+    xdpfwd would send them on in clear, and silently."""
+    found, notes = _scan("IPsec", "--bypass-ipsec", lambda: ipsec.scan(mode), bypass)
+    if found and not bypass:
+        raise IpsecInPath(
+            f"IPsec (xfrm) on the forward path would be bypassed: {ipsec.summary(found)}",
+            hint="see `ip xfrm policy` and `ip xfrm state`; remove them, or pass --bypass-ipsec "
+                 "to forward past them")
+    return notes + ipsec.warnings(found)
 
 
 def _attached_as_asked(links, states) -> bool:
@@ -186,7 +206,8 @@ def _xdp_states(links) -> list[PortState]:
 
 
 def attach(ifnames: list[str], mode: str = "auto", enable_forwarding: bool = False,
-           verbose: bool = False, bypass_netfilter: bool = False) -> AttachResult:
+           verbose: bool = False, bypass_netfilter: bool = False,
+           bypass_ipsec: bool = False) -> AttachResult:
     links = _prepare(ifnames, mode)
     with exclusive():
         states = _xdp_states(links)
@@ -194,7 +215,7 @@ def attach(ifnames: list[str], mode: str = "auto", enable_forwarding: bool = Fal
         if done:
             return done
         warned = [] if _attached_as_asked(links, states) else \
-            _check_netfilter(links, mode, bypass_netfilter)
+            _check_netfilter(links, mode, bypass_netfilter) + _check_ipsec(mode, bypass_ipsec)
         result, notes = _xdp_or_fallback(links, states, mode, enable_forwarding, verbose)
         result = result or afpacket.attach(links, mode, verbose, notes)
         result.notes[:0] = warned
@@ -257,7 +278,8 @@ def detach(ifnames: list[str] | None = None) -> tuple[list[str], list[str]]:
 
 
 def run(ifnames: list[str], mode: str = "auto", enable_forwarding: bool = False,
-        verbose: bool = False, on_ready=None, bypass_netfilter: bool = False) -> int:
+        verbose: bool = False, on_ready=None, bypass_netfilter: bool = False,
+        bypass_ipsec: bool = False) -> int:
     """attach, stay in the foreground until SIGTERM or SIGINT, detach.
     The AF_PACKET forwarder runs in this very process. Meanwhile a child
     process logs every change of the netfilter rules on the forward path."""
@@ -267,7 +289,7 @@ def run(ifnames: list[str], mode: str = "auto", enable_forwarding: bool = False,
         states = _xdp_states(links)
         if _check_free(links, states, mode) or any(s.prog_id for s in states):
             raise Conflict("already attached; `run` would detach it when it stops: detach first")
-        warned = _check_netfilter(links, mode, bypass_netfilter)
+        warned = _check_netfilter(links, mode, bypass_netfilter) + _check_ipsec(mode, bypass_ipsec)
         result, notes = _xdp_or_fallback(links, states, mode, enable_forwarding, verbose)
     names = [l.name for l in links]
     if result is not None:

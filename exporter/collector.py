@@ -12,7 +12,7 @@ import time
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from xdpfwd import __version__, netfilter
+from xdpfwd import __version__, ipsec, netfilter
 from xdpfwd.counters import ZERO
 from xdpfwd.layout import layout
 
@@ -24,11 +24,13 @@ KIND_HELP = {
 
 
 class XdpfwdCollector(Collector):
-    def __init__(self, reader, netfilter_scan=None):
+    def __init__(self, reader, netfilter_scan=None, ipsec_scan=None):
         self.reader = reader
-        # (ports, mode) -> findings; read at each scrape, so a rule added
-        # after attach shows up at the next one.
+        # (ports, mode) -> findings, (mode) -> findings; read at each
+        # scrape, so a rule or policy added after attach shows up at the
+        # next one.
         self.netfilter_scan = netfilter_scan
+        self.ipsec_scan = ipsec_scan
         self.scrape_errors = 0  # cumulative: a counter
 
     def collect(self):
@@ -53,6 +55,7 @@ class XdpfwdCollector(Collector):
         yield info
         yield from self._counters(counters)
         yield from self._netfilter(devices)
+        yield from self._ipsec(devices)
 
         build = GaugeMetricFamily("xdpfwd_exporter_build_info", "The exporter's version.",
                                   labels=["version"])
@@ -79,6 +82,23 @@ class XdpfwdCollector(Collector):
         yield GaugeMetricFamily("xdpfwd_netfilter_bypassed_chains",
                                 "nftables/iptables chains on the forward path that xdpfwd's "
                                 "forwarded packets skip.", value=count)
+
+    def _ipsec(self, devices):
+        """1 where the forwarded packets skip IPsec the kernel would apply;
+        0 while xdpfwd forwards nothing here. Left out when unreadable."""
+        found = False
+        if devices:
+            modes = {d.mode for d in devices}
+            mode = "native" if modes == {"native"} else "auto"
+            try:
+                found = bool((self.ipsec_scan or ipsec.scan)(mode))
+            except Exception:
+                self.scrape_errors += 1
+                return
+        yield GaugeMetricFamily("xdpfwd_ipsec_bypassed",
+                                "1 where IPsec (xfrm) policies, a blocking default or SAs would "
+                                "act on the packets xdpfwd forwards, which skip them.",
+                                value=1 if found else 0)
 
     @staticmethod
     def _counters(counters):

@@ -122,6 +122,20 @@ def assert_one_line(proc, code: int, *words: str) -> str:
     return lines[0]
 
 
+def scrape_value(listen: str, name: str) -> float | None:
+    """The value of sample `name` on the exporter at listen (from inside
+    the router), or None when the exporter leaves it out."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    proc = run(["curl", "-sS", "--fail", f"http://{listen}/metrics"])
+    assert proc.returncode == 0, proc.stderr
+    for family in text_string_to_metric_families(proc.stdout):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    return None
+
+
 def router_ip(*args):
     """`ip -n ROUTER ...`, failing the test with ip's own message."""
     proc = subprocess.run(["ip", "-n", lab.ns("router"), *args], capture_output=True, text=True)

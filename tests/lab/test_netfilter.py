@@ -14,9 +14,8 @@ import time
 from contextlib import contextmanager
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import XDPFWD, assert_one_line, attached_ports, run, started, xdpfwd
+from helpers import XDPFWD, assert_one_line, attached_ports, run, scrape_value, started, xdpfwd
 from xdpfwd import traffic
 
 FORWARD_DROP = "nftables inet xdpfwd_test chain forward (hook forward, policy accept, 1 rule)"
@@ -150,13 +149,7 @@ def test_iptables_legacy_forward_policy_drop_is_a_finding(clean):
 
 
 def scrape_gauge() -> float | None:
-    proc = run(["curl", "-sS", "--fail", f"http://{LISTEN}/metrics"])
-    assert proc.returncode == 0, proc.stderr
-    for family in text_string_to_metric_families(proc.stdout):
-        for s in family.samples:
-            if s.name == "xdpfwd_netfilter_bypassed_chains":
-                return s.value
-    return None
+    return scrape_value(LISTEN, "xdpfwd_netfilter_bypassed_chains")
 
 
 def test_a_rule_added_after_attach_shows_in_doctor_and_the_gauge(clean):

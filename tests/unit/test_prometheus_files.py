@@ -45,6 +45,7 @@ METRICS: dict[str, set[str]] = {
     "xdpfwd_exporter_scrape_errors_total": set(),
     "xdpfwd_exporter_build_info": {"version"},
     "xdpfwd_netfilter_bypassed_chains": set(),
+    "xdpfwd_ipsec_bypassed": set(),
     # prometheus_client's process collector.
     "process_cpu_seconds_total": set(),
     "process_open_fds": set(),
@@ -71,7 +72,7 @@ LABEL_VALUES = {
 ALERTS = {
     "XdpfwdExporterDown", "XdpfwdNotForwarding", "XdpfwdForwardingStopped",
     "XdpfwdNoNeighbourSurge", "XdpfwdNoRouteSurge", "XdpfwdRedirectFailures",
-    "XdpfwdScrapeErrors", "XdpfwdBypassesNetfilter",
+    "XdpfwdScrapeErrors", "XdpfwdBypassesNetfilter", "XdpfwdBypassesIpsec",
 }
 
 
@@ -85,6 +86,7 @@ def test_metric_list_is_what_the_exporter_serves(monkeypatch):
     from xdpfwd.layout import RECEIVED, TRANSMITTED, layout
 
     monkeypatch.setattr("xdpfwd.netfilter.scan", lambda ports, mode: [])  # not this machine's rules
+    monkeypatch.setattr("xdpfwd.ipsec.scan", lambda mode: [])
     outcomes = layout().outcomes
     counts = PortCounters.of({o.label: (1, 64) for o in outcomes}
                              | {RECEIVED: (1, 64), TRANSMITTED: (1, 64)})
