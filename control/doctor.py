@@ -337,26 +337,34 @@ def check_netfilter() -> list[Result]:
 # -- IPsec -------------------------------------------------------------------
 
 
-def ipsec_results(found: list[str], attached: bool) -> list[Result]:
+def ipsec_results(x: ipsec.Xfrm, modes: set[str]) -> list[Result]:
+    """What xdpfwd skips in the modes it forwards in (modes), or, with
+    nothing attached, what attach would refuse in its default mode."""
+    attached = bool(modes)
+    found = ipsec.findings(x, "auto" if not attached or modes & set(ipsec.MODES_SEEING_DECRYPTED)
+                           else "native")
     if not found:
-        return [Result("ipsec", "ok", "no IPsec (xfrm) policy or SA on the forward path")]
+        return [Result("ipsec", "ok",
+                       "no IPsec (xfrm) policy, blocking default or SA that xdpfwd would skip")]
     what = "xdpfwd's packets skip it" if attached else "attach refuses"
-    fix = ("detach, or accept the bypass" if attached else
-           "remove them (ip xfrm policy, ip xfrm state), or attach --bypass-ipsec")
+    if attached:
+        fix = "detach, or accept the bypass"
+    elif not ipsec.findings(x, "native"):  # SAs alone: native XDP never sees their packets
+        fix = "attach --mode native, or attach --bypass-ipsec"
+    else:
+        fix = "remove them (ip xfrm policy, ip xfrm state), or attach --bypass-ipsec"
     return [Result("ipsec", "warn", f"IPsec (xfrm): {ipsec.summary(found)}: {what}", fix)]
 
 
 def check_ipsec() -> list[Result]:
     """Read afresh at each run: policies added after attach show up here."""
     modes = set(forwarding_ports().values())
-    seeing = modes & set(ipsec.MODES_SEEING_DECRYPTED)
-    mode = "native" if modes and not seeing else "auto"
     try:
-        found = ipsec.scan(mode)
+        x = ipsec.read()
     except XdpfwdError as e:
         fix = "run as root" if isinstance(e, PermissionDenied) else None
         return [Result("ipsec", "warn", f"cannot read IPsec (xfrm): {e}", fix)]
-    return ipsec_results(found, bool(modes))
+    return ipsec_results(x, modes)
 
 
 def forwarding_ports() -> dict[str, str]:

@@ -26,9 +26,11 @@ the driver. So SAs count for every mode but native.
 Everything is read from the kernel over NETLINK_XFRM: the policy counts
 (XFRM_MSG_GETSPDINFO: net->xfrm.policy_count[], the figures `ip xfrm
 policy count` prints), the SA count (XFRM_MSG_GETSADINFO) and the default
-policies (XFRM_MSG_GETDEFAULT, Linux 5.16; older kernels have none, which
-means accept). Per-socket policies are not counted there and never meet a
-forwarded packet. The decision (`findings`) is pure and unit-tested.
+policies (XFRM_MSG_GETDEFAULT, added in 2021; an older kernel answers
+EINVAL, as for any type it does not know, and has no defaults, which means
+accept). Per-socket policies are counted apart and never meet a forwarded
+packet (ip_forward() drops an skb that has a socket). The decision
+(`findings`) is pure and unit-tested.
 """
 
 import errno
@@ -46,6 +48,7 @@ XFRM_MSG_GETDEFAULT = 0x28
 XFRMA_SPD_INFO, XFRMA_SAD_CNT = 1, 1
 XFRM_USERPOLICY_BLOCK = 1
 NLM_F_REQUEST, NLMSG_ERROR = 0x1, 2
+PFKEY_PROC = "/proc/net/pfkey"
 # The modes whose datapath sees packets decrypted by this box.
 MODES_SEEING_DECRYPTED = ("auto", "skb", "afpacket")
 
@@ -99,12 +102,15 @@ def read() -> Xfrm:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_XFRM)
     except OSError as e:
         # No xfrm_user in this kernel: nothing can have made a policy or an
-        # SA over netlink (PF_KEY, its 1990s predecessor, is not read).
-        if e.errno in (errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT):
+        # SA over netlink. PF_KEY (af_key, racoon's interface) can, into the
+        # same tables, and is not read here: where it exists, not knowing.
+        if e.errno in (errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT) \
+                and not os.path.exists(PFKEY_PROC):
             return Xfrm()
         raise XdpfwdError(f"cannot read IPsec (xfrm): {e.strerror or e}") from None
     try:
         with sock:
+            sock.settimeout(5)  # the kernel answers at once; never hang attach
             sock.bind((0, 0))
             spd = _ask(sock, XFRM_MSG_GETSPDINFO, struct.pack("=I", 0), XFRM_MSG_NEWSPDINFO)
             sad = _ask(sock, XFRM_MSG_GETSADINFO, struct.pack("=I", 0), XFRM_MSG_NEWSADINFO)
@@ -125,15 +131,14 @@ def read() -> Xfrm:
 def parse(spd: bytes, sad: bytes, default: bytes) -> Xfrm:
     """The three replies' bodies (after the netlink header) -> Xfrm."""
     info = _attrs(spd, 4).get(XFRMA_SPD_INFO, b"")
-    if len(info) < 12:
-        raise XdpfwdError("cannot read IPsec (xfrm): the policy counts are missing from the "
-                          "kernel's answer")
+    cnt = _attrs(sad, 4).get(XFRMA_SAD_CNT, b"")
+    if len(info) < 12 or len(cnt) < 4 or 0 < len(default) < 3:
+        raise XdpfwdError("cannot read IPsec (xfrm): the kernel's answer lacks the counts")
     # struct xfrmu_spdinfo: incnt, outcnt, fwdcnt (then the per-socket ones)
     _, out_count, fwd_count = struct.unpack_from("=III", info)
-    cnt = _attrs(sad, 4).get(XFRMA_SAD_CNT, b"")
-    states = struct.unpack_from("=I", cnt)[0] if len(cnt) >= 4 else 0
-    # struct xfrm_userpolicy_default: in, fwd, out
-    fwd_default, out_default = (default[1], default[2]) if len(default) >= 3 else (0, 0)
+    (states,) = struct.unpack_from("=I", cnt)
+    # struct xfrm_userpolicy_default: in, fwd, out; b"": no defaults, accept
+    fwd_default, out_default = (default[1], default[2]) if default else (0, 0)
     return Xfrm(fwd_policies=fwd_count, out_policies=out_count,
                 fwd_default_block=fwd_default == XFRM_USERPOLICY_BLOCK,
                 out_default_block=out_default == XFRM_USERPOLICY_BLOCK, states=states)

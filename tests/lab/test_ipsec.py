@@ -12,6 +12,7 @@ made here), so the SA rule is covered by the unit tests only
 """
 
 import json
+import sys
 from contextlib import contextmanager
 
 import pytest
@@ -87,9 +88,10 @@ def test_fwd_policies_and_blocking_defaults_are_findings_too(clean):
                                     "default policy out block: attach refuses")
 
 
-def test_in_policies_are_no_finding(clean):
+def test_in_policies_and_defaults_are_no_finding(clean):
     # Only the box's own traffic meets dir in (ip_local_deliver_finish()).
-    with policy(["src", "10.0.10.0/24", "dst", "10.0.11.0/24", "dir", "in"]):
+    with policy(["src", "10.0.10.0/24", "dst", "10.0.11.0/24", "dir", "in"]), \
+            default("in", "block"):
         assert [r["level"] for r in doctor_ipsec()] == ["ok"]
         proc = xdpfwd("attach", "eth1", "eth0", "--mode", "skb")
         assert proc.returncode == 0, proc.stderr
@@ -101,23 +103,44 @@ def test_run_refuses_too(clean):
         refused(xdpfwd("run", "eth1", "eth0", "--mode", "skb", timeout=30), "1 policy dir out")
 
 
+@contextmanager
+def out_policy():
+    with policy(OUT):
+        yield
+
+
+@pytest.mark.parametrize("configured, finding", [
+    (lambda: default("fwd", "block"), "default policy fwd block"),
+    # Its template names an SA that does not exist: the kernel holds the
+    # packets for a key manager that never answers (xfrm_lookup()).
+    (out_policy, "1 policy dir out"),
+], ids=["fwd-block", "out-policy"])
 @pytest.mark.parametrize("mode", ["native", "afpacket"])
-def test_bypass_ipsec_attaches_warns_and_really_bypasses(clean, mode):
-    # The neighbour is resolved first, by the router's own ping: a packet
-    # XDP leaves to the kernel for that (fib_no_neighbour) meets the policy.
+def test_bypass_ipsec_attaches_warns_and_really_bypasses(clean, mode, configured, finding):
+    # The neighbour is resolved first, by the router's own ping (its source,
+    # 10.0.11.10, is outside the policy): a packet XDP leaves to the kernel
+    # for that (fib_no_neighbour) would meet the policy.
     run(["ping", "-c1", "-W2", "10.0.11.20"], check=True)
-    with default("fwd", "block"):
-        # The kernel's own forwarding obeys the default: nothing arrives.
+    with configured():
+        # The kernel's own forwarding obeys the policy: nothing arrives.
         assert traffic.send_udp(5, family=4, timeout=1).received == 0
         proc = xdpfwd("attach", "eth1", "eth0", "--mode", mode, "--bypass-ipsec")
         assert proc.returncode == 0, proc.stderr
-        assert "xdpfwd: warning: bypassing IPsec: default policy fwd block" in \
-            proc.stderr.splitlines()
+        assert f"xdpfwd: warning: bypassing IPsec: {finding}" in proc.stderr.splitlines()
         assert "eth1: attached" in proc.stdout
         # ...and xdpfwd's does not: the warning was no exaggeration.
         assert traffic.send_udp(20, family=4, timeout=2).exactly_once
         (found,) = doctor_ipsec()
-        assert found["message"] == "IPsec (xfrm): default policy fwd block: xdpfwd's packets skip it"
+        assert found["message"] == f"IPsec (xfrm): {finding}: xdpfwd's packets skip it"
+
+
+def test_without_cap_net_admin_the_kernel_says_no_and_so_do_we(clean):
+    proc = run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                "--inh-caps=-all", "--bounding-set=-all", sys.executable, "-c",
+                "from xdpfwd import ipsec\n"
+                "try:\n    ipsec.read()\nexcept ipsec.PermissionDenied as e:\n    print(e)"])
+    assert proc.stdout.strip() == "reading IPsec (xfrm) needs CAP_NET_ADMIN; run as root", \
+        proc.stderr
 
 
 def scrape_gauge() -> float | None:

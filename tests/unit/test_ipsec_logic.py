@@ -5,12 +5,13 @@ makes the real ones); the SA count is set by hand, since no SA can be made
 on this kernel (no ESP, AH or IPcomp)."""
 
 import errno
+import struct
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from helpers import device, snapshot_of
-from xdpfwd import forwarder, ipsec
+from xdpfwd import doctor, forwarder, ipsec
 from xdpfwd.errors import IpsecInPath, PermissionDenied
 from xdpfwd.exporter.collector import XdpfwdCollector
 
@@ -35,9 +36,81 @@ def test_a_kernel_without_default_policies_means_accept():
     assert ipsec.parse(SPD_OUT1_FWD1, SAD_NONE, b"") == ipsec.Xfrm(fwd_policies=1, out_policies=1)
 
 
-def test_a_reply_without_the_policy_counts_is_an_error_not_a_zero():
-    with pytest.raises(ipsec.XdpfwdError, match="policy counts are missing"):
-        ipsec.parse(bytes(4), SAD_NONE, DEFAULT_FWD_BLOCK)
+@pytest.mark.parametrize("spd, sad, default", [
+    (bytes(4), SAD_NONE, DEFAULT_FWD_BLOCK),  # no XFRMA_SPD_INFO
+    (SPD_OUT1_FWD1, bytes(4), DEFAULT_FWD_BLOCK),  # no XFRMA_SAD_CNT
+    (SPD_OUT1_FWD1, SAD_NONE, b"\x02\x01"),  # a default reply cut short
+])
+def test_a_reply_without_the_counts_is_an_error_not_a_zero(spd, sad, default):
+    with pytest.raises(ipsec.XdpfwdError, match="lacks the counts"):
+        ipsec.parse(spd, sad, default)
+
+
+class FakeXfrmSocket:
+    """Replays the kernel's side of NETLINK_XFRM: a reply (or an errno)
+    per request type, framed as the kernel frames them."""
+
+    def __init__(self, replies):
+        self.replies, self.pending = replies, []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def settimeout(self, t):
+        pass
+
+    def bind(self, addr):
+        pass
+
+    def send(self, msg):
+        _, kind, _, seq, _ = struct.unpack_from("=IHHII", msg)
+        reply_type, body = self.replies[kind]
+        if isinstance(body, int):  # an errno: NLMSG_ERROR with -errno and the request
+            reply_type, body = ipsec.NLMSG_ERROR, struct.pack("=i", -body) + msg[:16]
+        self.pending.append(struct.pack("=IHHII", 16 + len(body), reply_type, 0, seq, 0) + body)
+
+    def recv(self, size):
+        return self.pending.pop(0)
+
+
+def kernel(monkeypatch, default=DEFAULT_FWD_BLOCK, spd=SPD_OUT1_FWD1):
+    replies = {ipsec.XFRM_MSG_GETSPDINFO: (ipsec.XFRM_MSG_NEWSPDINFO, spd),
+               ipsec.XFRM_MSG_GETSADINFO: (ipsec.XFRM_MSG_NEWSADINFO, SAD_THREE),
+               ipsec.XFRM_MSG_GETDEFAULT: (ipsec.XFRM_MSG_GETDEFAULT, default)}
+    monkeypatch.setattr(ipsec.socket, "socket", lambda *a: FakeXfrmSocket(replies))
+
+
+def test_read_asks_the_three_questions(monkeypatch):
+    kernel(monkeypatch)
+    assert ipsec.read() == ipsec.Xfrm(fwd_policies=1, out_policies=1, fwd_default_block=True,
+                                      states=3)
+
+
+def test_a_kernel_that_does_not_know_getdefault_has_accepting_defaults(monkeypatch):
+    # xfrm_user_rcv_msg(): a type above XFRM_MSG_MAX is -EINVAL.
+    kernel(monkeypatch, default=errno.EINVAL)
+    assert ipsec.read() == ipsec.Xfrm(fwd_policies=1, out_policies=1, states=3)
+
+
+def test_no_cap_net_admin_is_permission_denied(monkeypatch):
+    kernel(monkeypatch, spd=errno.EPERM)
+    with pytest.raises(PermissionDenied, match="needs CAP_NET_ADMIN"):
+        ipsec.read()
+
+
+def test_without_xfrm_user_nothing_is_configured_unless_pf_key_could_have(monkeypatch, tmp_path):
+    def no_xfrm_user(*args):
+        raise OSError(errno.EPROTONOSUPPORT, "Protocol not supported")
+
+    monkeypatch.setattr(ipsec.socket, "socket", no_xfrm_user)
+    monkeypatch.setattr(ipsec, "PFKEY_PROC", str(tmp_path / "pfkey"))
+    assert ipsec.read() == ipsec.Xfrm()
+    (tmp_path / "pfkey").write_text("")
+    with pytest.raises(ipsec.XdpfwdError, match="cannot read IPsec"):
+        ipsec.read()
 
 
 def test_nothing_configured_is_no_finding_in_any_mode():
@@ -124,3 +197,21 @@ def test_gauge_is_zero_when_nothing_is_attached_and_absent_when_unreadable():
         raise ipsec.XdpfwdError("cannot read IPsec (xfrm): boom")
 
     assert ipsec_gauge([device("eth1", "skb", 3)], broken) == (None, 1)
+
+
+# -- doctor's line ---------------------------------------------------------------
+
+
+def test_doctor_judges_the_modes_attached_or_what_attach_would_meet():
+    sa = ipsec.Xfrm(states=2)
+    (line,) = doctor.ipsec_results(sa, {"native"})
+    assert line.level == "ok"
+    (line,) = doctor.ipsec_results(sa, {"skb"})
+    assert line.level == "warn" and line.message == (
+        "IPsec (xfrm): 2 SAs (packets they decrypt come back through the ports): "
+        "xdpfwd's packets skip it")
+    (line,) = doctor.ipsec_results(sa, set())
+    assert line.message.endswith(": attach refuses")
+    assert line.fix == "attach --mode native, or attach --bypass-ipsec"
+    (line,) = doctor.ipsec_results(ipsec.Xfrm(out_policies=1, states=2), set())
+    assert line.fix == "remove them (ip xfrm policy, ip xfrm state), or attach --bypass-ipsec"
