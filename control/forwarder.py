@@ -14,7 +14,7 @@ import os
 import signal
 from contextlib import contextmanager, suppress
 
-from xdpfwd import ipsec, netfilter, netlink, netns, sysctl, xdp
+from xdpfwd import follower, ipsec, netfilter, netlink, netns, sysctl, xdp
 from xdpfwd.afpacket import datapath as afpacket
 from xdpfwd.datapath import AttachResult, Datapath, PortState
 from xdpfwd.errors import (Conflict, ForwardingDisabled, IpsecInPath, KernelRefused,
@@ -281,8 +281,9 @@ def run(ifnames: list[str], mode: str = "auto", enable_forwarding: bool = False,
         verbose: bool = False, on_ready=None, bypass_netfilter: bool = False,
         bypass_ipsec: bool = False) -> int:
     """attach, stay in the foreground until SIGTERM or SIGINT, detach.
-    The AF_PACKET forwarder runs in this very process. Meanwhile a child
-    process logs every change of the netfilter rules on the forward path."""
+    The AF_PACKET forwarder runs in this very process. Meanwhile child
+    processes log every change of the netfilter rules and IPsec on the
+    forward path."""
     links = _prepare(ifnames, mode)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     with exclusive():
@@ -294,23 +295,38 @@ def run(ifnames: list[str], mode: str = "auto", enable_forwarding: bool = False,
     names = [l.name for l in links]
     if result is not None:
         result.notes[:0] = warned
-        follower = 0
+        followers = []
         try:
-            follower = netfilter.start_follower(names, next(iter(result.modes.values())))
+            followers = _start_followers(names, set(result.modes.values()))
             if on_ready:
                 on_ready(result)
             signal.sigwait({signal.SIGTERM, signal.SIGINT})
         finally:  # also when on_ready fails: nothing stays attached
-            if follower:
-                netfilter.stop_follower(follower)
+            for pid in followers:
+                follower.stop(pid)
             with exclusive():
                 xdp.detach(_xdp_states(links))
         return 0
     ready = AttachResult(0, {n: afpacket.MODE for n in names}, warned + notes, pid=os.getpid())
-    follower = netfilter.start_follower(names, afpacket.MODE)
+    followers = _start_followers(names, {afpacket.MODE})
     try:
         with suppress(KeyboardInterrupt):
             return afpacket.serve(links, on_ready=(lambda: on_ready(ready)) if on_ready else None)
         return 0
     finally:
-        netfilter.stop_follower(follower)
+        for pid in followers:
+            follower.stop(pid)
+
+
+def _start_followers(names: list[str], modes: set[str]) -> list[int]:
+    """The child processes that log what joins or leaves the forward path
+    while `run` forwards: netfilter's chains, and IPsec. Ports can end in
+    different XDP modes (auto); skb mode is the one that sees more."""
+    mode = "native" if modes == {"native"} else ("afpacket" if "afpacket" in modes else "skb")
+    pids = [netfilter.start_follower(names, mode)]
+    try:
+        pids.append(follower.start(lambda log: ipsec.follow(mode, log), "IPsec"))
+    except BaseException:
+        follower.stop(pids[0])
+        raise
+    return pids

@@ -39,6 +39,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from xdpfwd import follower
 from xdpfwd.errors import PermissionDenied, XdpfwdError
 
 NETLINK_XFRM = 6
@@ -46,6 +47,7 @@ XFRM_MSG_NEWSADINFO, XFRM_MSG_GETSADINFO = 0x22, 0x23
 XFRM_MSG_NEWSPDINFO, XFRM_MSG_GETSPDINFO = 0x24, 0x25
 XFRM_MSG_GETDEFAULT = 0x28
 XFRMA_SPD_INFO, XFRMA_SAD_CNT = 1, 1
+XFRMNLGRP_SA, XFRMNLGRP_POLICY = 3, 4
 XFRM_USERPOLICY_BLOCK = 1
 NLM_F_REQUEST, NLMSG_ERROR = 0x1, 2
 PFKEY_PROC = "/proc/net/pfkey"
@@ -90,6 +92,46 @@ def warnings(found: list[str]) -> list[str]:
     return [f"warning: bypassing IPsec: {summary(found)}"] if found else []
 
 
+def changes(before: list[str], after: list[str]) -> list[str]:
+    """The line `run` logs when what the forward path meets has changed."""
+    if before == after:
+        return []
+    if after:
+        return [f"warning: IPsec: forward path now meets {summary(after)}: bypassed by xdpfwd"]
+    return ["IPsec: forward path meets none any more: nothing bypassed"]
+
+
+def follow(mode: str, log, every: float = 3.0, stop=None) -> None:
+    """Log each change of what xdpfwd in `mode` skips, until stop() is
+    true. The kernel announces policies, default policies
+    (xfrm_notify_userpolicy()) and SAs on XFRMNLGRP_POLICY and
+    XFRMNLGRP_SA; an event is only a cue to read again, and so is every
+    `every` seconds, should one be lost."""
+    sock = _socket()
+    if sock is None:
+        return  # no IPsec in this kernel: nothing can change
+    sock.bind((0, (1 << (XFRMNLGRP_SA - 1)) | (1 << (XFRMNLGRP_POLICY - 1))))
+    sock.setblocking(False)
+    with sock:
+        known = _findings(mode, log) or []
+        while not (stop and stop()):
+            follower.wait(sock, every)
+            now = _findings(mode, log)
+            if now is None:
+                continue
+            for line in changes(known, now):
+                log(line)
+            known = now
+
+
+def _findings(mode: str, log) -> list[str] | None:
+    try:
+        return scan(mode)
+    except XdpfwdError as e:
+        log(f"IPsec: {e}")
+        return None
+
+
 def scan(mode: str = "auto") -> list[str]:
     """Read this namespace's xfrm and return what xdpfwd would bypass.
     Raises XdpfwdError (PermissionDenied without CAP_NET_ADMIN) when the
@@ -97,17 +139,24 @@ def scan(mode: str = "auto") -> list[str]:
     return findings(read(), mode)
 
 
-def read() -> Xfrm:
+def _socket() -> socket.socket | None:
+    """A NETLINK_XFRM socket, or None where this kernel has no xfrm."""
     try:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_XFRM)
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_XFRM)
     except OSError as e:
         # No xfrm_user in this kernel: nothing can have made a policy or an
         # SA over netlink. PF_KEY (af_key, racoon's interface) can, into the
         # same tables, and is not read here: where it exists, not knowing.
         if e.errno in (errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT) \
                 and not os.path.exists(PFKEY_PROC):
-            return Xfrm()
+            return None
         raise XdpfwdError(f"cannot read IPsec (xfrm): {e.strerror or e}") from None
+
+
+def read() -> Xfrm:
+    sock = _socket()
+    if sock is None:
+        return Xfrm()
     try:
         with sock:
             sock.settimeout(5)  # the kernel answers at once; never hang attach

@@ -43,14 +43,12 @@ Which chains count (the decision is `findings`, pure, unit-tested):
 import ctypes
 import errno
 import os
-import select
-import signal
 import socket
 import struct
-import sys
 import time
 from dataclasses import dataclass
 
+from xdpfwd import follower
 from xdpfwd.errors import PermissionDenied, XdpfwdError
 
 NETLINK_NETFILTER = 12
@@ -390,17 +388,7 @@ def follow(ports: list[str], mode: str, log, legacy_every: float = 3.0, stop=Non
     with sock:
         known = _snapshot(ports, mode, log) or {}
         while not (stop and stop()):
-            ready, _, _ = select.select([sock], [], [], legacy_every)
-            if ready:
-                time.sleep(0.05)  # one transaction sends several events: read once after them
-                try:
-                    while sock.recv(1 << 16):
-                        pass
-                except BlockingIOError:
-                    pass
-                except OSError as e:  # ENOBUFS: events lost; the re-read below covers them
-                    if e.errno != errno.ENOBUFS:
-                        raise
+            follower.wait(sock, legacy_every)
             now = _snapshot(ports, mode, log)
             if now is None:
                 continue
@@ -409,39 +397,6 @@ def follow(ports: list[str], mode: str, log, legacy_every: float = 3.0, stop=Non
             known = now
 
 
-def _log(line: str) -> None:
-    print(f"xdpfwd: {line}", file=sys.stderr, flush=True)
-
-
 def start_follower(ports: list[str], mode: str) -> int:
-    """`follow` in a child process (a thread would be inherited, half, by
-    the AF_PACKET supervisor's later forks). Returns its pid; it ends with
-    its parent (PR_SET_PDEATHSIG) or stop_follower()."""
-    parent = os.getpid()
-    pid = os.fork()
-    if pid:
-        return pid
-    code = 0
-    try:
-        _libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-        if os.getppid() == parent:  # else the parent is gone already
-            follow(ports, mode, _log)
-    except BaseException as e:  # never let the child return into the caller's code
-        _log(f"netfilter: no longer following changes: {e}")
-        code = 1
-    os._exit(code)
-
-
-def stop_follower(pid: int) -> None:
-    try:
-        # Reaped already (the AF_PACKET supervisor reaps every child): its
-        # pid may be someone else's now, so it is not signalled.
-        if os.waitpid(pid, os.WNOHANG) != (0, 0):
-            return
-        os.kill(pid, signal.SIGTERM)
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
+    """`follow` in a child process (follower.py); its pid."""
+    return follower.start(lambda log: follow(ports, mode, log), "netfilter")

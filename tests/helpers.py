@@ -136,6 +136,17 @@ def scrape_value(listen: str, name: str) -> float | None:
     return None
 
 
+def stderr_line(proc, words: str, timeout: float) -> str:
+    """The next stderr line of proc containing `words`, within timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if words in line:
+            return line.rstrip("\n")
+        assert line, f"stderr ended before {words!r}"
+    raise AssertionError(f"no {words!r} on stderr within {timeout}s")
+
+
 def router_ip(*args):
     """`ip -n ROUTER ...`, failing the test with ip's own message."""
     proc = subprocess.run(["ip", "-n", lab.ns("router"), *args], capture_output=True, text=True)

@@ -13,11 +13,13 @@ made here), so the SA rule is covered by the unit tests only
 
 import json
 import sys
+import time
 from contextlib import contextmanager
 
 import pytest
 
-from helpers import XDPFWD, assert_one_line, attached_ports, run, scrape_value, started, xdpfwd
+from helpers import (XDPFWD, assert_one_line, attached_ports, run, scrape_value, started,
+                     stderr_line, xdpfwd)
 from xdpfwd import traffic
 
 # Tunnel-mode policies for the lab's two networks, as an IPsec gateway
@@ -157,3 +159,28 @@ def test_a_policy_added_after_attach_shows_in_doctor_and_the_gauge(clean):
             assert found["message"] == "IPsec (xfrm): 1 policy dir out: xdpfwd's packets skip it"
             assert scrape_gauge() == 1
         assert scrape_gauge() == 0
+
+
+@pytest.mark.parametrize("mode", ["skb", "afpacket"])
+def test_run_logs_ipsec_joining_and_leaving_the_forward_path(clean, mode):
+    with started([XDPFWD, "run", "eth1", "eth0", "--mode", mode], "attached", 20) as proc:
+        # Each change is announced (a policy: km_policy_notify() in
+        # xfrm_add_policy(); a default: xfrm_notify_userpolicy()), so each line
+        # comes well before the periodic re-read, 3 s.
+        with policy(OUT):
+            t0 = time.monotonic()
+            assert stderr_line(proc, "IPsec", 5) == (
+                "xdpfwd: warning: IPsec: forward path now meets 1 policy dir out: "
+                "bypassed by xdpfwd")
+            assert time.monotonic() - t0 < 2.5
+        assert stderr_line(proc, "IPsec", 5) == (
+            "xdpfwd: IPsec: forward path meets none any more: nothing bypassed")
+        with default("fwd", "block"):
+            t0 = time.monotonic()
+            assert stderr_line(proc, "IPsec", 5) == (
+                "xdpfwd: warning: IPsec: forward path now meets default policy fwd block: "
+                "bypassed by xdpfwd")
+            assert time.monotonic() - t0 < 2.5
+        assert "meets none" in stderr_line(proc, "IPsec", 5)
+    # started() has stopped it and seen it end cleanly.
+    assert attached_ports() == []

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from helpers import XDPFWD, assert_one_line, attached_ports, run, scrape_value, started, xdpfwd
+from helpers import (XDPFWD, assert_one_line, attached_ports, run, scrape_value, started,
+                     stderr_line, xdpfwd)
 from xdpfwd import traffic
 
 FORWARD_DROP = "nftables inet xdpfwd_test chain forward (hook forward, policy accept, 1 rule)"
@@ -163,17 +164,6 @@ def test_a_rule_added_after_attach_shows_in_doctor_and_the_gauge(clean):
             assert found["message"] == f"{FORWARD_DROP}: xdpfwd's packets skip it"
             assert scrape_gauge() == 1
         assert scrape_gauge() == 0
-
-
-def stderr_line(proc, words: str, timeout: float) -> str:
-    """The next stderr line of proc containing `words`, within timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if words in line:
-            return line.rstrip("\n")
-        assert line, f"stderr ended before {words!r}"
-    raise AssertionError(f"no {words!r} on stderr within {timeout}s")
 
 
 @pytest.mark.parametrize("mode", ["skb", "afpacket"])

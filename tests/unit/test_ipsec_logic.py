@@ -215,3 +215,18 @@ def test_doctor_judges_the_modes_attached_or_what_attach_would_meet():
     assert line.fix == "attach --mode native, or attach --bypass-ipsec"
     (line,) = doctor.ipsec_results(ipsec.Xfrm(out_policies=1, states=2), set())
     assert line.fix == "remove them (ip xfrm policy, ip xfrm state), or attach --bypass-ipsec"
+
+
+# -- run's log -------------------------------------------------------------------
+
+
+def test_run_logs_a_line_when_what_forwarding_meets_changes():
+    assert ipsec.changes([], []) == []
+    assert ipsec.changes(["1 policy dir out"], ["1 policy dir out"]) == []
+    assert ipsec.changes([], ["1 policy dir out"]) == [
+        "warning: IPsec: forward path now meets 1 policy dir out: bypassed by xdpfwd"]
+    assert ipsec.changes(["1 policy dir out"], ["2 policies dir out", "default policy fwd block"]) == [
+        "warning: IPsec: forward path now meets 2 policies dir out, default policy fwd block: "
+        "bypassed by xdpfwd"]
+    assert ipsec.changes(["1 policy dir out"], []) == [
+        "IPsec: forward path meets none any more: nothing bypassed"]

@@ -1,0 +1,73 @@
+"""Followers: child processes that log changes of kernel state that
+xdpfwd's packets skip (netfilter's chains, IPsec), while `run` forwards.
+
+A child process, not a thread: a thread would be inherited, half, by the
+AF_PACKET supervisor's later forks. It ends with its parent
+(PR_SET_PDEATHSIG) or stop().
+"""
+
+import ctypes
+import errno
+import os
+import select
+import signal
+import sys
+import time
+
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def log(line: str) -> None:
+    print(f"xdpfwd: {line}", file=sys.stderr, flush=True)
+
+
+def start(follow, what: str) -> int:
+    """follow(log) in a child process, until it is stopped; its pid.
+    `what` names it in the line logged if it fails."""
+    parent = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 0
+    try:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        if os.getppid() == parent:  # else the parent is gone already
+            follow(log)
+    except BaseException as e:  # never let the child return into the caller's code
+        log(f"{what}: no longer following changes: {e}")
+        code = 1
+    os._exit(code)
+
+
+def stop(pid: int) -> None:
+    try:
+        # Reaped already (the AF_PACKET supervisor reaps every child): its
+        # pid may be someone else's now, so it is not signalled.
+        if os.waitpid(pid, os.WNOHANG) != (0, 0):
+            return
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def wait(sock, every: float) -> None:
+    """Until the kernel announces a change on sock (a netlink socket bound
+    to its groups, non-blocking) or `every` seconds pass. The events are
+    only a cue to read the state again: they are read and dropped."""
+    ready, _, _ = select.select([sock], [], [], every)
+    if not ready:
+        return
+    time.sleep(0.05)  # one change sends several events: read once after them
+    try:
+        while sock.recv(1 << 16):
+            pass
+    except BlockingIOError:
+        pass
+    except OSError as e:  # ENOBUFS: events lost; the re-read after this covers them
+        if e.errno != errno.ENOBUFS:
+            raise
