@@ -341,8 +341,7 @@ def ipsec_results(x: ipsec.Xfrm, modes: set[str]) -> list[Result]:
     """What xdpfwd skips in the modes it forwards in (modes), or, with
     nothing attached, what attach would refuse in its default mode."""
     attached = bool(modes)
-    found = ipsec.findings(x, "auto" if not attached or modes & set(ipsec.MODES_SEEING_DECRYPTED)
-                           else "native")
+    found = ipsec.findings(x, ipsec.judged_mode(modes))
     if not found:
         return [Result("ipsec", "ok",
                        "no IPsec (xfrm) policy, blocking default or SA that xdpfwd would skip")]

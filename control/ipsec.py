@@ -39,7 +39,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from xdpfwd import follower
+from xdpfwd import follower, netlink
 from xdpfwd.errors import PermissionDenied, XdpfwdError
 
 NETLINK_XFRM = 6
@@ -82,6 +82,12 @@ def findings(x: Xfrm, mode: str = "auto") -> list[str]:
         out.append(f"{_n(x.states, 'SA', 'SAs')} (packets they decrypt come back through the "
                    "ports)")
     return out
+
+
+def judged_mode(attached: set[str]) -> str:
+    """The mode to judge the ports xdpfwd forwards on in (native, skb or
+    afpacket each), or, with none attached, what attach does by default."""
+    return "native" if attached == {"native"} else "auto"
 
 
 def summary(found: list[str]) -> str:
@@ -179,8 +185,8 @@ def read() -> Xfrm:
 
 def parse(spd: bytes, sad: bytes, default: bytes) -> Xfrm:
     """The three replies' bodies (after the netlink header) -> Xfrm."""
-    info = _attrs(spd, 4).get(XFRMA_SPD_INFO, b"")
-    cnt = _attrs(sad, 4).get(XFRMA_SAD_CNT, b"")
+    info = netlink.attributes(spd, 4).get(XFRMA_SPD_INFO, b"")
+    cnt = netlink.attributes(sad, 4).get(XFRMA_SAD_CNT, b"")
     if len(info) < 12 or len(cnt) < 4 or 0 < len(default) < 3:
         raise XdpfwdError("cannot read IPsec (xfrm): the kernel's answer lacks the counts")
     # struct xfrmu_spdinfo: incnt, outcnt, fwdcnt (then the per-socket ones)
@@ -206,17 +212,6 @@ def _ask(sock: socket.socket, kind: int, payload: bytes, reply: int) -> bytes:
                 raise OSError(code, os.strerror(code))
         elif mtype == reply and seq == kind:
             return body
-
-
-def _attrs(data: bytes, offset: int) -> dict[int, bytes]:
-    out = {}
-    while offset + 4 <= len(data):
-        length, kind = struct.unpack_from("=HH", data, offset)
-        if length < 4:
-            break
-        out[kind & 0x3FFF] = data[offset + 4:offset + length]
-        offset += (length + 3) & ~3
-    return out
 
 
 def _n(count: int, one: str, many: str) -> str:

@@ -48,7 +48,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from xdpfwd import follower
+from xdpfwd import follower, netlink
 from xdpfwd.errors import PermissionDenied, XdpfwdError
 
 NETLINK_NETFILTER = 12
@@ -151,18 +151,6 @@ def scan(ports: list[str], mode: str = "auto") -> list[Finding]:
 # -- nftables over netlink ----------------------------------------------------
 
 
-def _attrs(data: bytes, offset: int = 0) -> dict[int, bytes]:
-    """{type: payload} of a run of netlink attributes (last one wins)."""
-    out = {}
-    while offset + 4 <= len(data):
-        length, kind = struct.unpack_from("=HH", data, offset)
-        if length < 4:
-            break
-        out[kind & 0x3FFF] = data[offset + 4:offset + length]  # drop NESTED / BYTEORDER
-        offset += (length + 3) & ~3
-    return out
-
-
 def _attr_list(data: bytes) -> list[tuple[int, bytes]]:
     out, offset = [], 0
     while offset + 4 <= len(data):
@@ -206,7 +194,7 @@ def _dump(sock: socket.socket, msg_type: int, seq: int) -> list[tuple[int, dict[
                     raise OSError(code, os.strerror(code))
                 continue
             interrupted |= bool(flags & NLM_F_DUMP_INTR)
-            out.append((body[0], _attrs(body, 4)))
+            out.append((body[0], netlink.attributes(body, 4)))
 
 
 def _nft_dumps() -> tuple[list, list, list]:
@@ -249,7 +237,7 @@ def nftables_chains() -> list[Chain]:
         table, name, hook = _str(a.get(1)), _str(a.get(3)), a.get(4)  # NFTA_CHAIN_*
         if hook is None or (fam, table) in dormant:
             continue  # a regular chain runs only when a base chain jumps to it
-        h = _attrs(hook)  # NFTA_HOOK_HOOKNUM, _PRIORITY, _DEV, _DEVS
+        h = netlink.attributes(hook)  # NFTA_HOOK_HOOKNUM, _PRIORITY, _DEV, _DEVS
         family = FAMILIES.get(fam, str(fam))
         names = NETDEV_HOOKS if family == "netdev" else INET_HOOKS
         devices = [_str(h[3])] if 3 in h else []

@@ -1,9 +1,11 @@
-"""Interfaces of the current network namespace.
+"""Interfaces of the current network namespace, and the one parser of
+netlink attributes that netfilter.py and ipsec.py read raw replies with.
 
 Links come from netlink (pyroute2) rather than from parsing `ip` output or
 /sys, which `ip netns exec` remounts and a setns() thread does not see.
 """
 
+import struct
 from dataclasses import dataclass
 
 from xdpfwd.errors import UsageError
@@ -56,3 +58,15 @@ def link(name: str) -> Link:
 
 def link_names_by_index() -> dict[int, str]:
     return {link.index: link.name for link in links().values()}
+
+
+def attributes(data: bytes, offset: int = 0) -> dict[int, bytes]:
+    """{type: payload} of a run of netlink attributes (last one wins)."""
+    out = {}
+    while offset + 4 <= len(data):
+        length, kind = struct.unpack_from("=HH", data, offset)
+        if length < 4:
+            break
+        out[kind & 0x3FFF] = data[offset + 4:offset + length]  # drop NESTED / BYTEORDER
+        offset += (length + 3) & ~3
+    return out

@@ -88,8 +88,7 @@ class XdpfwdCollector(Collector):
         0 while xdpfwd forwards nothing here. Left out when unreadable."""
         found = False
         if devices:
-            modes = {d.mode for d in devices}
-            mode = "native" if modes == {"native"} else "auto"
+            mode = ipsec.judged_mode({d.mode for d in devices})
             try:
                 found = bool((self.ipsec_scan or ipsec.scan)(mode))
             except Exception:
