@@ -2,6 +2,7 @@
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -137,14 +138,29 @@ def scrape_value(listen: str, name: str) -> float | None:
 
 
 def stderr_line(proc, words: str, timeout: float) -> str:
-    """The next stderr line of proc containing `words`, within timeout."""
+    """The next stderr line of proc containing `words`, within timeout.
+    The pipe is read without blocking (select, then os.read of what is
+    there), so a line that never comes fails the test at the deadline
+    instead of hanging it in readline(). What follows the line returned
+    is kept for the next call; proc.stderr must not be read otherwise
+    until then."""
+    fd = proc.stderr.fileno()
+    pending = proc.__dict__.setdefault("_stderr_pending", bytearray())
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if words in line:
-            return line.rstrip("\n")
-        assert line, f"stderr ended before {words!r}"
-    raise AssertionError(f"no {words!r} on stderr within {timeout}s")
+    while True:
+        while b"\n" in pending:
+            end = pending.index(b"\n")
+            line = pending[:end].decode(errors="replace")
+            del pending[:end + 1]
+            if words in line:
+                return line
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no {words!r} on stderr within {timeout}s")
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"stderr ended before {words!r}"
+            pending += chunk
 
 
 def router_ip(*args):
