@@ -55,7 +55,8 @@
 	X(PASS_OTHER_HOST,      passed,    "other_host")                     \
 	X(PASS_MARTIAN_SOURCE,  passed,    "martian_source")                 \
 	X(PASS_MARTIAN_DEST,    passed,    "martian_destination")            \
-	X(PASS_REVERSE_PATH,    passed,    "reverse_path")
+	X(PASS_REVERSE_PATH,    passed,    "reverse_path")                   \
+	X(PASS_IPV6_DISABLED,   passed,    "ipv6_disabled")
 
 enum xdpfwd_outcome {
 #define XDPFWD_ENUM(name, kind, label) XDPFWD_##name,
@@ -76,8 +77,10 @@ struct xdpfwd_count {
  * port costs a compare, not a hash lookup.
  *
  * XDPFWD_CONFIG_MAP: ARRAY, slot (__u32) -> struct xdpfwd_port, written by
- * user space at attach (and again by an attach that finds the program in
- * place); user space reads it to name a slot's counters.
+ * user space at attach, again by an attach that finds the program in place
+ * and, while `run` forwards, whenever the port changes (the program cannot
+ * read either field from the kernel itself); user space reads it to name a
+ * slot's counters.
  * XDPFWD_STATS_MAP: PERCPU_ARRAY, slot (__u32) -> struct xdpfwd_counters.
  * XDPFWD_PORTS_MAP: DEVMAP_HASH, ifindex (__u32) -> ifindex (__u32): the
  * redirect targets; detach takes a port out of it first.
@@ -85,7 +88,9 @@ struct xdpfwd_count {
 struct xdpfwd_port {
 	__u32 ifindex;
 	__u8  mac[6];	/* the port's own address: frames to any other are not ours */
-	__u16 pad;
+	__u8  ipv6_disabled;	/* net.ipv6.conf.PORT.disable_ipv6, or no IPv6 on it:
+				 * ip6_rcv_core() drops the port's IPv6 */
+	__u8  pad;
 };
 
 struct xdpfwd_counters {

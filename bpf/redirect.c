@@ -271,6 +271,12 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 		fib.ipv4_src = iph->saddr;
 		fib.ipv4_dst = iph->daddr;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		/* ip6_rcv_core() drops IPv6 from a port with disable_ipv6 set
+		 * (or no IPv6 at all) before it looks at the header, while
+		 * bpf_fib_lookup() asks only the port's forwarding switch. The
+		 * program cannot read the sysctl: user space copies it in. */
+		if (port->ipv6_disabled)
+			return PASS(PASS_IPV6_DISABLED);
 		ip6h = (void *)(eth + 1);
 		if ((void *)(ip6h + 1) > data_end)
 			return PASS(PASS_MALFORMED);

@@ -268,6 +268,13 @@ def check_xdp(link: netlink.Link) -> list[Result]:
     if state.attached:
         results.append(Result("xdp", "ok", f"xdpfwd program {state.prog_id} ({state.mode})",
                               interface=link.name))
+        try:
+            stale = xdp.stale_ports(state.prog_id).get(link.name, [])
+        except XdpfwdError as e:
+            stale = [f"cannot read the program's copy of the port: {e.message}"]
+        results += [Result("xdp", "warn", line, "attach the same interfaces again (it refreshes "
+                           "the copy in place), or forward with `xdpfwd run`, which keeps it current",
+                           link.name) for line in stale]
     if state.foreign:
         f = state.foreign
         results.append(Result("xdp", "warn", f"foreign XDP program {f.prog_id} ({f.name}) "

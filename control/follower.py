@@ -1,5 +1,6 @@
-"""Followers: child processes that log changes of kernel state that
-xdpfwd's packets skip (netfilter's chains, IPsec), while `run` forwards.
+"""Followers: child processes that, while `run` forwards, log changes of
+kernel state that xdpfwd's packets skip (netfilter's chains, IPsec), and
+keep the XDP program's copy of its ports' state current (xdp.follow_ports).
 
 A child process, not a thread: a thread would be inherited, half, by the
 AF_PACKET supervisor's later forks. It ends with its parent

@@ -283,7 +283,8 @@ def run(ifnames: list[str], mode: str = "auto", enable_forwarding: bool = False,
     """attach, stay in the foreground until SIGTERM or SIGINT, detach.
     The AF_PACKET forwarder runs in this very process. Meanwhile child
     processes log every change of the netfilter rules and IPsec on the
-    forward path."""
+    forward path, and keep the XDP program's copy of the ports' MACs and
+    IPv6 switches current."""
     links = _prepare(ifnames, mode)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     with exclusive():
@@ -297,7 +298,7 @@ def run(ifnames: list[str], mode: str = "auto", enable_forwarding: bool = False,
         result.notes[:0] = warned
         followers = []
         try:
-            followers = _start_followers(names, set(result.modes.values()))
+            followers = _start_followers(names, set(result.modes.values()), result.prog_id)
             if on_ready:
                 on_ready(result)
             signal.sigwait({signal.SIGTERM, signal.SIGINT})
@@ -318,15 +319,20 @@ def run(ifnames: list[str], mode: str = "auto", enable_forwarding: bool = False,
             follower.stop(pid)
 
 
-def _start_followers(names: list[str], modes: set[str]) -> list[int]:
+def _start_followers(names: list[str], modes: set[str], prog_id: int = 0) -> list[int]:
     """The child processes that log what joins or leaves the forward path
-    while `run` forwards: netfilter's chains, and IPsec. Ports can end in
-    different XDP modes (auto); skb mode is the one that sees more."""
+    while `run` forwards (netfilter's chains, and IPsec) and, for the XDP
+    program prog_id, keep its copy of the ports' MACs and IPv6 switches in
+    step (xdp.follow_ports). Ports can end in different XDP modes (auto);
+    skb mode is the one that sees more."""
     mode = "native" if modes == {"native"} else ("afpacket" if "afpacket" in modes else "skb")
     pids = [netfilter.start_follower(names, mode)]
     try:
         pids.append(follower.start(lambda log: ipsec.follow(mode, log), "IPsec"))
+        if prog_id:
+            pids.append(follower.start(lambda log: xdp.follow_ports(prog_id, log), "ports"))
     except BaseException:
-        follower.stop(pids[0])
+        for pid in pids:
+            follower.stop(pid)
         raise
     return pids

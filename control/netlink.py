@@ -1,16 +1,25 @@
-"""Interfaces of the current network namespace, and the one parser of
-netlink attributes that netfilter.py and ipsec.py read raw replies with.
+"""Interfaces of the current network namespace, rtnetlink event sockets,
+and the one parser of netlink attributes that netfilter.py and ipsec.py
+read raw replies with.
 
 Links come from netlink (pyroute2) rather than from parsing `ip` output or
 /sys, which `ip netns exec` remounts and a setns() thread does not see.
 """
 
+import errno
+import socket
 import struct
 from dataclasses import dataclass
 
 from xdpfwd.errors import UsageError
 
 IFF_LOOPBACK = 0x8
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+# rtnetlink multicast groups (uapi/linux/rtnetlink.h, enum rtnetlink_groups)
+RTNLGRP_LINK = 1
+RTNLGRP_IPV6_IFADDR = 9
+RTNLGRP_IPV6_ROUTE = 11
 
 
 @dataclass(frozen=True)
@@ -22,12 +31,26 @@ class Link:
     mac: str
     loopback: bool
     running: bool  # operationally up: carrier, and the peer of a veth up
+    # IPv6 off on it: disable_ipv6 set, or no IPv6 at all (an MTU below
+    # 1280 removes it). ip6_rcv_core() drops its IPv6 either way.
+    ipv6_disabled: bool = False
 
 
 def _iproute():
     from pyroute2 import IPRoute  # imported late: it costs ~0.2 s
 
     return IPRoute()
+
+
+def ipv6_disabled(msg) -> bool:
+    """Link.ipv6_disabled, from a link's rtnetlink message."""
+    # The same devconf values as /proc/sys/net/ipv6/conf/IF/, in the link's
+    # own message (IFLA_AF_SPEC / AF_INET6 / IFLA_INET6_CONF): no path by
+    # name, and read in one go with the MAC.
+    spec = msg.get_attr("IFLA_AF_SPEC")
+    inet6 = spec.get_attr("AF_INET6") if spec else None
+    conf = inet6.get_attr("IFLA_INET6_CONF") if inet6 else None
+    return conf is None or bool(conf["disable_ipv6"])
 
 
 def _to_link(msg) -> Link:
@@ -41,6 +64,7 @@ def _to_link(msg) -> Link:
         mac=msg.get_attr("IFLA_ADDRESS") or "",
         loopback=bool(msg["flags"] & IFF_LOOPBACK),
         running=msg.get_attr("IFLA_OPERSTATE") in ("UP", "UNKNOWN"),
+        ipv6_disabled=ipv6_disabled(msg),
     )
 
 
@@ -58,6 +82,33 @@ def link(name: str) -> Link:
 
 def link_names_by_index() -> dict[int, str]:
     return {link.index: link.name for link in links().values()}
+
+
+def event_socket(groups) -> socket.socket:
+    """A non-blocking rtnetlink socket subscribed to these groups, in the
+    calling thread's network namespace."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+                         socket.NETLINK_ROUTE)
+    sock.bind((0, 0))
+    for group in groups:
+        sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+    return sock
+
+
+def drain(sock: socket.socket) -> int:
+    """Read every waiting notification; how many there were. rtnetlink
+    sends each as a datagram of its own; ENOBUFS (the kernel dropped some
+    it could not queue) counts as one unknown change."""
+    events = 0
+    while True:
+        try:
+            sock.recv(65536)
+        except BlockingIOError:
+            return events
+        except OSError as e:
+            if e.errno != errno.ENOBUFS:
+                raise
+        events += 1
 
 
 def attributes(data: bytes, offset: int = 0) -> dict[int, bytes]:

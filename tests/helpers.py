@@ -185,6 +185,28 @@ def pin_neighbours() -> dict[str, str]:
     return macs
 
 
+@contextmanager
+def ipv6_disabled(ifname: str):
+    """disable_ipv6 set on the router's ifname for the with-block. Setting
+    it takes the port's IPv6 addresses, routes and neighbours with it, and
+    clearing it does not bring the lab's static ones back: they are put
+    back here, and so are its permanent IPv6 neighbours (also when the
+    block fails)."""
+    listed = subprocess.run(["ip", "-n", lab.ns("router"), "-6", "-j", "neigh", "show", "dev", ifname,
+                             "nud", "permanent"], capture_output=True, text=True, check=True)
+    pinned = [(n["dst"], n["lladdr"]) for n in json.loads(listed.stdout or "[]") if "lladdr" in n]
+    sysctl(f"net.ipv6.conf.{ifname}.disable_ipv6", "1")
+    try:
+        yield
+    finally:
+        sysctl(f"net.ipv6.conf.{ifname}.disable_ipv6", "0")
+        for addr in lab.HOSTS[lab.ROUTER]["interfaces"][ifname]:
+            if ":" in addr:
+                router_ip("addr", "replace", addr, "dev", ifname, "nodad")
+        for dst, lladdr in pinned:
+            router_ip("neigh", "replace", dst, "lladdr", lladdr, "dev", ifname, "nud", "permanent")
+
+
 # Routes that make the router's FIB answer every kind of result.
 SPECIAL_ROUTES = [("blackhole", "10.0.90.0/24"), ("unreachable", "10.0.91.0/24"),
                   ("prohibit", "10.0.92.0/24"), ("blackhole", "fd00:90::/64"),

@@ -54,7 +54,7 @@ struct outcomes {
 	int forwarded, not_ip, vlan, malformed, multicast, bad_checksum,
 	    ip_options, link_local, ttl, frag_needed, not_a_port, same_port,
 	    no_neigh, redirect_failed, other_host, reverse_path, fwd_disabled,
-	    martian_source, martian_dest;
+	    martian_source, martian_dest, ipv6_disabled;
 };
 
 static const struct {
@@ -80,6 +80,7 @@ static const struct {
 	{"fib_forwarding_disabled", offsetof(struct outcomes, fwd_disabled)},
 	{"martian_source", offsetof(struct outcomes, martian_source)},
 	{"martian_destination", offsetof(struct outcomes, martian_dest)},
+	{"ipv6_disabled", offsetof(struct outcomes, ipv6_disabled)},
 };
 
 /* fib.Fib.lookup()'s answer for one destination (a Hop). */
@@ -103,7 +104,7 @@ struct rev {
 	uint8_t ok;
 };
 
-enum miss_kind { MISS_MAC = 1, MISS_HOP, MISS_REVERSE };
+enum miss_kind { MISS_PORT = 1, MISS_HOP, MISS_REVERSE };
 
 struct verdict {
 	int outcome;		/* an index, or MISS */
@@ -138,7 +139,8 @@ typedef struct {
 	uint32_t ports[MAX_PORTS];
 	uint8_t disabled4[MAX_PORTS], disabled6[MAX_PORTS];
 	uint8_t mac[MAX_PORTS][6];
-	uint32_t mac_gen[MAX_PORTS];
+	uint8_t ipv6_off[MAX_PORTS];	/* fib.ipv6_disabled(), learnt with the MAC */
+	uint32_t port_gen[MAX_PORTS];	/* mac and ipv6_off valid while equal to gen */
 	struct outcomes o;
 	uint64_t slow;		/* outcomes the Python path takes (slowpath.SLOW) */
 	Py_ssize_t port_words, rx_word, outcome_word, tx_word;
@@ -231,7 +233,7 @@ static void flush(FastPath *fp)
 	if (fp->gen == 0) {
 		memset(fp->hops, 0, sizeof(*fp->hops) * HOPS_SLOTS);
 		memset(fp->revs, 0, sizeof(*fp->revs) * REV_SLOTS);
-		memset(fp->mac_gen, 0, sizeof(fp->mac_gen));
+		memset(fp->port_gen, 0, sizeof(fp->port_gen));
 		fp->gen = 1;
 	}
 	fp->nhops = 0;
@@ -305,8 +307,8 @@ static int decide(FastPath *fp, const uint8_t *f, size_t n, int slot, int vlan,
 		return out(v, o->malformed, 0);
 	if (f[0] & 1)
 		return out(v, o->multicast, 0);
-	if (fp->mac_gen[slot] != fp->gen)
-		return miss(v, MISS_MAC);
+	if (fp->port_gen[slot] != fp->gen)
+		return miss(v, MISS_PORT);
 	if (memcmp(f, fp->mac[slot], 6))
 		return out(v, o->other_host, 0);
 	/* AF_PACKET hands VLAN frames over untagged, the tag in the metadata. */
@@ -346,6 +348,9 @@ static int decide(FastPath *fp, const uint8_t *f, size_t n, int slot, int vlan,
 	} else if (ethertype == 0x86dd) {
 		uint32_t payload;
 
+		/* ip6_rcv_core() drops it before looking at the header. */
+		if (fp->ipv6_off[slot])
+			return out(v, o->ipv6_disabled, 0);
 		if (n < 54)
 			return out(v, o->malformed, 0);
 		payload = (uint32_t)f[18] << 8 | f[19];
@@ -977,8 +982,8 @@ static PyObject *FastPath_missing(FastPath *fp, PyObject *args)
 	decide(fp, f, (size_t)buf.len, slot, vlan, &v);
 	if (v.outcome != MISS)
 		result = Py_NewRef(Py_None);
-	else if (v.miss == MISS_MAC)
-		result = Py_BuildValue("(s)", "mac");
+	else if (v.miss == MISS_PORT)
+		result = Py_BuildValue("(s)", "port");
 	else if (v.miss == MISS_HOP)
 		result = Py_BuildValue("(siy#)", "hop", v.family,
 				       (const char *)(v.family == 4 ? f + 30 : f + 38),
@@ -990,13 +995,13 @@ static PyObject *FastPath_missing(FastPath *fp, PyObject *args)
 	return result;
 }
 
-static PyObject *FastPath_learn_mac(FastPath *fp, PyObject *args)
+static PyObject *FastPath_learn_port(FastPath *fp, PyObject *args)
 {
 	unsigned int ifindex;
 	Py_buffer mac;
-	int slot;
+	int slot, ipv6_disabled;
 
-	if (!PyArg_ParseTuple(args, "Iy*", &ifindex, &mac))
+	if (!PyArg_ParseTuple(args, "Iy*p", &ifindex, &mac, &ipv6_disabled))
 		return NULL;
 	slot = ingress_slot(fp, ifindex);
 	if (slot >= 0 && mac.len != 6) {
@@ -1005,7 +1010,8 @@ static PyObject *FastPath_learn_mac(FastPath *fp, PyObject *args)
 	}
 	if (slot >= 0) {
 		memcpy(fp->mac[slot], mac.buf, 6);
-		fp->mac_gen[slot] = fp->gen;
+		fp->ipv6_off[slot] = (uint8_t)ipv6_disabled;
+		fp->port_gen[slot] = fp->gen;
 	}
 	PyBuffer_Release(&mac);
 	if (slot < 0)
@@ -1137,8 +1143,8 @@ static PyMethodDef FastPath_methods[] = {
 	{"missing", (PyCFunction)FastPath_missing, METH_VARARGS,
 	 "missing(frame, ingress, vlan) -> the answer the cache lacks for this frame: "
 	 "('mac',), ('hop', family, dst), ('reverse', src, dst, egress); or None."},
-	{"learn_mac", (PyCFunction)FastPath_learn_mac, METH_VARARGS,
-	 "learn_mac(ifindex, mac): a port's own address."},
+	{"learn_port", (PyCFunction)FastPath_learn_port, METH_VARARGS,
+	 "learn_port(ifindex, mac, ipv6_disabled): a port's own address and IPv6 switch."},
 	{"learn_hop", (PyCFunction)FastPath_learn_hop, METH_VARARGS,
 	 "learn_hop(family, dst, outcome, ifindex, mtu, dmac, smac): fib.lookup()'s Hop."},
 	{"learn_reverse", (PyCFunction)FastPath_learn_reverse, METH_VARARGS,

@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
-from pyroute2.netlink import NETLINK_ADD_MEMBERSHIP, SOL_NETLINK
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import (
     RTNLGRP_IPV4_IFADDR,
@@ -27,6 +26,9 @@ from pyroute2.netlink.rtnl import (
     RTNLGRP_NEIGH,
 )
 from pyroute2.netlink.rtnl import ndmsg
+
+from xdpfwd import netlink
+from xdpfwd.netlink import drain, event_socket
 
 RTN_UNICAST = 1
 RTAX_MTU = 2  # the metric's number, also its bit in RTAX_LOCK
@@ -98,33 +100,6 @@ def _packed(text: str) -> bytes:
     return socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
 
 
-def event_socket(groups) -> socket.socket:
-    """A non-blocking rtnetlink socket subscribed to these groups, in the
-    calling thread's network namespace."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-                         socket.NETLINK_ROUTE)
-    sock.bind((0, 0))
-    for group in groups:
-        sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
-    return sock
-
-
-def drain(sock: socket.socket) -> int:
-    """Read every waiting notification; how many there were. rtnetlink
-    sends each as a datagram of its own; ENOBUFS (the kernel dropped some
-    it could not queue) counts as one unknown change."""
-    events = 0
-    while True:
-        try:
-            sock.recv(65536)
-        except BlockingIOError:
-            return events
-        except OSError as e:
-            if e.errno != errno.ENOBUFS:
-                raise
-        events += 1
-
-
 class Fib:
     def __init__(self):
         # Both sockets belong to the network namespace of the calling thread.
@@ -135,7 +110,7 @@ class Fib:
         self._hops: dict[tuple[int, bytes], Hop] = {}
         self._back: dict[bytes, int] = {}  # IPv4 source -> egress of the unicast route to it, or 0
         self._v4: tuple[dict[bytes, int], bool] | None = None  # (local address -> ifindex, custom rules)
-        self._links: dict[int, tuple[bytes, int]] = {}  # ifindex -> (MAC, MTU)
+        self._links: dict[int, tuple[bytes, int, bool]] = {}  # ifindex -> (MAC, MTU, IPv6 off)
         self._resolved: dict[tuple[bytes, int], float] = {}  # (nexthop, ifindex) -> monotonic time
 
     def lookup(self, family: int, dst: bytes) -> Hop:
@@ -149,6 +124,11 @@ class Fib:
     def mac(self, ifindex: int) -> bytes:
         """The interface's own address: a frame to any other is not ours."""
         return self._link(ifindex)[0]
+
+    def ipv6_disabled(self, ifindex: int) -> bool:
+        """disable_ipv6 set on the interface, or no IPv6 on it at all:
+        ip6_rcv_core() drops the IPv6 it receives."""
+        return self._link(ifindex)[2]
 
     def reverse_ok(self, src: bytes, dst: bytes, ingress: int, egress: int) -> bool:
         """The XDP program's reverse-path check (redirect.c): the way back
@@ -257,7 +237,7 @@ class Fib:
         via = route.get_attr("RTA_VIA")
         gateway = via["addr"] if via else route.get_attr("RTA_GATEWAY")
         nexthop = _packed(gateway) if gateway else dst
-        smac, link_mtu = self._link(ifindex)
+        smac, link_mtu, _ = self._link(ifindex)
         metrics = route.get_attr("RTA_METRICS")
         route_mtu = (metrics.get_attr("RTAX_MTU") if metrics else None) or 0
         locked = bool(metrics and (metrics.get_attr("RTAX_LOCK") or 0) & (1 << RTAX_MTU))
@@ -282,9 +262,10 @@ class Fib:
             return None
         return _mac(neigh.get_attr("NDA_LLADDR"))
 
-    def _link(self, ifindex: int) -> tuple[bytes, int]:
+    def _link(self, ifindex: int) -> tuple[bytes, int, bool]:
         link = self._links.get(ifindex)
         if link is None:
             (msg,) = self._ipr.link("get", index=ifindex)
-            link = self._links[ifindex] = (_mac(msg.get_attr("IFLA_ADDRESS")), msg.get_attr("IFLA_MTU"))
+            link = self._links[ifindex] = (_mac(msg.get_attr("IFLA_ADDRESS")), msg.get_attr("IFLA_MTU"),
+                                           netlink.ipv6_disabled(msg))
         return link

@@ -62,7 +62,8 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from xdpfwd import sysctl
-from xdpfwd.afpacket.fib import ROUTE_EVENT_GROUPS, drain, event_socket
+from xdpfwd.afpacket.fib import ROUTE_EVENT_GROUPS
+from xdpfwd.netlink import drain, event_socket
 from xdpfwd.afpacket.packet import checksum
 
 CAUSES = frozenset({"time_exceeded", "no_route", "unreachable", "prohibit", "blackhole",

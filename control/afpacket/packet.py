@@ -22,6 +22,7 @@ REDIRECT_FAILED = _IDX["redirect_failed"]
 OTHER_HOST, REVERSE_PATH = _IDX["other_host"], _IDX["reverse_path"]
 FWD_DISABLED = _IDX["fib_forwarding_disabled"]
 MARTIAN_SOURCE, MARTIAN_DEST = _IDX["martian_source"], _IDX["martian_destination"]
+IPV6_DISABLED = _IDX["ipv6_disabled"]
 OUTCOME_INDEX = _IDX
 
 ETH_IPV4, ETH_IPV6 = b"\x08\x00", b"\x86\xdd"
@@ -66,8 +67,8 @@ def ipv6_any_or_loopback(a: bytes) -> bool:
 def decide(frame: bytes, ingress: int, vlan_tagged: bool, fib, ports,
            disabled: frozenset = frozenset()) -> tuple:
     """One frame arriving on `ingress`. fib answers lookup(family, dst)
-    with a Hop, mac(ifindex) with a port's address and reverse_ok() with
-    the reverse-path check; ports is the set of ifindexes the forwarder
+    with a Hop, mac(ifindex) with a port's address, ipv6_disabled(ifindex)
+    with its IPv6 switch and reverse_ok() with the reverse-path check; ports is the set of ifindexes the forwarder
     serves; disabled holds the (family, ingress) pairs the kernel's own
     forwarding was off for before the forwarder started (what
     bpf_fib_lookup() answers with FWD_DISABLED)."""
@@ -109,6 +110,9 @@ def decide(frame: bytes, ingress: int, vlan_tagged: bool, fib, ports,
             return FWD_DISABLED, 0, None
         hop = fib.lookup(4, dst)
     elif ethertype == ETH_IPV6:
+        # ip6_rcv_core() drops it before looking at the header.
+        if fib.ipv6_disabled(ingress):
+            return IPV6_DISABLED, 0, None
         if n < 54:
             return MALFORMED, 0, None
         payload = (frame[18] << 8) | frame[19]

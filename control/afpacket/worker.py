@@ -43,14 +43,14 @@ def learn(fast, fib, frame: bytes, ingress: int, vlan: bool) -> None:
     """After the Python path took a frame the fast path lacked an answer for:
     give it the answers fib gives the Python path, so that the next frame
     like this one stays in C. The C asks for one answer at a time (the
-    port's MAC, the route, the way back), in the order packet.decide()
-    needs them."""
+    port's MAC and IPv6 switch, the route, the way back), in the order
+    packet.decide() needs them."""
     for _ in range(3):
         missing = fast.missing(frame, ingress, vlan)
         if missing is None:
             return
-        if missing[0] == "mac":
-            fast.learn_mac(ingress, fib.mac(ingress))
+        if missing[0] == "port":
+            fast.learn_port(ingress, fib.mac(ingress), fib.ipv6_disabled(ingress))
         elif missing[0] == "hop":
             _, family, dst = missing
             hop = fib.lookup(family, dst)

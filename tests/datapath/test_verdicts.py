@@ -5,12 +5,16 @@ neighbours. Each case checks the action, the output bytes and that exactly
 one counter (the expected outcome, on eth1) grew by one.
 """
 
+import queue
+import threading
+import time
+
 import pytest
 from scapy.layers.inet import IP, UDP, IPOption_RR
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
-from helpers import inside, router_ip, router_with_every_route
+from helpers import inside, ipv6_disabled, router_ip, router_with_every_route
 from xdpfwd import bpfsys, sysctl, xdp
 
 XDP_PASS, XDP_REDIRECT = 2, 4
@@ -191,6 +195,50 @@ def test_forwarding_disabled_on_ingress(program):
     check(program, to_router(program, v4()), XDP_REDIRECT, "forwarded")
 
 
+def test_ipv6_disabled_on_ingress(program):
+    """ip6_rcv_core() drops IPv6 from a port with disable_ipv6, which
+    bpf_fib_lookup() does not ask: the program goes by the switch user
+    space copies into its config map (refresh_ports, as attach again and
+    `run` do), and says what changed."""
+    with ipv6_disabled("eth1"):
+        with inside("router"):
+            assert xdp.refresh_ports(program["id"]) == [
+                "eth1: IPv6 disabled (disable_ipv6, or no IPv6): its IPv6 goes to the stack"]
+        for l3 in (v6(), v6(hlim=1), v6(plen=400)):  # checked before the header, as the kernel does
+            check(program, to_router(program, l3), XDP_PASS, "ipv6_disabled")
+        check(program, to_router(program, v4()), XDP_REDIRECT, "forwarded")
+    with inside("router"):
+        assert xdp.refresh_ports(program["id"]) == ["eth1: IPv6 enabled again: its IPv6 is forwarded"]
+    check(program, to_router(program, v6()), XDP_REDIRECT, "forwarded")
+
+
+def test_follow_ports_acts_on_the_kernels_events(program):
+    """`run`'s follower: with the periodic re-read an hour away, only the
+    kernel's events can make it refresh, and each change is logged well
+    within a second."""
+    logged, done = queue.Queue(), threading.Event()
+
+    def follow():
+        with inside("router"):
+            xdp.follow_ports(program["id"], logged.put, every=3600, stop=done.is_set)
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.3)  # subscribed, and the first read done
+        with ipv6_disabled("eth1"):
+            assert logged.get(timeout=1) == \
+                "eth1: IPv6 disabled (disable_ipv6, or no IPv6): its IPv6 goes to the stack"
+        assert logged.get(timeout=1) == "eth1: IPv6 enabled again: its IPv6 is forwarded"
+    finally:
+        done.set()
+        # An event of its groups wakes it to see done.
+        router_ip("-6", "route", "add", "fd00:77::/64", "dev", "eth0")
+        router_ip("-6", "route", "del", "fd00:77::/64", "dev", "eth0")
+        thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert logged.empty()
+
 
 # -- what the kernel's own forwarding refuses: never forwarded here --------
 
@@ -274,13 +322,15 @@ def test_port_address_is_followed_on_reattach(program):
         frame = Ether(src=program["macs"]["sendbox"], dst="02:00:00:00:10:20") / v4()
         check(program, frame, XDP_PASS, "other_host")
         with inside("router"):
-            xdp.refresh_port_addresses(program["id"])
+            assert xdp.refresh_ports(program["id"]) == [
+                f"eth1: MAC address now 02:00:00:00:10:20: frames to it are forwarded, frames to "
+                f"{eth1.mac} go to the stack"]
         check(program, frame, XDP_REDIRECT, "forwarded")
         check(program, to_router(program, v4()), XDP_PASS, "other_host")  # the old address
     finally:
         router_ip("link", "set", "eth1", "address", eth1.mac)
         with inside("router"):
-            xdp.refresh_port_addresses(program["id"])
+            xdp.refresh_ports(program["id"])
     check(program, to_router(program, v4()), XDP_REDIRECT, "forwarded")
 
 

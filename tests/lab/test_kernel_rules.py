@@ -10,7 +10,8 @@ from scapy.layers.inet import IP, UDP, ICMP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from helpers import mac, pin_neighbours, router_ip, stats, sysctl, sysctls_set, xdpfwd
+from helpers import (ipv6_disabled, mac, pin_neighbours, router_ip, stats, sysctl, sysctls_set,
+                     xdpfwd)
 from xdpfwd import lab
 from xdpfwd.netns import entered
 
@@ -125,6 +126,35 @@ def test_rp_filter_followed_while_attached(mode, pinned):
     if mode in ("native", "skb"):
         # The ordinary source was forwarded in XDP, not passed.
         assert stats()["eth1"]["forwarded_packets"] - before["eth1"]["forwarded_packets"] >= 12
+
+
+def udp6(router, sendbox):
+    return bytes(Ether(src=sendbox, dst=router) / IPv6(src="fd00:10::10", dst="fd00:11::20")
+                 / UDP(sport=4000, dport=2152) / MARK)
+
+
+def test_ipv6_disabled_on_the_ingress_port(mode, pinned):
+    """ip6_rcv_core() drops IPv6 arriving on a port with disable_ipv6 set;
+    bpf_fib_lookup() does not look at that switch. The XDP program goes by
+    the copy attach makes (and attach again, or `run`, refreshes); the
+    AF_PACKET forwarder reads it when the port's addresses go."""
+    router, sendbox = pinned
+
+    def reattach(*words):
+        if mode in ("native", "skb"):
+            proc = xdpfwd("attach", "eth1", "eth0", "--mode", mode)
+            assert proc.returncode == 0 and all(w in proc.stderr for w in words), proc.stderr
+
+    with ipv6_disabled("eth1"):
+        reattach("eth1: IPv6 disabled")
+        got, _ = through_router([udp6(router, sendbox)] * 3)
+        assert got == [], f"{mode}: IPv6 on a port with disable_ipv6 reached recvbox {len(got)} times"
+        got, _ = through_router([udp4(router, sendbox, "10.0.10.10")] * 3)
+        assert len(got) == 3, f"{mode}: IPv4 stopped too"
+    reattach("eth1: IPv6 enabled again")
+    time.sleep(0.25)
+    got, _ = through_router([udp6(router, sendbox)] * 3)
+    assert len(got) == 3, f"{mode}: IPv6 did not come back: {len(got)} of 3"
 
 
 @pytest.mark.parametrize("case", [

@@ -35,6 +35,7 @@ class Tables:
     mtu: dict[int, int] = field(default_factory=dict)
     mac: dict[int, bytes] = field(default_factory=dict)
     forwarding: dict[tuple[int, int], bool] = field(default_factory=dict)  # (family, ifindex)
+    ipv6_disabled: set[int] = field(default_factory=set)  # ifindexes with disable_ipv6 set
     ports: frozenset[int] = frozenset()
 
 
@@ -82,6 +83,11 @@ def read_tables(ns: str, ports: set[int]) -> Tables:
             value = subprocess.run(["ip", "netns", "exec", ns, "cat", path], capture_output=True,
                                    text=True).stdout.strip()
             t.forwarding[(fam, ifindex)] = value == "1"
+        path = f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6"
+        value = subprocess.run(["ip", "netns", "exec", ns, "cat", path], capture_output=True,
+                               text=True).stdout.strip()
+        if value != "0":  # "1", or no such file: no IPv6 on the link
+            t.ipv6_disabled.add(ifindex)
     return t
 
 
@@ -155,6 +161,8 @@ def decide(frame: bytes, ingress: int, t: Tables) -> Verdict:
             return passed("ttl_exceeded")
         family, dst, l3_len = 4, frame[30:34], total
     elif ethertype == 0x86DD:
+        if ingress in t.ipv6_disabled:  # ip6_rcv_core(), first of all
+            return passed("ipv6_disabled")
         if len(frame) < 54:
             return passed("malformed")
         payload = int.from_bytes(frame[18:20], "big")

@@ -87,6 +87,17 @@ def test_vlan_metadata_and_disabled_forwarding():
     assert c_decide(fast(off), raw4) == python_decide(raw4, disabled=off)
 
 
+@pytest.mark.parametrize("raw", table.IPV6_ON_A_DISABLED_PORT + [table.frame(table.v4())],
+                         ids=range(len(table.IPV6_ON_A_DISABLED_PORT) + 1))
+def test_ipv6_disabled_on_the_ingress_port(raw):
+    fp = fast()
+    result = fp.decide(raw, IN, False)
+    if result is None:
+        worker.learn(fp, table.V6_OFF_FIB, raw, IN, False)
+        result = fp.decide(raw, IN, False)
+    assert result == packet.decide(raw, IN, False, table.V6_OFF_FIB, {IN, OUT})
+
+
 def test_mutated_frames_decide_alike():
     """Every byte of the headers may be anything: frames derived from
     forwarded ones by changing, cutting or extending them."""
@@ -114,7 +125,7 @@ def test_a_flush_forgets_every_answer():
     c_decide(fp, raw)
     assert fp.missing(raw, IN, False) is None
     fp.flush()
-    assert fp.missing(raw, IN, False) == ("mac",)
+    assert fp.missing(raw, IN, False) == ("port",)
     assert fp.decide(raw, IN, False) is None
 
 

@@ -19,14 +19,18 @@ class Fib:
     """Answers by destination, as fib.Fib would from the kernel. The way
     back to a source leads out of IN only for sendbox's subnet."""
 
-    def __init__(self, answers):
+    def __init__(self, answers, ipv6_off=frozenset()):
         self.answers = answers
+        self.ipv6_off = ipv6_off  # ports with disable_ipv6 set
 
     def lookup(self, family, dst):
         return self.answers.get(dst, Hop("fib_not_forwarded"))
 
     def mac(self, ifindex):
         return bytes.fromhex({IN: ROUTER_IN, OUT: ROUTER_OUT}[ifindex].replace(":", ""))
+
+    def ipv6_disabled(self, ifindex):
+        return ifindex in self.ipv6_off
 
     def reverse_ok(self, src, dst, ingress, egress):
         return src[:3] == bytes([10, 0, 10]) and ingress == IN
@@ -162,6 +166,30 @@ def test_forwarding_off_before_the_forwarder_stays_off():
     assert LABEL[packet.decide(frame(v6()), IN, False, FIB, {IN, OUT}, off)[0]] == \
         "fib_forwarding_disabled"
     assert LABEL[packet.decide(frame(v4()), IN, False, FIB, {IN, OUT}, off)[0]] == "forwarded"
+
+
+# IPv6 that ip6_rcv_core() drops on a port with disable_ipv6 before it looks
+# at the header: what would be forwarded, and what would go to the stack
+# for another reason.
+IPV6_ON_A_DISABLED_PORT = [frame(v6()), frame(v6(hlim=1)), frame(v6(plen=400)), frame(v6(dst="fe80::1")),
+                           frame(IPv6(src="fd00:10::10", dst="fd00:11::20") / IPv6ExtHdrHopByHop() / UDP())]
+V6_OFF_FIB = Fib(FIB.answers, ipv6_off=frozenset({IN}))
+
+
+@pytest.mark.parametrize("raw", IPV6_ON_A_DISABLED_PORT, ids=range(len(IPV6_ON_A_DISABLED_PORT)))
+def test_ipv6_from_a_port_with_ipv6_disabled_goes_to_the_stack(raw):
+    assert LABEL[packet.decide(raw, IN, False, V6_OFF_FIB, {IN, OUT})[0]] == "ipv6_disabled"
+
+
+def test_ipv6_disabled_elsewhere_changes_nothing():
+    assert LABEL[packet.decide(frame(v4()), IN, False, V6_OFF_FIB, {IN, OUT})[0]] == "forwarded"
+    # Other hosts' frames are dropped by eth_type_trans()'s verdict first.
+    assert LABEL[packet.decide(frame(v6(), dst="02:00:00:00:00:99"), IN, False, V6_OFF_FIB,
+                               {IN, OUT})[0]] == "other_host"
+    # The egress port's switch is the routes' business: the kernel removes
+    # the routes out of a port whose IPv6 is disabled.
+    out_off = Fib(FIB.answers, ipv6_off=frozenset({OUT}))
+    assert LABEL[packet.decide(frame(v6()), IN, False, out_off, {IN, OUT})[0]] == "forwarded"
 
 
 def test_vlan_metadata_from_the_ring_counts_as_vlan():

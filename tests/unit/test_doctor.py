@@ -3,12 +3,14 @@ that a failing check becomes a result instead of an exception."""
 
 import ctypes
 import json
+import struct
 from pathlib import Path
 from types import SimpleNamespace
 
 from xdpfwd import datapath, doctor
 from xdpfwd.doctor import Peer, Result
 from xdpfwd.errors import MissingDependency, PermissionDenied
+from xdpfwd.layout import PORT_FORMAT
 
 DEBIAN_61 = Path("/usr/src/linux-headers-6.1.0-56-amd64")
 
@@ -173,8 +175,36 @@ def test_foreign_program_warns(monkeypatch):
 def test_own_program_is_ok(monkeypatch):
     state = datapath.PortState("eth1", 7, mode="native", prog_id=9)
     monkeypatch.setattr(doctor.xdp, "inspect", lambda link: state)
+    monkeypatch.setattr(doctor.xdp, "stale_ports", lambda prog_id: {"eth0": ["not this port's"]})
     [r] = doctor.check_xdp(_link())
     assert (r.level, r.message) == ("ok", "xdpfwd program 9 (native)")
+
+
+def test_a_stale_copy_of_the_port_warns(monkeypatch):
+    state = datapath.PortState("eth1", 7, mode="native", prog_id=9)
+    monkeypatch.setattr(doctor.xdp, "inspect", lambda link: state)
+    old = struct.pack(PORT_FORMAT, 7, bytes.fromhex("020000000001"), 0, 0)
+    new = struct.pack(PORT_FORMAT, 7, bytes.fromhex("020000000001"), 1, 0)
+    monkeypatch.setattr(doctor.xdp, "stale_ports",
+                        lambda prog_id: {"eth1": doctor.xdp.port_drift(old, new)})
+    ok, stale = doctor.check_xdp(_link())
+    assert ok.level == "ok"
+    assert (stale.level, stale.interface) == ("warn", "eth1")
+    assert stale.message == ("disable_ipv6 is set (or IPv6 gone), but the program still forwards "
+                             "the port's IPv6, which the kernel drops")
+    assert stale.fix.startswith("attach the same interfaces again")
+
+
+def test_an_unreadable_copy_of_the_port_warns(monkeypatch):
+    state = datapath.PortState("eth1", 7, mode="native", prog_id=9)
+    monkeypatch.setattr(doctor.xdp, "inspect", lambda link: state)
+
+    def refuse(prog_id):
+        raise PermissionDenied("failed to open BPF map 4: permission denied")
+
+    monkeypatch.setattr(doctor.xdp, "stale_ports", refuse)
+    ok, stale = doctor.check_xdp(_link())
+    assert stale.level == "warn" and "map 4" in stale.message
 
 
 def test_unreadable_programs_warn_instead_of_raising(monkeypatch):
