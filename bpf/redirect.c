@@ -209,7 +209,7 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 	struct ipv6hdr *ip6h;
 	struct iphdr *iph;
 	__u32 slot, out_slot;
-	int rc, found;
+	int rc, found, family;
 	__u16 proto;
 
 	found = port_slot(ifindex);
@@ -262,7 +262,7 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 		if (iph->ttl <= 1)
 			return PASS(PASS_TTL);
 
-		fib.family = AF_INET;
+		fib.family = family = AF_INET;
 		fib.tos = iph->tos;
 		fib.l4_protocol = iph->protocol;
 		fib.tot_len = l3_len;
@@ -303,7 +303,7 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 		if (ip6h->hop_limit <= 1)
 			return PASS(PASS_TTL);
 
-		fib.family = AF_INET6;
+		fib.family = family = AF_INET6;
 		fib.flowinfo = *(__be32 *)ip6h & IPV6_FLOWINFO_MASK;
 		fib.l4_protocol = ip6h->nexthdr;
 		fib.tot_len = l3_len;
@@ -317,7 +317,9 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 	fib.ifindex = ifindex;
 	/* Flags 0: a full input lookup, policy rules included, and the MTU
 	 * check (FRAG_NEEDED) so the kernel fragments or sends Packet Too
-	 * Big. */
+	 * Big. The lookup may answer an IPv4 packet with family AF_INET6: a
+	 * route `via inet6` (RFC 8950) gives an IPv6 gateway. The packet's
+	 * own family is `family` from here on, never fib.family. */
 	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		/* NO_NEIGH above all: the kernel resolves ARP/ND only for
@@ -334,7 +336,7 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 	if (fib.ifindex == ifindex)
 		return PASS(PASS_SAME_PORT);
 
-	if (fib.family == AF_INET) {
+	if (family == AF_INET) {
 		/* fib_validate_source(): the way back to the source must be a
 		 * unicast route out of the port the packet came in on. That is
 		 * what strict rp_filter asks, and more than loose or none ask:
@@ -385,7 +387,7 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 
 	/* The headers were checked above; the verifier wants the bounds seen
 	 * again on this path. */
-	if (fib.family == AF_INET) {
+	if (family == AF_INET) {
 		iph = (void *)(eth + 1);
 		if ((void *)(iph + 1) > data_end)
 			return count(stats, XDPFWD_DROP_REDIRECT_FAILED, bytes, XDP_DROP);

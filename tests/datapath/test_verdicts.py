@@ -89,6 +89,24 @@ def test_forwards_ipv4_rewriting_macs_ttl_and_checksum(program):
     assert bytes(out[UDP]) == bytes(frame[UDP]), "the payload changed"
 
 
+def test_ipv4_via_an_ipv6_gateway_is_rewritten_as_ipv4(program):
+    """A route `via inet6` (RFC 8950, as BGP unnumbered makes them):
+    bpf_fib_lookup() answers with family AF_INET6 and the gateway in
+    ipv6_dst. The packet is still IPv4: its TTL and checksum are what the
+    kernel's ip_forward() makes of them."""
+    router_ip("route", "add", "10.0.98.0/24", "via", "inet6", "fd00:11::20", "dev", "eth0")
+    try:
+        frame = to_router(program, v4(dst="10.0.98.5", ttl=64))
+        out = Ether(check(program, frame, XDP_REDIRECT, "forwarded").data)
+    finally:
+        router_ip("route", "del", "10.0.98.0/24")
+    assert out.dst == program["macs"]["recvbox"]  # fd00:11::20's neighbour entry
+    assert (out.type, out[IP].ttl, out[IP].frag, out[IP].flags) == (0x0800, 63, 0, 0)
+    sent = out[IP].chksum
+    del out[IP].chksum
+    assert IP(bytes(out[IP])).chksum == sent, "IPv4 header checksum is wrong"
+
+
 def test_forwards_ipv6_decrementing_hop_limit(program):
     frame = to_router(program, v6(hlim=64))
     out = Ether(check(program, frame, XDP_REDIRECT, "forwarded").data)
