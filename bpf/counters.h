@@ -56,7 +56,8 @@
 	X(PASS_MARTIAN_SOURCE,  passed,    "martian_source")                 \
 	X(PASS_MARTIAN_DEST,    passed,    "martian_destination")            \
 	X(PASS_REVERSE_PATH,    passed,    "reverse_path")                   \
-	X(PASS_IPV6_DISABLED,   passed,    "ipv6_disabled")
+	X(PASS_IPV6_DISABLED,   passed,    "ipv6_disabled")                  \
+	X(PASS_ROUTE_MTU,       passed,    "route_mtu")
 
 enum xdpfwd_outcome {
 #define XDPFWD_ENUM(name, kind, label) XDPFWD_##name,
@@ -91,6 +92,11 @@ struct xdpfwd_port {
 	__u8  ipv6_disabled;	/* net.ipv6.conf.PORT.disable_ipv6, or no IPv6 on it:
 				 * ip6_rcv_core() drops the port's IPv6 */
 	__u8  pad;
+	/* The smallest MTU set on any IPv4 route without `lock`, 0 for none;
+	 * the same in every port's entry. ip_forward() honours such an MTU,
+	 * bpf_fib_lookup() does not see it: larger IPv4 packets are left to
+	 * the kernel. */
+	__u32 ipv4_route_mtu;
 };
 
 struct xdpfwd_counters {

@@ -317,14 +317,27 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 	fib.ifindex = ifindex;
 	/* Flags 0: a full input lookup, policy rules included, and the MTU
 	 * check (FRAG_NEEDED) so the kernel fragments or sends Packet Too
-	 * Big. The lookup may answer an IPv4 packet with family AF_INET6: a
-	 * route `via inet6` (RFC 8950) gives an IPv6 gateway. The packet's
-	 * own family is `family` from here on, never fib.family. */
+	 * Big. Never SKIP_NEIGH here: the neighbour is also what keeps IPv6
+	 * from an egress port with disable_ipv6 (its neighbours are flushed
+	 * and refused, while routes over a nexthop object stay), and what
+	 * makes the kernel resolve the ones it does not know.
+	 * The lookup may answer an IPv4 packet with family AF_INET6: a route
+	 * `via inet6` (RFC 8950) gives an IPv6 gateway. The packet's own
+	 * family is `family` from here on, never fib.family. */
 	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		/* NO_NEIGH above all: the kernel resolves ARP/ND only for
 		 * packets it sees, and later packets then come back here. */
 		return count(stats, fib_outcome(rc), bytes, XDP_PASS);
+
+	/* ip_forward() checks the route's MTU, locked or not
+	 * (ip_dst_mtu_maybe_forward()); bpf_fib_lookup() only a locked one
+	 * (ip_mtu_from_fib_result()) and otherwise the link's. The program
+	 * cannot tell which route matched, so an IPv4 packet larger than any
+	 * unlocked route MTU goes to the kernel, which fragments it or sends
+	 * Frag Needed where the route says so. */
+	if (family == AF_INET && port->ipv4_route_mtu && l3_len > port->ipv4_route_mtu)
+		return PASS(PASS_ROUTE_MTU);
 
 	/* Only the ports this program was attached to are redirect targets;
 	 * a route out of any other interface stays the kernel's job. */

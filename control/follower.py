@@ -1,6 +1,7 @@
 """Followers: child processes that, while `run` forwards, log changes of
 kernel state that xdpfwd's packets skip (netfilter's chains, IPsec), and
-keep the XDP program's copy of its ports' state current (xdp.follow_ports).
+keep the XDP program's copy of what it cannot ask the kernel current
+(portcopy.follow).
 
 A child process, not a thread: a thread would be inherited, half, by the
 AF_PACKET supervisor's later forks. It ends with its parent

@@ -7,17 +7,22 @@ Links come from netlink (pyroute2) rather than from parsing `ip` output or
 """
 
 import errno
+import select
 import socket
 import struct
+import time
 from dataclasses import dataclass
 
 from xdpfwd.errors import UsageError
 
 IFF_LOOPBACK = 0x8
+RTN_UNICAST = 1
+RTAX_MTU = 2  # the metric's number, also its bit in RTAX_LOCK
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 # rtnetlink multicast groups (uapi/linux/rtnetlink.h, enum rtnetlink_groups)
 RTNLGRP_LINK = 1
+RTNLGRP_IPV4_ROUTE = 7
 RTNLGRP_IPV6_IFADDR = 9
 RTNLGRP_IPV6_ROUTE = 11
 
@@ -84,6 +89,24 @@ def link_names_by_index() -> dict[int, str]:
     return {link.index: link.name for link in links().values()}
 
 
+def unlocked_ipv4_route_mtus() -> dict[tuple[int, int, bytes], int]:
+    """{(table, prefix length, destination): MTU} of the IPv4 unicast
+    routes, every table, whose MTU is set without `lock`."""
+    with _iproute() as ipr:
+        routes = ipr.get_routes(family=socket.AF_INET)  # a dump: all tables
+    mtus = {}
+    for route in routes:
+        metrics = route.get_attr("RTA_METRICS")
+        mtu = metrics.get_attr("RTAX_MTU") if metrics else None
+        if mtu and route["type"] == RTN_UNICAST and \
+                not (metrics.get_attr("RTAX_LOCK") or 0) & (1 << RTAX_MTU):
+            dst = route.get_attr("RTA_DST")
+            key = (route.get_attr("RTA_TABLE") or route["table"], route["dst_len"],
+                   socket.inet_aton(dst) if dst else b"")
+            mtus[key] = min(mtu, mtus.get(key, mtu))
+    return mtus
+
+
 def event_socket(groups) -> socket.socket:
     """A non-blocking rtnetlink socket subscribed to these groups, in the
     calling thread's network namespace."""
@@ -109,6 +132,45 @@ def drain(sock: socket.socket) -> int:
             if e.errno != errno.ENOBUFS:
                 raise
         events += 1
+
+
+RTM_NEWLINK, RTM_DELLINK = 16, 17
+RTM_NEWADDR, RTM_DELADDR = 20, 21
+RTM_NEWROUTE, RTM_DELROUTE = 24, 25
+RTA_DST, RTA_OIF, RTA_METRICS, RTA_MULTIPATH, RTA_TABLE, RTA_NH_ID = 1, 4, 8, 9, 15, 30
+
+
+def messages(data: bytes) -> list[tuple[int, bytes]]:
+    """(type, payload) of each netlink message in a datagram."""
+    out, offset = [], 0
+    while offset + 16 <= len(data):
+        length, kind = struct.unpack_from("=IH", data, offset)
+        if length < 16:
+            break
+        out.append((kind, data[offset + 16:offset + length]))
+        offset += (length + 3) & ~3
+    return out
+
+
+def read_events(sock: socket.socket, timeout: float) -> list[bytes] | None:
+    """The notifications on sock within timeout (waiting for the first,
+    then 50 ms for those a change sends with it), as datagrams; None when
+    the kernel dropped some it could not queue (ENOBUFS): anything may
+    have changed."""
+    if not select.select([sock], [], [], timeout)[0]:
+        return []
+    time.sleep(0.05)
+    datagrams = []
+    while True:
+        try:
+            datagrams.append(sock.recv(1 << 16))
+        except BlockingIOError:
+            return datagrams
+        except OSError as e:
+            if e.errno != errno.ENOBUFS:
+                raise
+            drain(sock)
+            return None
 
 
 def attributes(data: bytes, offset: int = 0) -> dict[int, bytes]:

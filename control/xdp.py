@@ -16,11 +16,11 @@ import struct
 from dataclasses import dataclass
 from typing import Iterable
 
-from xdpfwd import bpfsys, failpoints, netlink
+from xdpfwd import bpfsys, failpoints, netlink, portcopy
 from xdpfwd.counters import PortCounters
 from xdpfwd.datapath import AttachResult, Foreign, Interface, PortState, port_name
 from xdpfwd.errors import Conflict, KernelRefused, XdpfwdError
-from xdpfwd.layout import PORT_FORMAT, PORT_SIZE, layout
+from xdpfwd.layout import PORT_SIZE, layout
 
 
 @dataclass(frozen=True)
@@ -130,32 +130,6 @@ def attach(links: list[netlink.Link], mode: str, verbose: bool = False,
     return _load_and_attach(links, mode, verbose, list(notes or []))
 
 
-def _port_entries(slots: dict[int, int]) -> dict[int, bytes]:
-    """{slot: struct xdpfwd_port} with each port's current MAC and IPv6
-    switch; a port that no longer exists is left out."""
-    links = {l.index: l for l in netlink.links().values()}
-    return {slot: struct.pack(PORT_FORMAT, ifindex, bytes.fromhex(links[ifindex].mac.replace(":", "")),
-                              int(links[ifindex].ipv6_disabled), 0)
-            for slot, ifindex in slots.items() if ifindex in links and links[ifindex].mac}
-
-
-def port_changes(name: str, old: bytes | None, new: bytes) -> list[str]:
-    """What a port's new config entry changes, in the words `run` logs and
-    attach prints: the program forwards by these fields."""
-    if old is None or old == new:
-        return []
-    _, old_mac, old_off, _ = struct.unpack(PORT_FORMAT, old)
-    _, new_mac, new_off, _ = struct.unpack(PORT_FORMAT, new)
-    lines = []
-    if old_mac != new_mac:
-        lines.append(f"{name}: MAC address now {new_mac.hex(':')}: frames to it are forwarded, "
-                     f"frames to {old_mac.hex(':')} go to the stack")
-    if old_off != new_off:
-        lines.append(f"{name}: IPv6 " + ("disabled (disable_ipv6, or no IPv6): its IPv6 goes to the stack"
-                                          if new_off else "enabled again: its IPv6 is forwarded"))
-    return lines
-
-
 def load_program(ifindexes: list[int], verbose: bool = False):
     """Create the maps for these ports (slot i is ifindexes[i]), then
     compile and load the program against them (a compiler.Program, not
@@ -173,7 +147,7 @@ def load_program(ifindexes: list[int], verbose: bool = False):
         for ifindex in ifindexes:
             key = struct.pack("=I", ifindex)
             bpfsys.map_update(ports.fd, key, key)
-        for slot, entry in _port_entries(dict(enumerate(ifindexes))).items():
+        for slot, entry in portcopy.entries(dict(enumerate(ifindexes))).items():
             bpfsys.map_update(config.fd, struct.pack("=I", slot), entry)
         # The program holds its own references to the maps from here on.
         return compiler.load(ports.fd, stats.fd, config.fd, ifindexes, verbose=verbose)
@@ -191,86 +165,29 @@ def _port_slots(prog: OurProgram) -> dict[int, int]:
     return slots
 
 
-def _port_updates(prog: OurProgram) -> list[tuple[str, bytes, bytes | None, bytes]]:
-    """(port name, slot key, entry in the map, entry now) for each port
-    whose entry the program has is not what the port is now."""
-    names = netlink.link_names_by_index()
-    updates = []
-    with bpfsys.map_by_id(prog.config_map_id) as config:
-        slots = _port_slots(prog)
-        for slot, entry in _port_entries(slots).items():
-            key = struct.pack("=I", slot)
-            old = bpfsys.map_lookup(config.fd, key, PORT_SIZE)
-            if old != entry:
-                updates.append((names.get(slots[slot], str(slots[slot])), key, old, entry))
-    return updates
-
-
 def refresh_ports(prog_id: int) -> list[str]:
-    """Write the ports' current MACs and IPv6 switches into the program's
-    config map, which the program decides by and cannot read from the
-    kernel itself; what changed, in port_changes()' words."""
+    """Bring the program's copy of its ports up to date; what changed
+    (portcopy.refresh)."""
     prog = identify(prog_id)
     if not isinstance(prog, OurProgram):
         return []
-    updates = _port_updates(prog)
-    with bpfsys.map_by_id(prog.config_map_id) as config:
-        for _, key, _, entry in updates:
-            bpfsys.map_update(config.fd, key, entry)
-    return [line for name, _, old, new in updates for line in port_changes(name, old, new)]
+    return portcopy.refresh(prog.config_map_id, _port_slots(prog))
 
 
 def stale_ports(prog_id: int) -> dict[str, list[str]]:
-    """{port: what the program still goes by}, for the ports whose MAC or
-    IPv6 switch changed since the program's copy was written: doctor's
-    view of what a plain attach leaves behind."""
+    """{port: what the program still goes by} (portcopy.stale)."""
     prog = identify(prog_id)
     if not isinstance(prog, OurProgram):
         return {}
-    return {name: port_drift(old, new) for name, _, old, new in _port_updates(prog) if old}
-
-
-def port_drift(old: bytes, new: bytes) -> list[str]:
-    """What a program whose copy of a port is `old` does wrong, the port
-    being `new` now."""
-    _, old_mac, old_off, _ = struct.unpack(PORT_FORMAT, old)
-    _, new_mac, new_off, _ = struct.unpack(PORT_FORMAT, new)
-    lines = []
-    if old_mac != new_mac:
-        lines.append(f"the program still has MAC {old_mac.hex(':')}, the port's is {new_mac.hex(':')}: "
-                     f"frames to {old_mac.hex(':')} are still forwarded, frames to the new one go "
-                     "to the stack")
-    if old_off != new_off:
-        lines.append("disable_ipv6 is set (or IPv6 gone), but the program still forwards the port's "
-                     "IPv6, which the kernel drops" if new_off else
-                     "IPv6 is on again, but the program still passes the port's IPv6 to the stack")
-    return lines
-
-
-# What changes a port's entry: a MAC (RTM_NEWLINK), and disable_ipv6, which
-# announces nothing of its own but takes the port's IPv6 addresses and
-# routes with it (the multicast route ff00::/8 at least, on a port that is
-# up) and brings them back: RTM_DELADDR/NEWADDR, DELROUTE/NEWROUTE,
-# observed on 6.18. A port down has no such routes, and its coming up is an
-# RTM_NEWLINK; what is left (routes deleted by hand) is caught by the
-# periodic re-read.
-PORT_EVENT_GROUPS = (netlink.RTNLGRP_LINK, netlink.RTNLGRP_IPV6_IFADDR, netlink.RTNLGRP_IPV6_ROUTE)
+    return portcopy.stale(prog.config_map_id, _port_slots(prog))
 
 
 def follow_ports(prog_id: int, log, every: float = 3.0, stop=None) -> None:
-    """Keep the program's config map in step with its ports until stop()
-    is true, logging each change: `run`'s follower. An event is only a cue
-    to read again, and so is every `every` seconds."""
-    from xdpfwd import follower
-
-    with netlink.event_socket(PORT_EVENT_GROUPS) as sock:
-        while not (stop and stop()):
-            try:
-                for line in refresh_ports(prog_id):
-                    log(line)
-            except XdpfwdError as e:
-                log(f"ports: {e}")
-            follower.wait(sock, every)
+    """`run`'s follower: keep the program's copy of its ports current until
+    stop() is true or the program is gone (portcopy.follow)."""
+    prog = identify(prog_id)
+    if isinstance(prog, OurProgram):
+        portcopy.follow(prog.config_map_id, _port_slots(prog), log, every, stop)
 
 
 def _load_and_attach(links, mode, verbose, notes) -> AttachResult:

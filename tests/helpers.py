@@ -185,16 +185,33 @@ def pin_neighbours() -> dict[str, str]:
     return macs
 
 
+def _permanent_neighbours(ifname: str) -> list[tuple[str, str]]:
+    """(address, MAC) of the router's permanent neighbours on ifname."""
+    listed = subprocess.run(["ip", "-n", lab.ns("router"), "-j", "neigh", "show", "dev", ifname,
+                             "nud", "permanent"], capture_output=True, text=True, check=True)
+    return [(n["dst"], n["lladdr"]) for n in json.loads(listed.stdout or "[]") if "lladdr" in n]
+
+
+def _pin_again(ifname: str, pinned: list[tuple[str, str]]) -> None:
+    for dst, lladdr in pinned:
+        router_ip("neigh", "replace", dst, "lladdr", lladdr, "dev", ifname, "nud", "permanent")
+
+
 @contextmanager
 def ipv6_disabled(ifname: str):
     """disable_ipv6 set on the router's ifname for the with-block. Setting
     it takes the port's IPv6 addresses, routes and neighbours with it, and
     clearing it does not bring the lab's static ones back: they are put
-    back here, and so are its permanent IPv6 neighbours (also when the
-    block fails)."""
-    listed = subprocess.run(["ip", "-n", lab.ns("router"), "-6", "-j", "neigh", "show", "dev", ifname,
-                             "nud", "permanent"], capture_output=True, text=True, check=True)
-    pinned = [(n["dst"], n["lladdr"]) for n in json.loads(listed.stdout or "[]") if "lladdr" in n]
+    back here, and so are its permanent neighbours and the routes tests
+    added through it (also when the block fails)."""
+    pinned = _permanent_neighbours(ifname)
+    # Routes a test added through the port, as `ip route` prints them (its
+    # JSON leaves out `lock`); the kernel's own come back with the address.
+    listed = subprocess.run(["ip", "-n", lab.ns("router"), "-6", "route", "show", "table", "all",
+                             "dev", ifname], capture_output=True, text=True, check=True).stdout
+    # (Those over a nexthop object stay: fib6_ifdown().)
+    routes = [line.split() for line in listed.splitlines()
+              if "proto kernel" not in line and "nhid" not in line]
     sysctl(f"net.ipv6.conf.{ifname}.disable_ipv6", "1")
     try:
         yield
@@ -203,8 +220,31 @@ def ipv6_disabled(ifname: str):
         for addr in lab.HOSTS[lab.ROUTER]["interfaces"][ifname]:
             if ":" in addr:
                 router_ip("addr", "replace", addr, "dev", ifname, "nodad")
-        for dst, lladdr in pinned:
-            router_ip("neigh", "replace", dst, "lladdr", lladdr, "dev", ifname, "nud", "permanent")
+        _pin_again(ifname, pinned)
+        for route in routes:
+            router_ip("-6", "route", "replace", *route, "dev", ifname)
+
+
+@contextmanager
+def router_mac_changed(ifname: str, new: str):
+    """The router's ifname with MAC address `new` for the with-block;
+    yields the old one. A MAC change flushes the interface's neighbours,
+    permanent ones too (neigh_changeaddr()), and the host at the other
+    end learns the passing address from the router's ARP and ND: so the
+    old address comes back, the permanent neighbours are pinned again and
+    that host forgets what it learnt (also when the block fails). Left
+    over, the next test's traffic would go to an address nobody has."""
+    pinned = _permanent_neighbours(ifname)
+    old = mac("router", ifname)
+    router_ip("link", "set", ifname, "address", new)
+    try:
+        yield old
+    finally:
+        router_ip("link", "set", ifname, "address", old)
+        _pin_again(ifname, pinned)
+        (peer,) = [b if a == [lab.ROUTER, ifname] else a for a, b in lab.TOPOLOGY["links"]
+                   if [lab.ROUTER, ifname] in (a, b)]
+        subprocess.run(["ip", "-n", lab.ns(peer[0]), "neigh", "flush", "dev", peer[1]], check=True)
 
 
 # Routes that make the router's FIB answer every kind of result.

@@ -1142,7 +1142,7 @@ static PyMethodDef FastPath_methods[] = {
 	 "packet.decide(); None when the cache lacks an answer."},
 	{"missing", (PyCFunction)FastPath_missing, METH_VARARGS,
 	 "missing(frame, ingress, vlan) -> the answer the cache lacks for this frame: "
-	 "('mac',), ('hop', family, dst), ('reverse', src, dst, egress); or None."},
+	 "('port',), ('hop', family, dst), ('reverse', src, dst, egress); or None."},
 	{"learn_port", (PyCFunction)FastPath_learn_port, METH_VARARGS,
 	 "learn_port(ifindex, mac, ipv6_disabled): a port's own address and IPv6 switch."},
 	{"learn_hop", (PyCFunction)FastPath_learn_hop, METH_VARARGS,

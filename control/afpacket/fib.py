@@ -28,10 +28,8 @@ from pyroute2.netlink.rtnl import (
 from pyroute2.netlink.rtnl import ndmsg
 
 from xdpfwd import netlink
-from xdpfwd.netlink import drain, event_socket
+from xdpfwd.netlink import RTAX_MTU, RTN_UNICAST, drain, event_socket
 
-RTN_UNICAST = 1
-RTAX_MTU = 2  # the metric's number, also its bit in RTAX_LOCK
 # Not in pyroute2's list. Deleting a nexthop object (ip nexthop del) silently
 # removes the routes that use it: observed, no message at all on the route
 # groups, only on this one.

@@ -217,17 +217,20 @@ class Worker:
         last_expiry = time.monotonic()
         while not self.stopping and not self.handover.done:
             poller.poll(100)
+            # The kernel's news first: a frame that arrived with a change
+            # (a port's IPv6 switched off) is not decided by the answer
+            # the change withdrew.
+            if self.fib.poll_events():
+                if self.fast is not None:
+                    self.fast.flush()  # never staler than the Fib it learnt from
+                if self.pending:
+                    self._retry_pending()
             if self.fast is not None and self.handover.phase == IDLE and not self.handover.seen:
                 self._fast_round()
             else:
                 self._python_round()
             for tx in self.tx.values():
                 tx.flush()
-            if self.fib.poll_events():
-                if self.fast is not None:
-                    self.fast.flush()  # never staler than the Fib it learnt from
-                if self.pending:
-                    self._retry_pending()
             now = time.monotonic()
             if self.pending and now - last_expiry > 0.5:
                 self._retry_pending()  # expires what waited too long

@@ -133,25 +133,30 @@ def udp6(router, sendbox):
                  / UDP(sport=4000, dport=2152) / MARK)
 
 
+def reattach(mode: str, *words: str) -> None:
+    """attach again, in an XDP mode: it refreshes the program's copy of
+    the ports and the route MTU, printing each of words."""
+    if mode in ("native", "skb"):
+        proc = xdpfwd("attach", "eth1", "eth0", "--mode", mode)
+        assert proc.returncode == 0 and all(w in proc.stderr for w in words), proc.stderr
+
+
 def test_ipv6_disabled_on_the_ingress_port(mode, pinned):
     """ip6_rcv_core() drops IPv6 arriving on a port with disable_ipv6 set;
     bpf_fib_lookup() does not look at that switch. The XDP program goes by
     the copy attach makes (and attach again, or `run`, refreshes); the
     AF_PACKET forwarder reads it when the port's addresses go."""
     router, sendbox = pinned
-
-    def reattach(*words):
-        if mode in ("native", "skb"):
-            proc = xdpfwd("attach", "eth1", "eth0", "--mode", mode)
-            assert proc.returncode == 0 and all(w in proc.stderr for w in words), proc.stderr
-
-    with ipv6_disabled("eth1"):
-        reattach("eth1: IPv6 disabled")
-        got, _ = through_router([udp6(router, sendbox)] * 3)
-        assert got == [], f"{mode}: IPv6 on a port with disable_ipv6 reached recvbox {len(got)} times"
-        got, _ = through_router([udp4(router, sendbox, "10.0.10.10")] * 3)
-        assert len(got) == 3, f"{mode}: IPv4 stopped too"
-    reattach("eth1: IPv6 enabled again")
+    try:
+        with ipv6_disabled("eth1"):
+            reattach(mode, "eth1: IPv6 disabled")
+            time.sleep(0.25)  # as after any change: the AF_PACKET forwarder's next round
+            got, _ = through_router([udp6(router, sendbox)] * 3)
+            assert got == [], f"{mode}: IPv6 on a port with disable_ipv6 reached recvbox {len(got)} times"
+            got, _ = through_router([udp4(router, sendbox, "10.0.10.10")] * 3)
+            assert len(got) == 3, f"{mode}: IPv4 stopped too"
+    finally:  # the module's attach must not keep the copy for later tests
+        reattach(mode, "eth1: IPv6 enabled again")
     time.sleep(0.25)
     got, _ = through_router([udp6(router, sendbox)] * 3)
     assert len(got) == 3, f"{mode}: IPv6 did not come back: {len(got)} of 3"
@@ -208,6 +213,25 @@ def test_icmp_errors_come_back(mode, pinned, case):
             router_ip("link", "set", "eth0", "mtu", "1500")
     errors = [Ether(f)[ICMP] for f in back if Ether(f).haslayer(ICMP)]
     assert [(e.type, e.code) for e in errors] == [(icmp_type, code)], f"{mode}: {case}: {back}"
+
+
+def test_an_unlocked_route_mtu_is_honoured(mode, pinned):
+    """ip_forward() checks a route's MTU, locked or not
+    (ip_dst_mtu_maybe_forward()); bpf_fib_lookup() only a locked one."""
+    router, sendbox = pinned
+    df = bytes(Ether(src=sendbox, dst=router) / IP(src="10.0.10.10", dst="10.0.95.5", flags="DF")
+               / UDP(sport=4000, dport=2152) / (MARK + bytes(1100)))
+    router_ip("route", "add", "10.0.95.0/24", "via", "10.0.11.20", "mtu", "1000")
+    try:
+        reattach(mode, "the smallest MTU not locked is now 1000")
+        with sysctls_set({"net.ipv4.icmp_ratelimit": "0"}):
+            got, back = through_router([df])
+    finally:
+        router_ip("route", "del", "10.0.95.0/24")
+        reattach(mode, "no MTU left unlocked")
+    errors = [Ether(f)[ICMP] for f in back if Ether(f).haslayer(ICMP)]
+    assert [(e.type, e.code, e.nexthopmtu) for e in errors] == [(3, 4, 1000)], f"{mode}: {back}"
+    assert got == [], f"{mode}: forwarded whole past the route's MTU"
 
 
 def test_too_big_without_df_is_fragmented(mode, pinned):

@@ -7,7 +7,7 @@ import struct
 from pathlib import Path
 from types import SimpleNamespace
 
-from xdpfwd import datapath, doctor
+from xdpfwd import datapath, doctor, portcopy
 from xdpfwd.doctor import Peer, Result
 from xdpfwd.errors import MissingDependency, PermissionDenied
 from xdpfwd.layout import PORT_FORMAT
@@ -183,10 +183,10 @@ def test_own_program_is_ok(monkeypatch):
 def test_a_stale_copy_of_the_port_warns(monkeypatch):
     state = datapath.PortState("eth1", 7, mode="native", prog_id=9)
     monkeypatch.setattr(doctor.xdp, "inspect", lambda link: state)
-    old = struct.pack(PORT_FORMAT, 7, bytes.fromhex("020000000001"), 0, 0)
-    new = struct.pack(PORT_FORMAT, 7, bytes.fromhex("020000000001"), 1, 0)
+    old = struct.pack(PORT_FORMAT, 7, bytes.fromhex("020000000001"), 0, 0, 0)
+    new = struct.pack(PORT_FORMAT, 7, bytes.fromhex("020000000001"), 1, 0, 0)
     monkeypatch.setattr(doctor.xdp, "stale_ports",
-                        lambda prog_id: {"eth1": doctor.xdp.port_drift(old, new)})
+                        lambda prog_id: {"eth1": portcopy.drift(old, new)})
     ok, stale = doctor.check_xdp(_link())
     assert ok.level == "ok"
     assert (stale.level, stale.interface) == ("warn", "eth1")

@@ -1,0 +1,231 @@
+"""The XDP program's copy of what it cannot ask the kernel (struct
+xdpfwd_port in bpf/counters.h): each port's MAC address and IPv6 switch,
+and the smallest MTU set on an IPv4 route without `lock`.
+
+attach writes it (entries), attach again refreshes it (refresh), doctor
+compares it with the kernel (stale) and `run` keeps it current (follow).
+The follower reads the kernel again only for events that concern the
+copy, so that a router whose routing daemon changes routes all day does
+not dump its links and routes at each change.
+"""
+
+import errno
+import socket
+import struct
+import time
+
+from xdpfwd import bpfsys, netlink, sysctl
+from xdpfwd.layout import PORT_FORMAT, PORT_SIZE
+
+RTAX_LOCK = 1
+
+# What changes the copy: a MAC (RTM_NEWLINK), an IPv4 route's MTU
+# (RTM_NEWROUTE/DELROUTE), and disable_ipv6, which announces nothing of its
+# own but takes the port's IPv6 addresses and routes with it (the multicast
+# route ff00::/8 at least, on a port that is up) and brings them back:
+# RTM_DELADDR/NEWADDR, DELROUTE/NEWROUTE, observed on 6.18. A port down has
+# no such routes, and its coming up is an RTM_NEWLINK. What is left is
+# caught by the re-read every `every` seconds: routes deleted by hand,
+# net.ipv6.route.skip_notify_on_dev_down (routes go without a word), and
+# ip_forward_use_pmtu.
+EVENT_GROUPS = (netlink.RTNLGRP_LINK, netlink.RTNLGRP_IPV6_IFADDR, netlink.RTNLGRP_IPV6_ROUTE,
+                netlink.RTNLGRP_IPV4_ROUTE)
+
+
+def ipv4_route_mtu() -> tuple[int, frozenset]:
+    """(the smallest MTU set on an IPv4 route without `lock`, 0 for none;
+    the keys of those routes, route_key()). ip_forward() honours such an
+    MTU (ip_dst_mtu_maybe_forward()), bpf_fib_lookup() does not
+    (ip_mtu_from_fib_result() reads it only when locked, or when
+    ip_forward_use_pmtu is set, and then there is nothing to make up for)."""
+    if sysctl.read_int(sysctl.path("ipv4", "ip_forward_use_pmtu")):
+        return 0, frozenset()
+    routes = netlink.unlocked_ipv4_route_mtus()
+    return min(routes.values(), default=0), frozenset(routes)
+
+
+def entries(slots: dict[int, int], route_mtu: int | None = None) -> dict[int, bytes]:
+    """{slot: struct xdpfwd_port} for the ports in slots ({slot: ifindex})
+    as they are now; a port that no longer exists is left out."""
+    links = {l.index: l for l in netlink.links().values()}
+    if route_mtu is None:
+        route_mtu = ipv4_route_mtu()[0]
+    return {slot: struct.pack(PORT_FORMAT, ifindex, bytes.fromhex(links[ifindex].mac.replace(":", "")),
+                              int(links[ifindex].ipv6_disabled), 0, route_mtu)
+            for slot, ifindex in slots.items() if ifindex in links and links[ifindex].mac}
+
+
+def changes(name: str, old: bytes | None, new: bytes) -> list[str]:
+    """What a port's new entry changes, in the words `run` logs and attach
+    prints. The route MTU, the same in every entry, is route_mtu_change()'s."""
+    if old is None or old == new:
+        return []
+    _, old_mac, old_off, _, _ = struct.unpack(PORT_FORMAT, old)
+    _, new_mac, new_off, _, _ = struct.unpack(PORT_FORMAT, new)
+    lines = []
+    if old_mac != new_mac:
+        lines.append(f"{name}: MAC address now {new_mac.hex(':')}: frames to it are forwarded, "
+                     f"frames to {old_mac.hex(':')} go to the stack")
+    if old_off != new_off:
+        lines.append(f"{name}: IPv6 " + ("disabled (disable_ipv6, or no IPv6): its IPv6 goes to the stack"
+                                          if new_off else "enabled again: its IPv6 is forwarded"))
+    return lines
+
+
+def route_mtu_change(old: int, new: int) -> list[str]:
+    if old == new:
+        return []
+    if new:
+        return [f"IPv4 routes: the smallest MTU not locked is now {new}: larger IPv4 packets go "
+                "to the stack"]
+    return ["IPv4 routes: no MTU left unlocked: IPv4 is forwarded up to each route's locked MTU "
+            "or link's"]
+
+
+def drift(old: bytes, new: bytes, route_mtu: bool = True) -> list[str]:
+    """What a program whose copy of a port is `old` does wrong, the port
+    being `new` now (with route_mtu, also the IPv4 route MTU): doctor's
+    words."""
+    _, old_mac, old_off, _, old_mtu = struct.unpack(PORT_FORMAT, old)
+    _, new_mac, new_off, _, new_mtu = struct.unpack(PORT_FORMAT, new)
+    lines = []
+    if old_mac != new_mac:
+        lines.append(f"the program still has MAC {old_mac.hex(':')}, the port's is {new_mac.hex(':')}: "
+                     f"frames to {old_mac.hex(':')} are still forwarded, frames to the new one go "
+                     "to the stack")
+    if old_off != new_off:
+        lines.append("disable_ipv6 is set (or IPv6 gone), but the program still forwards the port's "
+                     "IPv6, which the kernel drops" if new_off else
+                     "IPv6 is on again, but the program still passes the port's IPv6 to the stack")
+    if route_mtu and old_mtu != new_mtu:
+        if new_mtu and (not old_mtu or new_mtu < old_mtu):
+            lines.append(f"an IPv4 route has MTU {new_mtu}, not locked, which the program does not "
+                         f"know (it has {old_mtu or 'none'}): IPv4 packets larger than the route's "
+                         "MTU may be forwarded whole where the kernel sends Frag Needed or fragments")
+        else:
+            lines.append(f"the program still passes IPv4 larger than {old_mtu} to the stack for a "
+                         f"route MTU that is now {new_mtu or 'gone'}")
+    return lines
+
+
+def _route_mtu(entry: bytes) -> int:
+    return struct.unpack(PORT_FORMAT, entry)[4]
+
+
+def _updates(config_map_id: int, slots: dict[int, int],
+             route_mtu: int | None = None) -> list[tuple[str, bytes, bytes | None, bytes]]:
+    """(port name, slot key, entry in the map, entry now) for each port
+    whose entry in the program's config map is not what it is now."""
+    names = netlink.link_names_by_index()
+    updates = []
+    with bpfsys.map_by_id(config_map_id) as config:
+        for slot, entry in entries(slots, route_mtu).items():
+            key = struct.pack("=I", slot)
+            old = bpfsys.map_lookup(config.fd, key, PORT_SIZE)
+            if old != entry:
+                updates.append((names.get(slots[slot], str(slots[slot])), key, old, entry))
+    return updates
+
+
+def refresh(config_map_id: int, slots: dict[int, int], route_mtu: int | None = None) -> list[str]:
+    """Write what changed into the program's config map; say what, in
+    changes()' and route_mtu_change()'s words."""
+    updates = _updates(config_map_id, slots, route_mtu)
+    with bpfsys.map_by_id(config_map_id) as config:
+        for _, key, _, entry in updates:
+            bpfsys.map_update(config.fd, key, entry)
+    lines = [line for name, _, old, new in updates for line in changes(name, old, new)]
+    if updates and updates[0][2]:
+        lines += route_mtu_change(_route_mtu(updates[0][2]), _route_mtu(updates[0][3]))
+    return lines
+
+
+def stale(config_map_id: int, slots: dict[int, int]) -> dict[str, list[str]]:
+    """{port: drift()} for the ports whose entry is not what it is now;
+    the route MTU, the same in every entry, under the first of them."""
+    found = {}
+    for i, (name, _, old, new) in enumerate(_updates(config_map_id, slots)):
+        lines = drift(old, new, route_mtu=i == 0) if old else []
+        if lines:
+            found[name] = lines
+    return found
+
+
+def route_key(table: int, dst_len: int, dst: bytes) -> tuple[int, int, bytes]:
+    return table, dst_len, dst
+
+
+def concerns(datagram: bytes, ports: set[int], mtu_routes: frozenset) -> tuple[bool, bool]:
+    """(whether a port's MAC or IPv6 may have changed, whether the IPv4
+    route MTU may have) by one datagram of rtnetlink notifications."""
+    port, route = False, False
+    for kind, body in netlink.messages(datagram):
+        if kind in (netlink.RTM_NEWLINK, netlink.RTM_DELLINK) and len(body) >= 16:
+            port |= struct.unpack_from("=i", body, 4)[0] in ports
+        elif kind in (netlink.RTM_NEWADDR, netlink.RTM_DELADDR) and len(body) >= 8:
+            family, index = body[0], struct.unpack_from("=I", body, 4)[0]
+            port |= family == socket.AF_INET6 and index in ports
+        elif kind in (netlink.RTM_NEWROUTE, netlink.RTM_DELROUTE) and len(body) >= 12:
+            attrs = netlink.attributes(body, 12)
+            if body[0] == socket.AF_INET6:
+                oif = struct.unpack("=I", attrs[netlink.RTA_OIF])[0] if netlink.RTA_OIF in attrs else 0
+                # A route over several next hops, or a nexthop object's,
+                # names no one port: it may be a port's.
+                port |= oif in ports or netlink.RTA_MULTIPATH in attrs or netlink.RTA_NH_ID in attrs
+            elif body[0] == socket.AF_INET:
+                metrics = netlink.attributes(attrs.get(netlink.RTA_METRICS, b""))
+                table = (struct.unpack("=I", attrs[netlink.RTA_TABLE])[0]
+                         if netlink.RTA_TABLE in attrs else body[4])
+                key = route_key(table, body[1], attrs.get(netlink.RTA_DST, b""))
+                # One with an MTU, or one that had (a `replace` that drops it).
+                route |= netlink.RTAX_MTU in metrics or key in mtu_routes
+    return port, route
+
+
+def follow(config_map_id: int, slots: dict[int, int], log, every: float = 3.0, stop=None) -> None:
+    """Keep the copy current until stop() is true or the program is gone,
+    logging each change: `run`'s follower. The ports are read again when
+    an event concerns them and every `every` seconds; the IPv4 routes
+    (a dump of every table, which can be large) only when an event
+    concerns a route with an MTU, when events were lost, or when
+    ip_forward_use_pmtu changed."""
+    ports = set(slots.values())
+    route_mtu, mtu_routes, use_pmtu = None, frozenset(), None
+    due, now, last_error = 0.0, True, None
+    with netlink.event_socket(EVENT_GROUPS) as sock:
+        while not (stop and stop()):
+            if now or time.monotonic() >= due:
+                try:
+                    pmtu = sysctl.read_int(sysctl.path("ipv4", "ip_forward_use_pmtu"))
+                    if route_mtu is None or pmtu != use_pmtu:
+                        (route_mtu, mtu_routes), use_pmtu = ipv4_route_mtu(), pmtu
+                    for line in refresh(config_map_id, slots, route_mtu):
+                        log(line)
+                    last_error = None
+                except bpfsys.BpfError as e:
+                    if e.errno == errno.ENOENT:  # detached under us: nothing left to keep
+                        log("ports: the program is gone; no longer keeping its copy of the ports")
+                        return
+                    last_error = _log_once(log, e, last_error)
+                    route_mtu = None
+                except Exception as e:  # noqa: BLE001 - a netlink hiccup must not end the follower
+                    last_error = _log_once(log, e, last_error)
+                    route_mtu = None
+                due = time.monotonic() + every
+            events = netlink.read_events(sock, max(0.0, due - time.monotonic()))
+            now = events is None
+            if events is None:
+                route_mtu = None  # notifications lost: anything may have changed
+                continue
+            for datagram in events:
+                port, route = concerns(datagram, ports, mtu_routes)
+                now |= port or route
+                if route:
+                    route_mtu = None
+
+
+def _log_once(log, error: Exception, last: str | None) -> str:
+    line = f"ports: {error}"
+    if line != last:
+        log(line)
+    return line
