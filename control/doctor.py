@@ -272,6 +272,8 @@ def check_xdp(link: netlink.Link) -> list[Result]:
             stale = xdp.stale_ports(state.prog_id).get(link.name, [])
         except XdpfwdError as e:
             stale = [f"cannot read the program's copy of the port: {e.message}"]
+        except Exception as e:  # noqa: BLE001 - netlink refused the dump: a warning, not a traceback
+            stale = [f"cannot read the program's copy of the port: {e}"]
         results += [Result("xdp", "warn", line, "attach the same interfaces again (it refreshes "
                            "the copy in place), or forward with `xdpfwd run`, which keeps it current",
                            link.name) for line in stale]

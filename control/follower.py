@@ -24,13 +24,32 @@ def log(line: str) -> None:
     print(f"xdpfwd: {line}", file=sys.stderr, flush=True)
 
 
-def start(follow, what: str) -> int:
-    """follow(log) in a child process, until it is stopped; its pid.
-    `what` names it in the line logged if it fails."""
+def start(follow, what: str, timeout: float = 10.0) -> int:
+    """follow(log, ready) in a child process, until it is stopped; its pid.
+    Returns once the child has called ready() (subscribed to the kernel's
+    announcements, and read the state once), has ended, or after timeout:
+    a change made after `run` says "attached" is then a change it logs,
+    not one its first read takes for the state it starts from. `what`
+    names it in the line logged if it fails."""
     parent = os.getpid()
+    readable, writable = os.pipe()
     pid = os.fork()
     if pid:
+        os.close(writable)
+        try:
+            select.select([readable], [], [], timeout)
+        finally:
+            os.close(readable)
         return pid
+    os.close(readable)
+
+    def ready() -> None:
+        nonlocal writable
+        if writable >= 0:
+            os.write(writable, b"r")
+            os.close(writable)
+            writable = -1
+
     code = 0
     try:
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -38,7 +57,7 @@ def start(follow, what: str) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         if os.getppid() == parent:  # else the parent is gone already
-            follow(log)
+            follow(log, ready)
     except BaseException as e:  # never let the child return into the caller's code
         log(f"{what}: no longer following changes: {e}")
         code = 1

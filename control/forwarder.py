@@ -328,9 +328,10 @@ def _start_followers(names: list[str], modes: set[str], prog_id: int = 0) -> lis
     mode = "native" if modes == {"native"} else ("afpacket" if "afpacket" in modes else "skb")
     pids = [netfilter.start_follower(names, mode)]
     try:
-        pids.append(follower.start(lambda log: ipsec.follow(mode, log), "IPsec"))
+        pids.append(follower.start(lambda log, ready: ipsec.follow(mode, log, ready=ready), "IPsec"))
         if prog_id:
-            pids.append(follower.start(lambda log: xdp.follow_ports(prog_id, log), "ports"))
+            pids.append(follower.start(lambda log, ready: xdp.follow_ports(prog_id, log, ready=ready),
+                                       "ports"))
     except BaseException:
         for pid in pids:
             follower.stop(pid)

@@ -107,19 +107,24 @@ def changes(before: list[str], after: list[str]) -> list[str]:
     return ["IPsec: forward path meets none any more: nothing bypassed"]
 
 
-def follow(mode: str, log, every: float = 3.0, stop=None) -> None:
+def follow(mode: str, log, every: float = 3.0, stop=None, ready=None) -> None:
     """Log each change of what xdpfwd in `mode` skips, until stop() is
     true. The kernel announces policies, default policies
     (xfrm_notify_userpolicy()) and SAs on XFRMNLGRP_POLICY and
     XFRMNLGRP_SA; an event is only a cue to read again, and so is every
-    `every` seconds, should one be lost."""
+    `every` seconds, should one be lost. ready() is called once subscribed
+    and read (also where this kernel has no xfrm)."""
     sock = _socket()
     if sock is None:
+        if ready:
+            ready()
         return  # no IPsec in this kernel: nothing can change
     sock.bind((0, (1 << (XFRMNLGRP_SA - 1)) | (1 << (XFRMNLGRP_POLICY - 1))))
     sock.setblocking(False)
     with sock:
         known = _findings(mode, log) or []
+        if ready:
+            ready()
         while not (stop and stop()):
             follower.wait(sock, every)
             now = _findings(mode, log)

@@ -365,16 +365,20 @@ def _snapshot(ports, mode, log) -> dict[tuple, str] | None:
         return None
 
 
-def follow(ports: list[str], mode: str, log, legacy_every: float = 3.0, stop=None) -> None:
+def follow(ports: list[str], mode: str, log, legacy_every: float = 3.0, stop=None,
+           ready=None) -> None:
     """Log each change of the forward path's netfilter until stop() is true.
     nftables announces every committed change on NFNLGRP_NFTABLES; the
     event itself is only a cue to read the ruleset again. iptables-legacy
-    announces nothing: it is read again every `legacy_every` seconds."""
+    announces nothing: it is read again every `legacy_every` seconds.
+    ready() is called once subscribed and read."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
     sock.bind((0, 1 << (NFNLGRP_NFTABLES - 1)))
     sock.setblocking(False)
     with sock:
         known = _snapshot(ports, mode, log) or {}
+        if ready:
+            ready()
         while not (stop and stop()):
             follower.wait(sock, legacy_every)
             now = _snapshot(ports, mode, log)
@@ -387,4 +391,4 @@ def follow(ports: list[str], mode: str, log, legacy_every: float = 3.0, stop=Non
 
 def start_follower(ports: list[str], mode: str) -> int:
     """`follow` in a child process (follower.py); its pid."""
-    return follower.start(lambda log: follow(ports, mode, log), "netfilter")
+    return follower.start(lambda log, ready: follow(ports, mode, log, ready=ready), "netfilter")

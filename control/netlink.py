@@ -22,9 +22,11 @@ SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 # rtnetlink multicast groups (uapi/linux/rtnetlink.h, enum rtnetlink_groups)
 RTNLGRP_LINK = 1
+RTNLGRP_IPV4_IFADDR = 5
 RTNLGRP_IPV4_ROUTE = 7
 RTNLGRP_IPV6_IFADDR = 9
 RTNLGRP_IPV6_ROUTE = 11
+RTNLGRP_NEXTHOP = 32
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,13 @@ def event_socket(groups) -> socket.socket:
     calling thread's network namespace."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
                          socket.NETLINK_ROUTE)
+    # Room for a routing daemon's burst of changes: ENOBUFS costs a re-read.
+    for option in (33, socket.SO_RCVBUF):  # SO_RCVBUFFORCE (root) past rmem_max, else up to it
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, 4 << 20)
+            break
+        except OSError:
+            pass
     sock.bind((0, 0))
     for group in groups:
         sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
@@ -137,6 +146,7 @@ def drain(sock: socket.socket) -> int:
 RTM_NEWLINK, RTM_DELLINK = 16, 17
 RTM_NEWADDR, RTM_DELADDR = 20, 21
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
+RTM_DELNEXTHOP = 105
 RTA_DST, RTA_OIF, RTA_METRICS, RTA_MULTIPATH, RTA_TABLE, RTA_NH_ID = 1, 4, 8, 9, 15, 30
 
 

@@ -15,6 +15,7 @@ import struct
 import time
 
 from xdpfwd import bpfsys, netlink, sysctl
+from xdpfwd.errors import XdpfwdError
 from xdpfwd.layout import PORT_FORMAT, PORT_SIZE
 
 RTAX_LOCK = 1
@@ -25,11 +26,13 @@ RTAX_LOCK = 1
 # route ff00::/8 at least, on a port that is up) and brings them back:
 # RTM_DELADDR/NEWADDR, DELROUTE/NEWROUTE, observed on 6.18. A port down has
 # no such routes, and its coming up is an RTM_NEWLINK. What is left is
-# caught by the re-read every `every` seconds: routes deleted by hand,
-# net.ipv6.route.skip_notify_on_dev_down (routes go without a word), and
-# ip_forward_use_pmtu.
+# caught by the re-read every `every` seconds: disable_ipv6 on a port with
+# no IPv6 address or route, net.ipv6.route.skip_notify_on_dev_down (routes
+# go without a word), and ip_forward_use_pmtu. IPv4 routes the kernel
+# removes without a word (a link down, an address or nexthop object
+# deleted: fib_table_flush()) are read again on those events.
 EVENT_GROUPS = (netlink.RTNLGRP_LINK, netlink.RTNLGRP_IPV6_IFADDR, netlink.RTNLGRP_IPV6_ROUTE,
-                netlink.RTNLGRP_IPV4_ROUTE)
+                netlink.RTNLGRP_IPV4_ROUTE, netlink.RTNLGRP_IPV4_IFADDR, netlink.RTNLGRP_NEXTHOP)
 
 
 def ipv4_route_mtu() -> tuple[int, frozenset]:
@@ -37,7 +40,9 @@ def ipv4_route_mtu() -> tuple[int, frozenset]:
     the keys of those routes, route_key()). ip_forward() honours such an
     MTU (ip_dst_mtu_maybe_forward()), bpf_fib_lookup() does not
     (ip_mtu_from_fib_result() reads it only when locked, or when
-    ip_forward_use_pmtu is set, and then there is nothing to make up for)."""
+    ip_forward_use_pmtu is set; then both read the route's MTU, and only a
+    learned path MTU below it, which the kernel prefers and the lookup
+    does not, is left: README, LIMITATIONS)."""
     if sysctl.read_int(sysctl.path("ipv4", "ip_forward_use_pmtu")):
         return 0, frozenset()
     routes = netlink.unlocked_ipv4_route_mtus()
@@ -112,6 +117,11 @@ def _route_mtu(entry: bytes) -> int:
     return struct.unpack(PORT_FORMAT, entry)[4]
 
 
+def _written(entry: bytes | None) -> bool:
+    """An entry attach wrote (its ifindex set), not a slot's zeros."""
+    return bool(entry) and struct.unpack_from("=I", entry)[0] != 0
+
+
 def _updates(config_map_id: int, slots: dict[int, int],
              route_mtu: int | None = None) -> list[tuple[str, bytes, bytes | None, bytes]]:
     """(port name, slot key, entry in the map, entry now) for each port
@@ -119,6 +129,10 @@ def _updates(config_map_id: int, slots: dict[int, int],
     names = netlink.link_names_by_index()
     updates = []
     with bpfsys.map_by_id(config_map_id) as config:
+        size = bpfsys.map_info(config.fd).value_size
+        if size != PORT_SIZE:
+            raise XdpfwdError(f"the attached program keeps {size} bytes per port, this xdpfwd "
+                              f"{PORT_SIZE}: it was loaded by another version; detach, then attach")
         for slot, entry in entries(slots, route_mtu).items():
             key = struct.pack("=I", slot)
             old = bpfsys.map_lookup(config.fd, key, PORT_SIZE)
@@ -135,19 +149,22 @@ def refresh(config_map_id: int, slots: dict[int, int], route_mtu: int | None = N
         for _, key, _, entry in updates:
             bpfsys.map_update(config.fd, key, entry)
     lines = [line for name, _, old, new in updates for line in changes(name, old, new)]
-    if updates and updates[0][2]:
-        lines += route_mtu_change(_route_mtu(updates[0][2]), _route_mtu(updates[0][3]))
+    written = [(old, new) for _, _, old, new in updates if _written(old)]
+    if written:
+        lines += route_mtu_change(_route_mtu(written[0][0]), _route_mtu(written[0][1]))
     return lines
 
 
 def stale(config_map_id: int, slots: dict[int, int]) -> dict[str, list[str]]:
     """{port: drift()} for the ports whose entry is not what it is now;
     the route MTU, the same in every entry, under the first of them."""
-    found = {}
-    for i, (name, _, old, new) in enumerate(_updates(config_map_id, slots)):
-        lines = drift(old, new, route_mtu=i == 0) if old else []
-        if lines:
-            found[name] = lines
+    found, first = {}, True
+    for name, _, old, new in _updates(config_map_id, slots):
+        if _written(old):
+            lines = drift(old, new, route_mtu=first)
+            first = False
+            if lines:
+                found[name] = lines
     return found
 
 
@@ -162,9 +179,16 @@ def concerns(datagram: bytes, ports: set[int], mtu_routes: frozenset) -> tuple[b
     for kind, body in netlink.messages(datagram):
         if kind in (netlink.RTM_NEWLINK, netlink.RTM_DELLINK) and len(body) >= 16:
             port |= struct.unpack_from("=i", body, 4)[0] in ports
+            # A link going down or away takes its routes without a word
+            # (fib_table_flush()), and so does a deleted address or
+            # nexthop object: while routes with an MTU exist, read again.
+            route |= bool(mtu_routes)
         elif kind in (netlink.RTM_NEWADDR, netlink.RTM_DELADDR) and len(body) >= 8:
             family, index = body[0], struct.unpack_from("=I", body, 4)[0]
             port |= family == socket.AF_INET6 and index in ports
+            route |= bool(mtu_routes) and family == socket.AF_INET and kind == netlink.RTM_DELADDR
+        elif kind == netlink.RTM_DELNEXTHOP:
+            route |= bool(mtu_routes)
         elif kind in (netlink.RTM_NEWROUTE, netlink.RTM_DELROUTE) and len(body) >= 12:
             attrs = netlink.attributes(body, 12)
             if body[0] == socket.AF_INET6:
@@ -182,13 +206,14 @@ def concerns(datagram: bytes, ports: set[int], mtu_routes: frozenset) -> tuple[b
     return port, route
 
 
-def follow(config_map_id: int, slots: dict[int, int], log, every: float = 3.0, stop=None) -> None:
+def follow(config_map_id: int, slots: dict[int, int], log, every: float = 3.0, stop=None,
+           ready=None) -> None:
     """Keep the copy current until stop() is true or the program is gone,
     logging each change: `run`'s follower. The ports are read again when
     an event concerns them and every `every` seconds; the IPv4 routes
     (a dump of every table, which can be large) only when an event
     concerns a route with an MTU, when events were lost, or when
-    ip_forward_use_pmtu changed."""
+    ip_forward_use_pmtu changed. ready() is called after the first read."""
     ports = set(slots.values())
     route_mtu, mtu_routes, use_pmtu = None, frozenset(), None
     due, now, last_error = 0.0, True, None
@@ -199,29 +224,37 @@ def follow(config_map_id: int, slots: dict[int, int], log, every: float = 3.0, s
                     pmtu = sysctl.read_int(sysctl.path("ipv4", "ip_forward_use_pmtu"))
                     if route_mtu is None or pmtu != use_pmtu:
                         (route_mtu, mtu_routes), use_pmtu = ipv4_route_mtu(), pmtu
+                except Exception as e:  # noqa: BLE001 - the ports are still worth keeping
+                    last_error = _log_once(log, e, last_error)
+                try:
                     for line in refresh(config_map_id, slots, route_mtu):
                         log(line)
-                    last_error = None
+                    if route_mtu is not None:
+                        last_error = None
                 except bpfsys.BpfError as e:
                     if e.errno == errno.ENOENT:  # detached under us: nothing left to keep
                         log("ports: the program is gone; no longer keeping its copy of the ports")
                         return
                     last_error = _log_once(log, e, last_error)
-                    route_mtu = None
                 except Exception as e:  # noqa: BLE001 - a netlink hiccup must not end the follower
                     last_error = _log_once(log, e, last_error)
-                    route_mtu = None
+                if ready:
+                    ready()
+                    ready = None
                 due = time.monotonic() + every
-            events = netlink.read_events(sock, max(0.0, due - time.monotonic()))
-            now = events is None
-            if events is None:
-                route_mtu = None  # notifications lost: anything may have changed
-                continue
-            for datagram in events:
-                port, route = concerns(datagram, ports, mtu_routes)
-                now |= port or route
-                if route:
-                    route_mtu = None
+            now = False
+            try:
+                events = netlink.read_events(sock, max(0.0, due - time.monotonic()))
+                for datagram in events or ():
+                    port, route = concerns(datagram, ports, mtu_routes)
+                    now |= port or route
+                    if route:
+                        route_mtu = None
+            except Exception as e:  # noqa: BLE001 - counted as lost events
+                last_error = _log_once(log, e, last_error)
+                events = None
+            if events is None:  # notifications lost: anything may have changed
+                route_mtu, now = None, True
 
 
 def _log_once(log, error: Exception, last: str | None) -> str:

@@ -182,12 +182,16 @@ def stale_ports(prog_id: int) -> dict[str, list[str]]:
     return portcopy.stale(prog.config_map_id, _port_slots(prog))
 
 
-def follow_ports(prog_id: int, log, every: float = 3.0, stop=None) -> None:
+def follow_ports(prog_id: int, log, every: float = 3.0, stop=None, ready=None) -> None:
     """`run`'s follower: keep the program's copy of its ports current until
     stop() is true or the program is gone (portcopy.follow)."""
     prog = identify(prog_id)
-    if isinstance(prog, OurProgram):
-        portcopy.follow(prog.config_map_id, _port_slots(prog), log, every, stop)
+    if not isinstance(prog, OurProgram):
+        log(f"ports: program {prog_id} is not xdpfwd's; not keeping a copy of its ports")
+        if ready:
+            ready()
+        return
+    portcopy.follow(prog.config_map_id, _port_slots(prog), log, every, stop, ready)
 
 
 def _load_and_attach(links, mode, verbose, notes) -> AttachResult:

@@ -117,6 +117,17 @@ def test_ipv4_routes_concern_the_route_mtu_only_with_an_mtu():
     assert portcopy.concerns(route(2, DST, table=100), PORTS, known) == (False, False)
 
 
+def test_routes_removed_without_a_word_are_read_again():
+    """fib_table_flush() deletes a link's, an address's or a nexthop
+    object's routes without RTM_DELROUTE: while a route with an MTU exists,
+    those events mean a dump."""
+    known = frozenset({portcopy.route_key(254, 24, bytes([10, 0, 95, 0]))})
+    assert portcopy.concerns(link(9, kind=17), PORTS, known) == (False, True)
+    assert portcopy.concerns(addr(2, 9, kind=21), PORTS, known) == (False, True)
+    assert portcopy.concerns(message(105, bytes(8)), PORTS, known) == (False, True)
+    assert portcopy.concerns(addr(2, 9, kind=21), PORTS, frozenset()) == (False, False)
+
+
 def test_several_messages_in_one_datagram():
     assert portcopy.concerns(link(9) + route(2, DST, MTU) + addr(10, 7), PORTS, frozenset()) == (True, True)
 
@@ -137,7 +148,8 @@ def follow_with(monkeypatch, outcomes, rounds):
         return outcome
 
     monkeypatch.setattr(portcopy, "refresh", refresh)
-    portcopy.follow(1, {0: 7}, logged.append, every=0.01, stop=lambda: len(calls) >= rounds)
+    portcopy.follow(1, {0: 7}, logged.append, every=0.01, stop=lambda: len(calls) >= rounds,
+                    ready=lambda: logged.append("ready"))
     return calls, logged
 
 
@@ -145,7 +157,7 @@ def test_an_error_is_logged_once_and_the_follower_goes_on(monkeypatch):
     from pyroute2.netlink.exceptions import NetlinkError
 
     calls, logged = follow_with(monkeypatch, [NetlinkError(16), NetlinkError(16), ["eth1: changed"], []], 5)
-    assert logged == ["ports: (16, 'Device or resource busy')", "eth1: changed"]
+    assert logged == ["ports: (16, 'Device or resource busy')", "ready", "eth1: changed"]
     assert len(calls) == 5
 
 
@@ -153,7 +165,7 @@ def test_a_program_gone_ends_the_follower(monkeypatch):
     from xdpfwd.bpfsys import BpfError
 
     calls, logged = follow_with(monkeypatch, [BpfError("map_get_fd_by_id", errno.ENOENT)], 100)
-    assert logged == ["ports: the program is gone; no longer keeping its copy of the ports"]
+    assert logged == ["ports: the program is gone; no longer keeping its copy of the ports"]  # never ready: it ended
     assert len(calls) == 1
 
 
