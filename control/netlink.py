@@ -49,15 +49,27 @@ def _iproute():
     return IPRoute()
 
 
-def ipv6_disabled(msg) -> bool:
-    """Link.ipv6_disabled, from a link's rtnetlink message."""
+def _inet6_conf(msg) -> dict | None:
     # The same devconf values as /proc/sys/net/ipv6/conf/IF/, in the link's
     # own message (IFLA_AF_SPEC / AF_INET6 / IFLA_INET6_CONF): no path by
-    # name, and read in one go with the MAC.
+    # name, and read in one go with the MAC. None: no inet6_dev
+    # (inet6_fill_link_af() leaves AF_INET6 out).
     spec = msg.get_attr("IFLA_AF_SPEC")
     inet6 = spec.get_attr("AF_INET6") if spec else None
-    conf = inet6.get_attr("IFLA_INET6_CONF") if inet6 else None
+    return inet6.get_attr("IFLA_INET6_CONF") if inet6 else None
+
+
+def ipv6_disabled(msg) -> bool:
+    """Link.ipv6_disabled, from a link's rtnetlink message."""
+    conf = _inet6_conf(msg)
     return conf is None or bool(conf["disable_ipv6"])
+
+
+def ipv6_mtu(msg) -> int:
+    """The link's IPv6 MTU (net.ipv6.conf.IF.mtu, idev->cnf.mtu6), 0 where
+    it has no IPv6."""
+    conf = _inet6_conf(msg)
+    return conf["mtu"] if conf is not None else 0
 
 
 def _to_link(msg) -> Link:

@@ -5,7 +5,9 @@ in the XDP path: the egress interface, the next hop and its MAC, or why the
 packet cannot be forwarded (an outcome label from bpf/counters.h). Answers
 come from rtnetlink and are cached per destination; a second netlink socket
 subscribed to every change that can alter an answer drops the cache, so it
-is never stale for longer than the packet loop takes to call poll_events().
+is never stale for longer than the packet loop takes to call poll_events();
+what changes without a word on rtnetlink (a port's IPv6 MTU) is seen
+within MAX_AGE.
 """
 
 import errno
@@ -71,6 +73,10 @@ RESOLVE_INTERVAL = 1.0  # seconds between two resolve() of one next hop
 # A flood of distinct destinations must not grow memory without bound;
 # starting over costs one netlink round trip per destination in use.
 MAX_CACHED = 65536
+# The oldest an answer gets: some changes announce nothing on rtnetlink (a
+# port's IPv6 MTU, net.ipv6.conf.PORT.mtu; ip_forward_use_pmtu), and the
+# kernel's own forwarding sees them at once.
+MAX_AGE = 1.0
 
 
 @dataclass(frozen=True)
@@ -108,7 +114,8 @@ class Fib:
         self._hops: dict[tuple[int, bytes], Hop] = {}
         self._back: dict[bytes, int] = {}  # IPv4 source -> egress of the unicast route to it, or 0
         self._v4: tuple[dict[bytes, int], bool] | None = None  # (local address -> ifindex, custom rules)
-        self._links: dict[int, tuple[bytes, int, bool]] = {}  # ifindex -> (MAC, MTU, IPv6 off)
+        self._links: dict[int, tuple[bytes, int, bool, int]] = {}  # ifindex -> (MAC, MTU, IPv6 off, mtu6)
+        self._since = time.monotonic()  # when the answers were last dropped
         self._resolved: dict[tuple[bytes, int], float] = {}  # (nexthop, ifindex) -> monotonic time
 
     def lookup(self, family: int, dst: bytes) -> Hop:
@@ -174,7 +181,10 @@ class Fib:
         # Whatever changed, dropping every answer is always right; working out
         # which ones a change affects is not worth its bugs.
         events = drain(self._events)
+        if not events and time.monotonic() - self._since > MAX_AGE and (self._hops or self._links):
+            events = 1
         if events:
+            self._since = time.monotonic()
             self._hops.clear()
             self._back.clear()
             self._v4 = None
@@ -235,12 +245,16 @@ class Fib:
         via = route.get_attr("RTA_VIA")
         gateway = via["addr"] if via else route.get_attr("RTA_GATEWAY")
         nexthop = _packed(gateway) if gateway else dst
-        smac, link_mtu, _ = self._link(ifindex)
+        smac, link_mtu, _, mtu6 = self._link(ifindex)
         metrics = route.get_attr("RTA_METRICS")
         route_mtu = (metrics.get_attr("RTAX_MTU") if metrics else None) or 0
         locked = bool(metrics and (metrics.get_attr("RTAX_LOCK") or 0) & (1 << RTAX_MTU))
         # ip_dst_mtu_maybe_forward() honours a route's MTU when forwarding;
-        # ip6_dst_mtu_maybe_forward() only a locked one, else the link's.
+        # ip6_dst_mtu_maybe_forward() only a locked one, else the port's
+        # IPv6 MTU (idev->cnf.mtu6, net.ipv6.conf.PORT.mtu), which can be
+        # set below the link's.
+        if af == socket.AF_INET6:
+            link_mtu = mtu6 or link_mtu
         mtu = route_mtu if route_mtu and (af == socket.AF_INET or locked) else link_mtu
         dmac = self._neighbour(nexthop, ifindex)
         if dmac is None:
@@ -260,10 +274,10 @@ class Fib:
             return None
         return _mac(neigh.get_attr("NDA_LLADDR"))
 
-    def _link(self, ifindex: int) -> tuple[bytes, int, bool]:
+    def _link(self, ifindex: int) -> tuple[bytes, int, bool, int]:
         link = self._links.get(ifindex)
         if link is None:
             (msg,) = self._ipr.link("get", index=ifindex)
             link = self._links[ifindex] = (_mac(msg.get_attr("IFLA_ADDRESS")), msg.get_attr("IFLA_MTU"),
-                                           netlink.ipv6_disabled(msg))
+                                           netlink.ipv6_disabled(msg), netlink.ipv6_mtu(msg))
         return link

@@ -7,7 +7,7 @@ import time
 
 import pytest
 from scapy.layers.inet import IP, UDP, ICMP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6
 from scapy.layers.l2 import Ether
 
 from helpers import (ipv6_disabled, mac, pin_neighbours, router_ip, stats, sysctl, sysctls_set,
@@ -232,6 +232,21 @@ def test_an_unlocked_route_mtu_is_honoured(mode, pinned):
     errors = [Ether(f)[ICMP] for f in back if Ether(f).haslayer(ICMP)]
     assert [(e.type, e.code, e.nexthopmtu) for e in errors] == [(3, 4, 1000)], f"{mode}: {back}"
     assert got == [], f"{mode}: forwarded whole past the route's MTU"
+
+
+def test_the_egress_ports_ipv6_mtu_is_honoured(mode, pinned):
+    """ip6_forward() checks a packet against the egress port's IPv6 MTU
+    (net.ipv6.conf.PORT.mtu: idev->cnf.mtu6), which can be below the
+    link's, and a change of it announces nothing on rtnetlink."""
+    router, sendbox = pinned
+    big = bytes(Ether(src=sendbox, dst=router) / IPv6(src="fd00:10::10", dst="fd00:11::20")
+                / UDP(sport=4000, dport=2152) / (MARK + bytes(1380)))
+    with sysctls_set({"net.ipv6.conf.eth0.mtu": "1400", "net.ipv6.icmp.ratelimit": "0"}):
+        time.sleep(1.2)  # the AF_PACKET forwarder's answers are at most 1 s old (fib.MAX_AGE)
+        got, back = through_router([big])
+    errors = [Ether(f)[ICMPv6PacketTooBig] for f in back if Ether(f).haslayer(ICMPv6PacketTooBig)]
+    assert [e.mtu for e in errors] == [1400], f"{mode}: {back}"
+    assert got == [], f"{mode}: forwarded past the port's IPv6 MTU"
 
 
 def test_too_big_without_df_is_fragmented(mode, pinned):
