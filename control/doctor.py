@@ -258,7 +258,26 @@ def mtu_result(ifname: str, driver: str | None, mtu: int, peer: Peer | None = No
     return Result("mtu", "ok", f"MTU {mtu}", interface=ifname)
 
 
-def check_xdp(link: netlink.Link) -> list[Result]:
+def stale_reader():
+    """xdp.stale_ports() once per program for one doctor run (each call
+    dumps the IPv4 routes, not cheap on a full-table router): prog_id ->
+    {port: lines}, or the reason it could not be read."""
+    found: dict[int, dict | str] = {}
+
+    def stale(prog_id: int) -> dict | str:
+        if prog_id not in found:
+            try:
+                found[prog_id] = xdp.stale_ports(prog_id)
+            except XdpfwdError as e:
+                found[prog_id] = e.message
+            except Exception as e:  # noqa: BLE001 - netlink refused the dump: a warning, not a traceback
+                found[prog_id] = str(e)
+        return found[prog_id]
+
+    return stale
+
+
+def check_xdp(link: netlink.Link, stale=None) -> list[Result]:
     try:
         state = xdp.inspect(link)
     except XdpfwdError as e:  # no libbpf, or not allowed to open programs
@@ -268,15 +287,12 @@ def check_xdp(link: netlink.Link) -> list[Result]:
     if state.attached:
         results.append(Result("xdp", "ok", f"xdpfwd program {state.prog_id} ({state.mode})",
                               interface=link.name))
-        try:
-            stale = xdp.stale_ports(state.prog_id).get(link.name, [])
-        except XdpfwdError as e:
-            stale = [f"cannot read the program's copy of the port: {e.message}"]
-        except Exception as e:  # noqa: BLE001 - netlink refused the dump: a warning, not a traceback
-            stale = [f"cannot read the program's copy of the port: {e}"]
+        found = (stale or stale_reader())(state.prog_id)
+        lines = ([f"cannot read the program's copy of the port: {found}"] if isinstance(found, str)
+                 else found.get(link.name, []))
         results += [Result("xdp", "warn", line, "attach the same interfaces again (it refreshes "
                            "the copy in place), or forward with `xdpfwd run`, which keeps it current",
-                           link.name) for line in stale]
+                           link.name) for line in lines]
     if state.foreign:
         f = state.foreign
         results.append(Result("xdp", "warn", f"foreign XDP program {f.prog_id} ({f.name}) "
@@ -286,7 +302,7 @@ def check_xdp(link: netlink.Link) -> list[Result]:
     return results or [Result("xdp", "ok", "no XDP program attached", interface=link.name)]
 
 
-def check_interface(link: netlink.Link) -> list[Result]:
+def check_interface(link: netlink.Link, stale=None) -> list[Result]:
     results = check_forwarding(link.name)
     driver, why = link.kind or None, ""
     if driver is None:  # a physical NIC: netlink has no kind for it
@@ -298,7 +314,7 @@ def check_interface(link: netlink.Link) -> list[Result]:
     peer = veth_peer(link) if driver == "veth" else None
     results.append(mtu_result(link.name, driver, link.mtu, peer,
                               os.sysconf("SC_PAGE_SIZE"), os.cpu_count() or 1))
-    return results + check_xdp(link)
+    return results + check_xdp(link, stale)
 
 
 def check_interfaces() -> list[Result]:
@@ -310,9 +326,9 @@ def check_interfaces() -> list[Result]:
     if not links:
         return [Result("interfaces", "warn", "none but loopback in this network namespace",
                        "run doctor where the ports are: ip netns exec NS xdpfwd doctor")]
-    results = []
+    results, stale = [], stale_reader()
     for link in links:
-        results += _guard(f"{link.name} checks", lambda: check_interface(link))
+        results += _guard(f"{link.name} checks", lambda: check_interface(link, stale))
     return results
 
 

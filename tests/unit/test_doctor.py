@@ -195,6 +195,18 @@ def test_a_stale_copy_of_the_port_warns(monkeypatch):
     assert stale.fix.startswith("attach the same interfaces again")
 
 
+def test_the_copy_is_read_once_per_program_for_all_its_ports(monkeypatch):
+    monkeypatch.setattr(doctor.xdp, "inspect",
+                        lambda link: datapath.PortState(link.name, 7, mode="native", prog_id=9))
+    calls = []
+    monkeypatch.setattr(doctor.xdp, "stale_ports",
+                        lambda prog_id: calls.append(prog_id) or {"eth0": ["stale"]})
+    stale = doctor.stale_reader()
+    assert [r.message for r in doctor.check_xdp(_link("eth1"), stale)] == ["xdpfwd program 9 (native)"]
+    assert [r.message for r in doctor.check_xdp(_link("eth0"), stale)][1:] == ["stale"]
+    assert calls == [9]
+
+
 def test_an_unreadable_copy_of_the_port_warns(monkeypatch):
     state = datapath.PortState("eth1", 7, mode="native", prog_id=9)
     monkeypatch.setattr(doctor.xdp, "inspect", lambda link: state)
