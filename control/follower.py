@@ -9,12 +9,12 @@ AF_PACKET supervisor's later forks. It ends with its parent
 """
 
 import ctypes
-import errno
 import os
 import select
 import signal
 import sys
-import time
+
+from xdpfwd import netlink
 
 _libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_PDEATHSIG = 1
@@ -80,15 +80,4 @@ def wait(sock, every: float) -> None:
     """Until the kernel announces a change on sock (a netlink socket bound
     to its groups, non-blocking) or `every` seconds pass. The events are
     only a cue to read the state again: they are read and dropped."""
-    ready, _, _ = select.select([sock], [], [], every)
-    if not ready:
-        return
-    time.sleep(0.05)  # one change sends several events: read once after them
-    try:
-        while sock.recv(1 << 16):
-            pass
-    except BlockingIOError:
-        pass
-    except OSError as e:  # ENOBUFS: events lost; the re-read after this covers them
-        if e.errno != errno.ENOBUFS:
-            raise
+    netlink.read_events(sock, every)

@@ -103,20 +103,33 @@ def link_names_by_index() -> dict[int, str]:
     return {link.index: link.name for link in links().values()}
 
 
+def route_mtu(route) -> tuple[int, bool]:
+    """(the MTU set on a route, 0 for none; whether it is locked), from a
+    pyroute2 route message."""
+    metrics = route.get_attr("RTA_METRICS")
+    if not metrics:
+        return 0, False
+    return metrics.get_attr("RTAX_MTU") or 0, bool((metrics.get_attr("RTAX_LOCK") or 0) & (1 << RTAX_MTU))
+
+
+def route_key(table: int, dst_len: int, dst: bytes) -> tuple[int, int, bytes]:
+    """An IPv4 route by what its dump and its notifications both carry:
+    RTA_TABLE, the prefix length, RTA_DST (b"" for a default route)."""
+    return table, dst_len, dst
+
+
 def unlocked_ipv4_route_mtus() -> dict[tuple[int, int, bytes], int]:
-    """{(table, prefix length, destination): MTU} of the IPv4 unicast
-    routes, every table, whose MTU is set without `lock`."""
+    """{route_key(): MTU} of the IPv4 unicast routes, every table, whose
+    MTU is set without `lock`."""
     with _iproute() as ipr:
         routes = ipr.get_routes(family=socket.AF_INET)  # a dump: all tables
     mtus = {}
     for route in routes:
-        metrics = route.get_attr("RTA_METRICS")
-        mtu = metrics.get_attr("RTAX_MTU") if metrics else None
-        if mtu and route["type"] == RTN_UNICAST and \
-                not (metrics.get_attr("RTAX_LOCK") or 0) & (1 << RTAX_MTU):
+        mtu, locked = route_mtu(route)
+        if mtu and not locked and route["type"] == RTN_UNICAST:
             dst = route.get_attr("RTA_DST")
-            key = (route.get_attr("RTA_TABLE") or route["table"], route["dst_len"],
-                   socket.inet_aton(dst) if dst else b"")
+            key = route_key(route.get_attr("RTA_TABLE") or route["table"], route["dst_len"],
+                            socket.inet_aton(dst) if dst else b"")
             mtus[key] = min(mtu, mtus.get(key, mtu))
     return mtus
 

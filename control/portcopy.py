@@ -18,8 +18,6 @@ from xdpfwd import bpfsys, netlink, sysctl
 from xdpfwd.errors import XdpfwdError
 from xdpfwd.layout import PORT_FORMAT, PORT_SIZE
 
-RTAX_LOCK = 1
-
 # What changes the copy: a MAC (RTM_NEWLINK), an IPv4 route's MTU
 # (RTM_NEWROUTE/DELROUTE), and disable_ipv6, which announces nothing of its
 # own but takes the port's IPv6 addresses and routes with it (the multicast
@@ -35,18 +33,25 @@ EVENT_GROUPS = (netlink.RTNLGRP_LINK, netlink.RTNLGRP_IPV6_IFADDR, netlink.RTNLG
                 netlink.RTNLGRP_IPV4_ROUTE, netlink.RTNLGRP_IPV4_IFADDR, netlink.RTNLGRP_NEXTHOP)
 
 
-def ipv4_route_mtu() -> tuple[int, frozenset]:
+def ipv4_route_mtu(use_pmtu: int | None = None) -> tuple[int, frozenset]:
     """(the smallest MTU set on an IPv4 route without `lock`, 0 for none;
-    the keys of those routes, route_key()). ip_forward() honours such an
+    the keys of those routes, netlink.route_key()); use_pmtu is
+    ip_forward_use_pmtu, read here when not given. ip_forward() honours such an
     MTU (ip_dst_mtu_maybe_forward()), bpf_fib_lookup() does not
     (ip_mtu_from_fib_result() reads it only when locked, or when
     ip_forward_use_pmtu is set; then both read the route's MTU, and only a
     learned path MTU below it, which the kernel prefers and the lookup
     does not, is left: README, LIMITATIONS)."""
-    if sysctl.read_int(sysctl.path("ipv4", "ip_forward_use_pmtu")):
+    if use_pmtu is None:
+        use_pmtu = _use_pmtu()
+    if use_pmtu:
         return 0, frozenset()
     routes = netlink.unlocked_ipv4_route_mtus()
     return min(routes.values(), default=0), frozenset(routes)
+
+
+def _use_pmtu() -> int:
+    return sysctl.read_int(sysctl.path("ipv4", "ip_forward_use_pmtu"))
 
 
 def entries(slots: dict[int, int], route_mtu: int | None = None) -> dict[int, bytes]:
@@ -122,30 +127,30 @@ def _written(entry: bytes | None) -> bool:
     return bool(entry) and struct.unpack_from("=I", entry)[0] != 0
 
 
-def _updates(config_map_id: int, slots: dict[int, int],
+def _updates(config_fd: int, slots: dict[int, int],
              route_mtu: int | None = None) -> list[tuple[str, bytes, bytes | None, bytes]]:
     """(port name, slot key, entry in the map, entry now) for each port
-    whose entry in the program's config map is not what it is now."""
+    whose entry in the program's config map (open as config_fd) is not
+    what it is now."""
+    size = bpfsys.map_info(config_fd).value_size
+    if size != PORT_SIZE:
+        raise XdpfwdError(f"the attached program keeps {size} bytes per port, this xdpfwd "
+                          f"{PORT_SIZE}: it was loaded by another version; detach, then attach")
     names = netlink.link_names_by_index()
     updates = []
-    with bpfsys.map_by_id(config_map_id) as config:
-        size = bpfsys.map_info(config.fd).value_size
-        if size != PORT_SIZE:
-            raise XdpfwdError(f"the attached program keeps {size} bytes per port, this xdpfwd "
-                              f"{PORT_SIZE}: it was loaded by another version; detach, then attach")
-        for slot, entry in entries(slots, route_mtu).items():
-            key = struct.pack("=I", slot)
-            old = bpfsys.map_lookup(config.fd, key, PORT_SIZE)
-            if old != entry:
-                updates.append((names.get(slots[slot], str(slots[slot])), key, old, entry))
+    for slot, entry in entries(slots, route_mtu).items():
+        key = struct.pack("=I", slot)
+        old = bpfsys.map_lookup(config_fd, key, PORT_SIZE)
+        if old != entry:
+            updates.append((names.get(slots[slot], str(slots[slot])), key, old, entry))
     return updates
 
 
 def refresh(config_map_id: int, slots: dict[int, int], route_mtu: int | None = None) -> list[str]:
     """Write what changed into the program's config map; say what, in
     changes()' and route_mtu_change()'s words."""
-    updates = _updates(config_map_id, slots, route_mtu)
     with bpfsys.map_by_id(config_map_id) as config:
+        updates = _updates(config.fd, slots, route_mtu)
         for _, key, _, entry in updates:
             bpfsys.map_update(config.fd, key, entry)
     lines = [line for name, _, old, new in updates for line in changes(name, old, new)]
@@ -158,18 +163,16 @@ def refresh(config_map_id: int, slots: dict[int, int], route_mtu: int | None = N
 def stale(config_map_id: int, slots: dict[int, int]) -> dict[str, list[str]]:
     """{port: drift()} for the ports whose entry is not what it is now;
     the route MTU, the same in every entry, under the first of them."""
+    with bpfsys.map_by_id(config_map_id) as config:
+        updates = _updates(config.fd, slots)
     found, first = {}, True
-    for name, _, old, new in _updates(config_map_id, slots):
+    for name, _, old, new in updates:
         if _written(old):
             lines = drift(old, new, route_mtu=first)
             first = False
             if lines:
                 found[name] = lines
     return found
-
-
-def route_key(table: int, dst_len: int, dst: bytes) -> tuple[int, int, bytes]:
-    return table, dst_len, dst
 
 
 def concerns(datagram: bytes, ports: set[int], mtu_routes: frozenset) -> tuple[bool, bool]:
@@ -200,7 +203,7 @@ def concerns(datagram: bytes, ports: set[int], mtu_routes: frozenset) -> tuple[b
                 metrics = netlink.attributes(attrs.get(netlink.RTA_METRICS, b""))
                 table = (struct.unpack("=I", attrs[netlink.RTA_TABLE])[0]
                          if netlink.RTA_TABLE in attrs else body[4])
-                key = route_key(table, body[1], attrs.get(netlink.RTA_DST, b""))
+                key = netlink.route_key(table, body[1], attrs.get(netlink.RTA_DST, b""))
                 # One with an MTU, or one that had (a `replace` that drops it).
                 route |= netlink.RTAX_MTU in metrics or key in mtu_routes
     return port, route
@@ -221,9 +224,9 @@ def follow(config_map_id: int, slots: dict[int, int], log, every: float = 3.0, s
         while not (stop and stop()):
             if now or time.monotonic() >= due:
                 try:
-                    pmtu = sysctl.read_int(sysctl.path("ipv4", "ip_forward_use_pmtu"))
+                    pmtu = _use_pmtu()
                     if route_mtu is None or pmtu != use_pmtu:
-                        (route_mtu, mtu_routes), use_pmtu = ipv4_route_mtu(), pmtu
+                        (route_mtu, mtu_routes), use_pmtu = ipv4_route_mtu(pmtu), pmtu
                 except Exception as e:  # noqa: BLE001 - the ports are still worth keeping
                     last_error = _log_once(log, e, last_error)
                 try:

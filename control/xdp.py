@@ -165,33 +165,36 @@ def _port_slots(prog: OurProgram) -> dict[int, int]:
     return slots
 
 
+def _copy_of_ports(prog_id: int) -> tuple[int, dict[int, int]] | None:
+    """(config map id, {slot: ifindex}) of xdpfwd's program prog_id: what
+    portcopy works on; None for another tool's program."""
+    prog = identify(prog_id)
+    return (prog.config_map_id, _port_slots(prog)) if isinstance(prog, OurProgram) else None
+
+
 def refresh_ports(prog_id: int) -> list[str]:
     """Bring the program's copy of its ports up to date; what changed
     (portcopy.refresh)."""
-    prog = identify(prog_id)
-    if not isinstance(prog, OurProgram):
-        return []
-    return portcopy.refresh(prog.config_map_id, _port_slots(prog))
+    copy = _copy_of_ports(prog_id)
+    return portcopy.refresh(*copy) if copy else []
 
 
 def stale_ports(prog_id: int) -> dict[str, list[str]]:
     """{port: what the program still goes by} (portcopy.stale)."""
-    prog = identify(prog_id)
-    if not isinstance(prog, OurProgram):
-        return {}
-    return portcopy.stale(prog.config_map_id, _port_slots(prog))
+    copy = _copy_of_ports(prog_id)
+    return portcopy.stale(*copy) if copy else {}
 
 
 def follow_ports(prog_id: int, log, every: float = 3.0, stop=None, ready=None) -> None:
     """`run`'s follower: keep the program's copy of its ports current until
     stop() is true or the program is gone (portcopy.follow)."""
-    prog = identify(prog_id)
-    if not isinstance(prog, OurProgram):
+    copy = _copy_of_ports(prog_id)
+    if copy is None:
         log(f"ports: program {prog_id} is not xdpfwd's; not keeping a copy of its ports")
         if ready:
             ready()
         return
-    portcopy.follow(prog.config_map_id, _port_slots(prog), log, every, stop, ready)
+    portcopy.follow(*copy, log, every, stop, ready)
 
 
 def _load_and_attach(links, mode, verbose, notes) -> AttachResult:

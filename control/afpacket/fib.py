@@ -30,7 +30,7 @@ from pyroute2.netlink.rtnl import (
 from pyroute2.netlink.rtnl import ndmsg
 
 from xdpfwd import netlink
-from xdpfwd.netlink import RTAX_MTU, RTN_UNICAST, drain, event_socket
+from xdpfwd.netlink import RTN_UNICAST, drain, event_socket
 
 # Not in pyroute2's list. Deleting a nexthop object (ip nexthop del) silently
 # removes the routes that use it: observed, no message at all on the route
@@ -246,9 +246,7 @@ class Fib:
         gateway = via["addr"] if via else route.get_attr("RTA_GATEWAY")
         nexthop = _packed(gateway) if gateway else dst
         smac, link_mtu, _, mtu6 = self._link(ifindex)
-        metrics = route.get_attr("RTA_METRICS")
-        route_mtu = (metrics.get_attr("RTAX_MTU") if metrics else None) or 0
-        locked = bool(metrics and (metrics.get_attr("RTAX_LOCK") or 0) & (1 << RTAX_MTU))
+        route_mtu, locked = netlink.route_mtu(route)
         # ip_dst_mtu_maybe_forward() honours a route's MTU when forwarding;
         # ip6_dst_mtu_maybe_forward() only a locked one, else the port's
         # IPv6 MTU (idev->cnf.mtu6, net.ipv6.conf.PORT.mtu), which can be

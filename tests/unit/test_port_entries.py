@@ -6,7 +6,7 @@ import errno
 import re
 import struct
 
-from xdpfwd import portcopy
+from xdpfwd import netlink, portcopy
 from xdpfwd.layout import HEADER, PORT_FORMAT, PORT_SIZE
 
 C_TYPES = {"__u8": "B", "__u16": "H", "__u32": "I", "__u64": "Q"}
@@ -112,7 +112,7 @@ def test_ipv4_routes_concern_the_route_mtu_only_with_an_mtu():
     assert portcopy.concerns(route(2, DST, MTU), PORTS, frozenset()) == (False, True)
     assert portcopy.concerns(route(2, DST, attr(4, struct.pack("=I", 7))), PORTS, frozenset()) == (False, False)
     # A `replace` without the MTU of a route that had one.
-    known = frozenset({portcopy.route_key(254, 24, bytes([10, 0, 95, 0]))})
+    known = frozenset({netlink.route_key(254, 24, bytes([10, 0, 95, 0]))})
     assert portcopy.concerns(route(2, DST), PORTS, known) == (False, True)
     assert portcopy.concerns(route(2, DST, table=100), PORTS, known) == (False, False)
 
@@ -121,7 +121,7 @@ def test_routes_removed_without_a_word_are_read_again():
     """fib_table_flush() deletes a link's, an address's or a nexthop
     object's routes without RTM_DELROUTE: while a route with an MTU exists,
     those events mean a dump."""
-    known = frozenset({portcopy.route_key(254, 24, bytes([10, 0, 95, 0]))})
+    known = frozenset({netlink.route_key(254, 24, bytes([10, 0, 95, 0]))})
     assert portcopy.concerns(link(9, kind=17), PORTS, known) == (False, True)
     assert portcopy.concerns(addr(2, 9, kind=21), PORTS, known) == (False, True)
     assert portcopy.concerns(message(105, bytes(8)), PORTS, known) == (False, True)
@@ -138,7 +138,7 @@ def follow_with(monkeypatch, outcomes, rounds):
     """portcopy.follow() with refresh() answering outcomes in turn (a list
     of lines, or an exception to raise) and `rounds` refreshes at most."""
     calls, logged = [], []
-    monkeypatch.setattr(portcopy, "ipv4_route_mtu", lambda: (0, frozenset()))
+    monkeypatch.setattr(portcopy, "ipv4_route_mtu", lambda use_pmtu=None: (0, frozenset()))
 
     def refresh(config_map_id, slots, route_mtu):
         outcome = outcomes[min(len(calls), len(outcomes) - 1)]
@@ -186,8 +186,6 @@ def af_spec(conf):
 
 
 def test_ipv6_disabled_by_the_switch_or_by_no_ipv6_at_all():
-    from xdpfwd import netlink
-
     assert netlink.ipv6_disabled(Msg(IFLA_AF_SPEC=af_spec({"disable_ipv6": 0}))) is False
     assert netlink.ipv6_disabled(Msg(IFLA_AF_SPEC=af_spec({"disable_ipv6": 1}))) is True
     # No inet6_dev (an MTU below 1280, ipv6.disable=1): inet6_fill_link_af() leaves AF_INET6 out.
