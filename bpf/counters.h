@@ -57,7 +57,8 @@
 	X(PASS_MARTIAN_DEST,    passed,    "martian_destination")            \
 	X(PASS_REVERSE_PATH,    passed,    "reverse_path")                   \
 	X(PASS_IPV6_DISABLED,   passed,    "ipv6_disabled")                  \
-	X(PASS_ROUTE_MTU,       passed,    "route_mtu")
+	X(PASS_ROUTE_MTU,       passed,    "route_mtu")                      \
+	X(PASS_NDP,             passed,    "ndp")
 
 enum xdpfwd_outcome {
 #define XDPFWD_ENUM(name, kind, label) XDPFWD_##name,

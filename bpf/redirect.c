@@ -195,6 +195,56 @@ static __always_inline int ipv6_any_or_loopback(const struct in6_addr *a)
 	       (a->s6_addr32[3] == 0 || a->s6_addr32[3] == bpf_htonl(1));
 }
 
+/* What ip6_forward_proxy_check() looks for: a Neighbour Discovery message
+ * (Router or Neighbour Solicitation or Advertisement, Redirect) as the
+ * upper-layer header, found past the extension headers as
+ * ipv6_skip_exthdr() finds it (a header cut short, No Next Header, or a
+ * fragment other than the first: not one). IPV6_EXT_MAX extension headers
+ * cover every order RFC 8200 allows; a longer chain is V6_DEEP. */
+#define IPV6_EXT_MAX 6
+#define V6_NOT_ND 0
+#define V6_ND     1
+#define V6_DEEP   2
+
+static __always_inline int ipv6_nd_message(const struct ipv6hdr *ip6h, const void *l3_end,
+					   const void *data_end)
+{
+	const __u8 *p = (const void *)(ip6h + 1);
+	__u8 nexthdr = ip6h->nexthdr;
+	__u32 len;
+
+#pragma unroll
+	for (int i = 0; i <= IPV6_EXT_MAX; i++) {
+		switch (nexthdr) {
+		case IPPROTO_ICMPV6:
+			if ((const void *)(p + 1) > data_end || (const void *)(p + 1) > l3_end)
+				return V6_NOT_ND;
+			return *p >= 133 && *p <= 137 ? V6_ND : V6_NOT_ND;
+		case IPPROTO_HOPOPTS: case IPPROTO_ROUTING: case IPPROTO_DSTOPTS:
+		case IPPROTO_AH: case IPPROTO_FRAGMENT:
+			break;
+		default:
+			return V6_NOT_ND;
+		}
+		if (i == IPV6_EXT_MAX)
+			return V6_DEEP;
+		if ((const void *)(p + 4) > data_end || (const void *)(p + 2) > l3_end)
+			return V6_NOT_ND;
+		if (nexthdr == IPPROTO_FRAGMENT) {
+			if ((const void *)(p + 4) > l3_end || (*(const __be16 *)(p + 2) & bpf_htons(0xFFF8)))
+				return V6_NOT_ND;
+			len = 8;
+		} else if (nexthdr == IPPROTO_AH) {
+			len = ((__u32)p[1] + 2) << 2;
+		} else {
+			len = ((__u32)p[1] + 1) << 3;
+		}
+		nexthdr = p[0];
+		p += len;
+	}
+	return V6_DEEP;
+}
+
 int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -302,6 +352,18 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 			return PASS(PASS_LINK_LOCAL);
 		if (ip6h->hop_limit <= 1)
 			return PASS(PASS_TTL);
+		/* ip6_forward() hands a Neighbour Discovery message for an
+		 * address it proxies (proxy_ndp and a proxy entry) to its own
+		 * input, which answers it; forwarded, it would reach a host
+		 * bound to discard it (RFC 4861: hop limit 255). The program
+		 * sees neither the sysctl nor the proxy table, so every ND
+		 * message goes to the stack, which forwards the others. */
+		switch (ipv6_nd_message(ip6h, (void *)ip6h + l3_len, data_end)) {
+		case V6_ND:
+			return PASS(PASS_NDP);
+		case V6_DEEP:	/* the kernel walks on; leave it to it */
+			return PASS(PASS_IP_OPTIONS);
+		}
 
 		fib.family = family = AF_INET6;
 		fib.flowinfo = *(__be32 *)ip6h & IPV6_FLOWINFO_MASK;

@@ -55,8 +55,6 @@ NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFNLGRP_NFTABLES = 7
 NFT_MSG_GETTABLE, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE = 1, 4, 7
-NLM_F_REQUEST, NLM_F_DUMP, NLM_F_DUMP_INTR = 0x1, 0x300, 0x10
-NLMSG_ERROR, NLMSG_DONE = 2, 3
 NFT_TABLE_F_DORMANT = 0x1
 NF_DROP, NF_ACCEPT = 0, 1
 
@@ -174,27 +172,10 @@ def _dump(sock: socket.socket, msg_type: int, seq: int) -> list[tuple[int, dict[
     """One NFNL_SUBSYS_NFTABLES dump of every family: [(family, attrs)].
     Raises InterruptedError when the ruleset changed during the dump."""
     kind = (NFNL_SUBSYS_NFTABLES << 8) | msg_type
-    sock.send(struct.pack("=IHHII", 20, kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
-              + struct.pack("=BBH", socket.AF_UNSPEC, 0, 0))
-    out, interrupted = [], False
-    while True:
-        data = sock.recv(1 << 20)
-        offset = 0
-        while offset + 16 <= len(data):
-            length, mtype, flags, _, _ = struct.unpack_from("=IHHII", data, offset)
-            body = data[offset + 16:offset + length]
-            offset += (length + 3) & ~3
-            if mtype == NLMSG_DONE:
-                if interrupted:
-                    raise InterruptedError
-                return out
-            if mtype == NLMSG_ERROR:
-                code = -struct.unpack_from("=i", body)[0]
-                if code:
-                    raise OSError(code, os.strerror(code))
-                continue
-            interrupted |= bool(flags & NLM_F_DUMP_INTR)
-            out.append((body[0], netlink.attributes(body, 4)))
+    bodies, interrupted = netlink.dump(sock, kind, struct.pack("=BBH", socket.AF_UNSPEC, 0, 0), seq)
+    if interrupted:
+        raise InterruptedError
+    return [(body[0], netlink.attributes(body, 4)) for body in bodies]
 
 
 def _nft_dumps() -> tuple[list, list, list]:

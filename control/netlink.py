@@ -7,6 +7,7 @@ Links come from netlink (pyroute2) rather than from parsing `ip` output or
 """
 
 import errno
+import os
 import select
 import socket
 import struct
@@ -206,6 +207,62 @@ def read_events(sock: socket.socket, timeout: float) -> list[bytes] | None:
                 raise
             drain(sock)
             return None
+
+
+NLM_F_REQUEST, NLM_F_DUMP, NLM_F_DUMP_INTR = 0x1, 0x300, 0x10
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+
+
+def dump(sock: socket.socket, kind: int, request: bytes, seq: int) -> tuple[list[bytes], bool]:
+    """(the bodies of the messages answering a dump request of this type,
+    whether what was dumped changed meanwhile: NLM_F_DUMP_INTR). request
+    is the body the request carries. OSError for an error the kernel
+    answers."""
+    sock.send(struct.pack("=IHHII", 16 + len(request), kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
+              + request)
+    out, interrupted = [], False
+    while True:
+        data = sock.recv(1 << 20)
+        offset = 0
+        while offset + 16 <= len(data):
+            length, mtype, flags, _, _ = struct.unpack_from("=IHHII", data, offset)
+            body = data[offset + 16:offset + length]
+            offset += (length + 3) & ~3
+            if mtype == NLMSG_DONE:
+                return out, interrupted
+            if mtype == NLMSG_ERROR:
+                code = -struct.unpack_from("=i", body)[0]
+                if code:
+                    raise OSError(code, os.strerror(code))
+                continue
+            interrupted |= bool(flags & NLM_F_DUMP_INTR)
+            out.append(body)
+
+
+RTM_GETNEIGH = 30
+NTF_PROXY = 0x08
+NDA_DST = 1
+
+
+def ipv6_proxies() -> set[tuple[int, bytes]]:
+    """The IPv6 proxy entries (`ip -6 neigh show proxy`), as (ifindex,
+    address); ifindex 0 stands for any interface. pyroute2's neighbour
+    dump does not ask for them: the kernel dumps its proxy table
+    (pneigh_dump_table()) only for a request whose ndm_flags are exactly
+    NTF_PROXY."""
+    request = struct.pack("=BBHiHBB", socket.AF_INET6, 0, 0, 0, 0, NTF_PROXY, 0)  # struct ndmsg
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        for seq in range(1, 4):  # a table that keeps changing: the third answer stands
+            bodies, interrupted = dump(sock, RTM_GETNEIGH, request, seq)
+            if not interrupted:
+                break
+    proxies = set()
+    for body in bodies:
+        dst = attributes(body, 12).get(NDA_DST)
+        if dst is not None and len(dst) == 16:
+            proxies.add((struct.unpack_from("=i", body, 4)[0], dst))
+    return proxies
 
 
 def attributes(data: bytes, offset: int = 0) -> dict[int, bytes]:

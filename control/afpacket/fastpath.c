@@ -54,7 +54,7 @@ struct outcomes {
 	int forwarded, not_ip, vlan, malformed, multicast, bad_checksum,
 	    ip_options, link_local, ttl, frag_needed, not_a_port, same_port,
 	    no_neigh, redirect_failed, other_host, reverse_path, fwd_disabled,
-	    martian_source, martian_dest, ipv6_disabled;
+	    martian_source, martian_dest, ipv6_disabled, ndp;
 };
 
 static const struct {
@@ -81,6 +81,7 @@ static const struct {
 	{"martian_source", offsetof(struct outcomes, martian_source)},
 	{"martian_destination", offsetof(struct outcomes, martian_dest)},
 	{"ipv6_disabled", offsetof(struct outcomes, ipv6_disabled)},
+	{"ndp", offsetof(struct outcomes, ndp)},
 };
 
 /* fib.Fib.lookup()'s answer for one destination (a Hop). */
@@ -292,6 +293,47 @@ static int miss(struct verdict *v, enum miss_kind kind)
 	return out(v, MISS, 0);
 }
 
+/* packet.ipv6_nd_message() with its default limit (bpf/redirect.c's):
+ * a Neighbour Discovery message past the extension headers, walked as
+ * ipv6_skip_exthdr() walks them. f is the frame, end the IP packet's end. */
+#define IPV6_EXT_MAX 6
+enum { V6_NOT_ND, V6_ND, V6_DEEP };
+
+static int ipv6_nd_message(const uint8_t *f, size_t end)
+{
+	uint8_t nexthdr = f[20];
+	size_t off = 54;
+	int walked = 0;
+
+	for (;;) {
+		switch (nexthdr) {
+		case 0: case 43: case 44: case 51: case 60:
+			break;
+		case 58:
+			return off < end && f[off] >= 133 && f[off] <= 137 ? V6_ND : V6_NOT_ND;
+		default:
+			return V6_NOT_ND;
+		}
+		if (walked == IPV6_EXT_MAX)
+			return V6_DEEP;
+		if (off + 2 > end)
+			return V6_NOT_ND;
+		if (nexthdr == 44) {
+			/* A fragment other than the first stops the walk. */
+			if (off + 4 > end || ((f[off + 2] << 8 | f[off + 3]) & 0xfff8))
+				return V6_NOT_ND;
+			nexthdr = f[off];
+			off += 8;
+		} else {
+			size_t len = nexthdr == 51 ? ((size_t)f[off + 1] + 2) << 2	/* ipv6_authlen() */
+						   : ((size_t)f[off + 1] + 1) << 3;	/* ipv6_optlen() */
+			nexthdr = f[off];
+			off += len;
+		}
+		walked++;
+	}
+}
+
 static int decide(FastPath *fp, const uint8_t *f, size_t n, int slot, int vlan,
 		  struct verdict *v)
 {
@@ -372,6 +414,13 @@ static int decide(FastPath *fp, const uint8_t *f, size_t n, int slot, int vlan,
 		if (f[21] <= 1)
 			return out(v, o->ttl, 0);
 		total = 40 + payload;
+		/* ip6_forward(): ND for a proxied address is the kernel's to answer. */
+		switch (ipv6_nd_message(f, 14 + total)) {
+		case V6_ND:
+			return out(v, o->ndp, 0);
+		case V6_DEEP:
+			return out(v, o->ip_options, 0);
+		}
 		if (fp->disabled6[slot])
 			return out(v, o->fwd_disabled, 0);
 		v->family = 6;

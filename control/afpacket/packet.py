@@ -22,12 +22,17 @@ REDIRECT_FAILED = _IDX["redirect_failed"]
 OTHER_HOST, REVERSE_PATH = _IDX["other_host"], _IDX["reverse_path"]
 FWD_DISABLED = _IDX["fib_forwarding_disabled"]
 MARTIAN_SOURCE, MARTIAN_DEST = _IDX["martian_source"], _IDX["martian_destination"]
-IPV6_DISABLED = _IDX["ipv6_disabled"]
+IPV6_DISABLED, NDP = _IDX["ipv6_disabled"], _IDX["ndp"]
 OUTCOME_INDEX = _IDX
 
 ETH_IPV4, ETH_IPV6 = b"\x08\x00", b"\x86\xdd"
 ETH_VLAN = (b"\x81\x00", b"\x88\xa8")
 IPPROTO_HOPOPTS = 0
+# ipv6_ext_hdr()'s headers that ipv6_skip_exthdr() walks past: hop-by-hop,
+# routing, fragment, AH, destination options (at No Next Header it gives up).
+IPV6_EXT_HEADERS = frozenset({0, 43, 44, 51, 60})
+IPV6_EXT_MAX = 6  # bpf/redirect.c's: how many the fast paths walk
+NOT_ND, ND, DEEP = 0, 1, 2
 _WORDS = struct.Struct("!10H")
 
 
@@ -62,6 +67,33 @@ def ipv4_martian_source(a: bytes) -> bool:
 
 def ipv6_any_or_loopback(a: bytes) -> bool:
     return a[:15] == bytes(15) and a[15] in (0, 1)
+
+
+def ipv6_nd_message(frame: bytes, end: int, limit: int | None = IPV6_EXT_MAX) -> int:
+    """ND when the IPv6 packet in frame[14:end] carries a Neighbour
+    Discovery message (ICMPv6 133-137, what ip6_forward_proxy_check()
+    looks for) past its extension headers, walked as ipv6_skip_exthdr()
+    walks them; DEEP when more than `limit` extension headers come first
+    (None: no limit, as in the kernel); else NOT_ND."""
+    nexthdr, off, walked = frame[20], 54, 0
+    while nexthdr in IPV6_EXT_HEADERS:
+        if limit is not None and walked == limit:
+            return DEEP
+        if off + 2 > end:
+            return NOT_ND
+        if nexthdr == 44:
+            # A fragment other than the first stops the walk there.
+            if off + 4 > end or ((frame[off + 2] << 8) | frame[off + 3]) & 0xFFF8:
+                return NOT_ND
+            length = 8
+        elif nexthdr == 51:
+            length = (frame[off + 1] + 2) << 2  # ipv6_authlen()
+        else:
+            length = (frame[off + 1] + 1) << 3  # ipv6_optlen()
+        nexthdr, off, walked = frame[off], off + length, walked + 1
+    if nexthdr == 58 and off < end and 133 <= frame[off] <= 137:
+        return ND
+    return NOT_ND
 
 
 def decide(frame: bytes, ingress: int, vlan_tagged: bool, fib, ports,
@@ -134,6 +166,10 @@ def decide(frame: bytes, ingress: int, vlan_tagged: bool, fib, ports,
         if ttl <= 1:
             return TTL, 0, None
         total = 40 + payload
+        # ip6_forward(): ND for a proxied address is the kernel's to answer.
+        nd = ipv6_nd_message(frame, 14 + total)
+        if nd != NOT_ND:
+            return (NDP if nd == ND else IP_OPTIONS), 0, None
         if (6, ingress) in disabled:
             return FWD_DISABLED, 0, None
         hop = fib.lookup(6, frame[38:54])

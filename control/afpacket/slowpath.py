@@ -16,6 +16,8 @@ frames only, what the forward path would have done, in the kernel's order:
                   accept_local and send_redirects the sysctls say now
   hop limit       TTL / hop limit <= 1 -> Time Exceeded (ip_forward(),
                   ip6_forward())
+  proxy NDP       IPv6 Neighbour Discovery for an address the box proxies
+                  -> nothing (ip6_forward() hands it to local input)
   IPv6 source     link-local -> Unreachable, not a neighbour (ip6_forward())
   MTU             too big with DF, or IPv6 -> Frag Needed / Packet Too Big;
                   IPv4 without DF -> fragmented (ip_forward(),
@@ -51,7 +53,7 @@ import time
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from xdpfwd import sysctl
+from xdpfwd import netlink, sysctl
 from xdpfwd.afpacket import ipoptions, packet
 
 # The fast path's outcomes that the kernel's forwarding may still forward
@@ -62,7 +64,7 @@ SLOW = frozenset({
     packet.TTL, packet.LINK_LOCAL, packet.OUTCOME_INDEX["fib_unreachable"],
     packet.OUTCOME_INDEX["fib_prohibit"], packet.OUTCOME_INDEX["fib_not_forwarded"],
     packet.FRAG_NEEDED, packet.NOT_A_PORT, packet.SAME_PORT, packet.REVERSE_PATH,
-    packet.NO_NEIGH, packet.IP_OPTIONS,
+    packet.NO_NEIGH, packet.IP_OPTIONS, packet.NDP,
 })
 
 RTN_UNICAST, RTN_LOCAL, RTN_BROADCAST, RTN_MULTICAST = 1, 2, 3, 5  # rtnetlink route types
@@ -80,7 +82,7 @@ class Sysctls:
     def __init__(self):
         self._cache: dict[tuple[int, str], tuple[float, dict[str, int]]] = {}
 
-    def _cached(self, key: tuple[int, str], read) -> dict[str, int]:
+    def _cached(self, key: tuple[int, str], read):
         now = time.monotonic()
         hit = self._cache.get(key)
         if hit and now - hit[0] < SYSCTL_SECONDS:
@@ -104,13 +106,20 @@ class Sysctls:
 
     def conf6(self, ifname: str) -> dict[str, int]:
         """IPv6: what ipv6_parse_hopopts() reads (the namespace's limits,
-        the ingress interface's ioam6_enabled)."""
+        the ingress interface's ioam6_enabled) and ip6_forward() (the
+        namespace's proxy_ndp: devconf_all's, not the interface's)."""
         def read():
             # IP6_DEFAULT_MAX_HBH_OPTS_CNT, IP6_DEFAULT_MAX_HBH_OPTS_LEN
             return {"max_hbh_opts_number": sysctl.read_int(sysctl.path("ipv6", "max_hbh_opts_number"), 8),
                     "max_hbh_length": sysctl.read_int(sysctl.path("ipv6", "max_hbh_length"), 2**31 - 1),
-                    "ioam6_enabled": sysctl.read_int(sysctl.path("ipv6", "conf", ifname, "ioam6_enabled"))}
+                    "ioam6_enabled": sysctl.read_int(sysctl.path("ipv6", "conf", ifname, "ioam6_enabled")),
+                    "proxy_ndp": sysctl.read_int(sysctl.path("ipv6", "conf", "all", "proxy_ndp"))}
         return self._cached((6, ifname), read)
+
+    def ipv6_proxies(self) -> set[tuple[int, bytes]]:
+        """netlink.ipv6_proxies(), re-read at most every SYSCTL_SECONDS
+        (the kernel announces no change to them)."""
+        return self._cached((6, ""), netlink.ipv6_proxies)
 
 
 def source_valid(fib, conf: dict[str, int], src: bytes, ingress: int, egress: int) -> bool:
@@ -237,6 +246,12 @@ class SlowPath:
         if ttl <= 1:
             reply("time_exceeded")
             return 0
+        if family == 6 and self._proxied_nd(frame, total, dst, ingress):
+            # ip6_forward(): ND for an address the box proxies goes to its
+            # own input (ip6_forward_proxy_check()), never out. With IPv6
+            # forwarding off, the kernel does not answer it either
+            # (ndisc_recv_ns() proxies only on a forwarding interface).
+            return 0
         if family == 6 and src[0] == 0xFE and src[1] & 0xC0 == 0x80:
             reply("source_link_local")
             return 0
@@ -266,6 +281,14 @@ class SlowPath:
         pieces = self.fragment(ip, mtu) if too_big else [ip]
         ethertype = packet.ETH_IPV4 if family == 4 else packet.ETH_IPV6
         return sum(self.transmit(hop.ifindex, hop.dmac + hop.smac + ethertype + p) for p in pieces)
+
+    def _proxied_nd(self, frame: bytes, total: int, dst: bytes, ingress: int) -> bool:
+        """ip6_forward(): proxy_ndp on for the namespace, a proxy entry for
+        the destination on the ingress interface or on any (pneigh_lookup()),
+        and a Neighbour Discovery message past every extension header."""
+        return (packet.ipv6_nd_message(frame, 14 + total, limit=None) == packet.ND
+                and bool(self.sysctls.conf6(self._name(ingress))["proxy_ndp"])
+                and bool({(ingress, dst), (0, dst)} & self.sysctls.ipv6_proxies()))
 
     # -- options ---------------------------------------------------------------
 

@@ -11,7 +11,10 @@ import time
 
 import pytest
 from scapy.layers.inet import IP, UDP, IPOption_RR
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
+from scapy.layers.inet6 import (ICMPv6EchoRequest, ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6ND_RA, ICMPv6ND_Redirect,
+                                ICMPv6ND_RS, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment,
+                                IPv6ExtHdrHopByHop, IPv6ExtHdrRouting)
+from scapy.layers.ipsec import AH
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
 from helpers import inside, ipv6_disabled, router_ip, router_mac_changed, router_with_every_route
@@ -166,6 +169,61 @@ def test_ip_options_go_to_the_stack(program):
     check(program, to_router(program, v4(options=[IPOption_RR()])), XDP_PASS, "ip_options")
     hbh = IPv6(src="fd00:10::10", dst="fd00:11::20") / IPv6ExtHdrHopByHop() / UDP() / PAYLOAD
     check(program, to_router(program, hbh), XDP_PASS, "ip_options")
+
+
+def nd6(*ext, upper=None):
+    """IPv6 from sendbox to recvbox, hop limit 255 as Neighbour Discovery
+    sends it, with these extension headers before `upper`."""
+    pkt = IPv6(src="fd00:10::10", dst="fd00:11::20", hlim=255)
+    for header in ext:
+        pkt = pkt / header
+    return pkt / (upper if upper is not None else ICMPv6ND_NS(tgt="fd00:11::20"))
+
+
+def ah(nh):
+    """An Authentication Header (scapy fills neither its next header nor
+    its length): 24 bytes, (4 + 2) * 4 as ipv6_authlen() reads them."""
+    return AH(nh=nh, payloadlen=4, spi=1, seq=1, icv=bytes(12))
+
+
+@pytest.mark.parametrize("upper", [ICMPv6ND_RS(), ICMPv6ND_RA(), ICMPv6ND_NS(tgt="fd00:11::20"),
+                                   ICMPv6ND_NA(tgt="fd00:11::20"), ICMPv6ND_Redirect()],
+                         ids=["rs", "ra", "ns", "na", "redirect"])
+def test_neighbour_discovery_goes_to_the_stack(program, upper):
+    """ip6_forward() answers ND for a proxied address itself
+    (ip6_forward_proxy_check()); the program cannot see the proxy table."""
+    check(program, to_router(program, nd6(upper=upper)), XDP_PASS, "ndp")
+
+
+@pytest.mark.parametrize("ext", [
+    [IPv6ExtHdrDestOpt()], [IPv6ExtHdrRouting()], [IPv6ExtHdrFragment(offset=0, m=1)],
+    [ah(58)],
+    [IPv6ExtHdrDestOpt(), IPv6ExtHdrRouting(), IPv6ExtHdrFragment(), ah(60),
+     IPv6ExtHdrDestOpt(), IPv6ExtHdrHopByHop()],  # six: as far as the program walks
+], ids=["destopts", "routing", "first-fragment", "ah", "six"])
+def test_neighbour_discovery_is_found_past_extension_headers(program, ext):
+    """As ipv6_skip_exthdr() finds the upper-layer header."""
+    check(program, to_router(program, nd6(*ext)), XDP_PASS, "ndp")
+
+
+@pytest.mark.parametrize("l3", [
+    nd6(upper=ICMPv6EchoRequest()),
+    nd6(IPv6ExtHdrFragment(offset=8), upper=UDP() / PAYLOAD),  # a later fragment: not walked on
+    nd6(IPv6ExtHdrFragment(offset=1, nh=58), upper=b"\x87" + bytes(23)),
+    nd6(IPv6ExtHdrDestOpt(nh=59), upper=b""),  # No Next Header
+    nd6(IPv6ExtHdrDestOpt(nh=58), upper=b""),  # the ICMPv6 type cut off
+    nd6(*[IPv6ExtHdrDestOpt()] * 6, upper=UDP() / PAYLOAD),
+], ids=["echo", "later-fragment", "later-fragment-nd-bytes", "no-next-header", "cut-short", "six-then-udp"])
+def test_other_icmpv6_and_extension_chains_are_forwarded(program, l3):
+    check(program, to_router(program, l3), XDP_REDIRECT, "forwarded")
+
+
+def test_a_chain_longer_than_the_program_walks_goes_to_the_stack(program):
+    """Seven extension headers: the kernel would walk on; the program
+    leaves the packet to it, counted with the IP options."""
+    check(program, to_router(program, nd6(*[IPv6ExtHdrDestOpt()] * 7, upper=UDP() / PAYLOAD)),
+          XDP_PASS, "ip_options")
+    check(program, to_router(program, nd6(*[IPv6ExtHdrDestOpt()] * 7)), XDP_PASS, "ip_options")
 
 
 def test_ipv6_link_local_never_crosses(program):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 from scapy.layers.inet import IP, UDP, ICMP
-from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6
+from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, ICMPv6PacketTooBig, IPv6
 from scapy.layers.l2 import Ether
 
 from helpers import (ipv6_disabled, mac, pin_neighbours, router_ip, stats, sysctl, sysctls_set,
@@ -160,6 +160,57 @@ def test_ipv6_disabled_on_the_ingress_port(mode, pinned):
     time.sleep(0.25)
     got, _ = through_router([udp6(router, sendbox)] * 3)
     assert len(got) == 3, f"{mode}: IPv6 did not come back: {len(got)} of 3"
+
+
+def solicitation(router, sendbox) -> bytes:
+    """A unicast Neighbour Solicitation from sendbox for recvbox's address,
+    addressed to the router's MAC: what sendbox's NUD sends once the router
+    answers for that address (proxy NDP, as on a host where the router
+    proxies a prefix it routes)."""
+    return bytes(Ether(src=sendbox, dst=router) / IPv6(src="fd00:10::10", dst="fd00:11::20", hlim=255)
+                 / ICMPv6ND_NS(tgt="fd00:11::20") / ICMPv6NDOptSrcLLAddr(lladdr=sendbox))
+
+
+def nd_through_router(router, sendbox) -> tuple[int, int]:
+    """(solicitations for fd00:11::20 that reached recvbox, advertisements
+    for it that came back to sendbox)."""
+    at_recv, at_send = Capture("recvbox"), Capture("sendbox")
+    try:
+        send([solicitation(router, sendbox)])
+        time.sleep(0.2)
+        solicited = [Ether(f)[ICMPv6ND_NS] for f in at_recv.frames() if Ether(f).haslayer(ICMPv6ND_NS)]
+        answered = [Ether(f)[ICMPv6ND_NA] for f in at_send.frames() if Ether(f).haslayer(ICMPv6ND_NA)]
+    finally:
+        at_recv.close()
+        at_send.close()
+    return (sum(ns.tgt == "fd00:11::20" for ns in solicited),
+            sum(na.tgt == "fd00:11::20" for na in answered))
+
+
+def test_proxy_ndp_is_answered_not_forwarded(mode, pinned):
+    """ip6_forward() hands Neighbour Discovery for an address the router
+    proxies (proxy_ndp and a proxy entry on the ingress port) to its own
+    input, which answers it (ip6_forward_proxy_check(), ndisc_recv_ns());
+    other ND it forwards like any packet. In AF_PACKET mode IPv6
+    forwarding is off, and the kernel proxies only on a forwarding
+    interface: the solicitation is neither forwarded nor answered."""
+    router, sendbox = pinned
+    before = stats() if mode != "kernel" else None
+    with sysctls_set({"net.ipv6.conf.all.proxy_ndp": "1"}):
+        router_ip("-6", "neigh", "add", "proxy", "fd00:11::20", "dev", "eth1")
+        try:
+            time.sleep(0.25)  # the AF_PACKET forwarder re-reads the proxies at most this late
+            forwarded, answered = nd_through_router(router, sendbox)
+        finally:
+            router_ip("-6", "neigh", "del", "proxy", "fd00:11::20", "dev", "eth1")
+    assert forwarded == 0, f"{mode}: a solicitation for a proxied address went on to recvbox"
+    assert answered == (0 if mode == "afpacket" else 1), f"{mode}: {answered} advertisements came back"
+    time.sleep(0.25)
+    forwarded, answered = nd_through_router(router, sendbox)
+    assert (forwarded, answered) == (1, 0), f"{mode}: not proxied: {forwarded} forwarded, {answered} answered"
+    if mode in ("native", "skb"):
+        after = stats()["eth1"]["pass_reasons"]
+        assert after.get("ndp", 0) - before["eth1"]["pass_reasons"].get("ndp", 0) == 2
 
 
 @pytest.mark.parametrize("case", [

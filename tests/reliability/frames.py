@@ -87,14 +87,36 @@ class FrameGenerator:
         header = header[:10] + struct.pack("!H", check) + header[12:]
         return b"\x08\x00" + header + payload
 
+    def _ipv6_chain(self, payload: bytes) -> tuple[int, bytes]:
+        """(next header, bytes): an ICMPv6 message, Neighbour Discovery
+        often, behind up to 8 extension headers of the kinds
+        ipv6_skip_exthdr() walks (the datapaths walk 6)."""
+        r = self.r
+        nexthdr, body = 58, bytes([r.choice([133, 134, 135, 136, 137, 128, r.randrange(256)])]) + payload
+        for _ in range(r.choice([0, 1, 2, 5, 6, 7, 8])):
+            kind = r.choice([0, 43, 44, 51, 60])
+            if kind == 44:  # fragment offset 0 or not, M flag or not
+                header = struct.pack("!BBHI", nexthdr, 0, r.choice([0, 1, 8, r.randrange(0x10000)]),
+                                     r.randrange(1 << 32))
+            elif kind == 51:  # AH: (length + 2) 4-byte words
+                words = r.choice([1, 4])
+                header = bytes([nexthdr, words]) + r.randbytes((words + 2) * 4 - 2)
+            else:  # (length + 1) 8-byte units
+                units = r.choice([0, 1])
+                header = bytes([nexthdr, units]) + r.randbytes((units + 1) * 8 - 2)
+            nexthdr, body = kind, header + body
+        return nexthdr, body
+
     def ipv6(self) -> bytes:
         r = self.r
         payload = self._payload()
+        nexthdr = r.choice([17, 17, 6, 58, 0, 43, 44, 60, 59, r.randrange(0, 256)])
+        if r.random() < 0.2:
+            nexthdr, payload = self._ipv6_chain(payload)
         plen = len(payload)
         if r.random() < 0.1:
             plen = r.choice([plen + r.randrange(1, 100), max(0, plen - 8), 0])
         version = 6 if r.random() < 0.95 else r.randrange(0, 16)
-        nexthdr = r.choice([17, 17, 6, 58, 0, 43, 44, 60, 59, r.randrange(0, 256)])
         hlim = r.choice(TTLS) if r.random() < 0.5 else r.randrange(0, 256)
         src = ipaddress.IPv6Address(r.choice(V6_SOURCES)).packed
         dst = (ipaddress.IPv6Address(r.choice(V6_DESTINATIONS)).packed if r.random() < 0.95

@@ -183,6 +183,11 @@ def decide(frame: bytes, ingress: int, t: Tables) -> Verdict:
         ttl = frame[21]
         if ttl <= 1:
             return passed("ttl_exceeded")
+        upper = _ipv6_upper_layer(frame[14:54 + payload])
+        if upper == "too deep":
+            return passed("ip_options")
+        if upper[0] == 58 and len(upper[1]) >= 1 and upper[1][0] in ND_TYPES:
+            return passed("ndp")  # ip6_forward_proxy_check(): the kernel's to answer if proxied
         family, dst, l3_len = 6, frame[38:54], 40 + payload
     else:
         return passed("not_ip")
@@ -203,6 +208,32 @@ def decide(frame: bytes, ingress: int, t: Tables) -> Verdict:
             return passed("reverse_path")
     frame = frame[:14 + l3_len]  # ip_rcv_core() trims to the IP length
     return Verdict("redirect", "forwarded", _rewrite(frame, family, mac, t.mac[route.oif]), route.oif)
+
+
+ND_TYPES = {133, 134, 135, 136, 137}  # RS, RA, NS, NA, Redirect
+WALKED = 6  # extension headers the datapaths walk; a longer chain is left to the kernel
+
+
+def _ipv6_upper_layer(ip: bytes):
+    """ipv6_skip_exthdr() on an IPv6 packet: (protocol, the bytes from
+    its header on); (None, b"") where the kernel's walk fails or stops at a
+    fragment other than the first; "too deep" past WALKED headers."""
+    protocol, rest = ip[6], ip[40:]
+    for walked in range(WALKED + 1):
+        if protocol not in (0, 43, 44, 51, 60):
+            return (None, b"") if protocol == 59 else (protocol, rest)
+        if walked == WALKED:
+            return "too deep"
+        if len(rest) < 2 or (protocol == 44 and len(rest) < 4):
+            return None, b""
+        if protocol == 44:
+            if int.from_bytes(rest[2:4], "big") >> 3:  # the fragment offset
+                return None, b""
+            size = 8
+        else:
+            size = (rest[1] + 2) * 4 if protocol == 51 else (rest[1] + 1) * 8
+        protocol, rest = rest[0], rest[size:]
+    raise AssertionError("unreachable")
 
 
 def _ones_complement_sum(data: bytes) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import test_afpacket_packet as table
 from scapy.layers.inet import IP, UDP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet6 import ICMPv6EchoRequest, ICMPv6ND_NA, ICMPv6ND_NS, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment
 
 from xdpfwd.afpacket import _fastpath, packet, rings, worker
 from xdpfwd.layout import layout
@@ -60,6 +60,9 @@ FORWARDED = [
     table.frame(table.v4()) + bytes(18),  # Ethernet padding: cut to the IP length
     table.frame(table.v6()) + bytes(7),
     table.frame(IP(src="10.0.10.10", dst="10.0.93.5") / UDP() / bytes(972)),  # the MTU exactly
+    table.ipv6(ICMPv6EchoRequest()),
+    table.ipv6(IPv6ExtHdrFragment(offset=1), ICMPv6ND_NS()),  # a later fragment is not ND
+    table.ipv6(*[IPv6ExtHdrDestOpt()] * 6, UDP()),
 ] + [
     # Checksums across the range, as test_checksum_update_matches_a_full_recomputation
     table.frame(IP(bytes(IP(src="10.0.10.10", dst="10.0.11.20", ttl=64, id=ident) / UDP())))
@@ -104,11 +107,13 @@ def test_mutated_frames_decide_alike():
     rng = random.Random(12)
     fp = fast()
     seeds = [table.frame(table.v4()), table.frame(table.v6()),
-             table.frame(IP(src="10.0.10.10", dst="10.0.93.5") / UDP() / bytes(1200))]
+             table.frame(IP(src="10.0.10.10", dst="10.0.93.5") / UDP() / bytes(1200)),
+             table.ipv6(IPv6ExtHdrDestOpt(), IPv6ExtHdrFragment(), ICMPv6ND_NS()),
+             table.ipv6(*[IPv6ExtHdrDestOpt()] * 6, ICMPv6ND_NA())]
     for _ in range(3000):
         raw = bytearray(rng.choice(seeds))
         for _ in range(rng.randint(1, 3)):
-            at = rng.randrange(min(len(raw), 60))
+            at = rng.randrange(min(len(raw), 110))
             raw[at] = rng.choice((0, 1, 2, 0x40, 0x45, 0x60, 0x7F, 0x80, 0xFE, 0xFF, rng.randrange(256)))
         if rng.random() < 0.2:
             raw = raw[:rng.randrange(len(raw) + 1)]

@@ -3,7 +3,9 @@ against a fixed routing answer (pure logic: the fib is a stand-in)."""
 
 import pytest
 from scapy.layers.inet import IP, UDP, IPOption_RR
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
+from scapy.layers.inet6 import (ICMPv6EchoRequest, ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6ND_Redirect, IPv6,
+                                IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting)
+from scapy.layers.ipsec import AH
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
 from xdpfwd.afpacket import packet
@@ -149,6 +151,14 @@ TO_THE_STACK = [
     (frame(v6(dst="::1")), "martian_destination"),
     (frame(v6(dst="ff0e::1")), "multicast"),
     (frame(IP(src="10.0.11.99", dst="10.0.11.20") / UDP()), "reverse_path"),
+    (frame(IPv6(src="fd00:10::10", dst="fd00:11::20", hlim=255) / ICMPv6ND_NS(tgt="fd00:11::20")), "ndp"),
+    (frame(IPv6(src="fd00:10::10", dst="fd00:11::20", hlim=255) / ICMPv6ND_NA(tgt="fd00:11::20")), "ndp"),
+    (frame(IPv6(src="fd00:10::10", dst="fd00:11::20", hlim=255) / ICMPv6ND_Redirect()), "ndp"),
+    (frame(IPv6(src="fd00:10::10", dst="fd00:11::20") / IPv6ExtHdrDestOpt() / IPv6ExtHdrRouting()
+           / IPv6ExtHdrFragment(m=1) / AH(nh=58, payloadlen=4, icv=bytes(12)) / ICMPv6ND_NS()), "ndp"),
+    (frame(IPv6(src="fd00:10::10", dst="fd00:11::20") / (IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt()
+           / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt()
+           / IPv6ExtHdrDestOpt()) / UDP()), "ip_options"),  # seven: past what the fast paths walk
 ]
 
 
@@ -194,3 +204,35 @@ def test_ipv6_disabled_elsewhere_changes_nothing():
 
 def test_vlan_metadata_from_the_ring_counts_as_vlan():
     assert decide(frame(v4()), vlan=True)[0] == "vlan"
+
+
+def ipv6(*layers) -> bytes:
+    pkt = IPv6(src="fd00:10::10", dst="fd00:11::20")
+    for layer in layers:
+        pkt = pkt / layer
+    return frame(pkt)
+
+
+@pytest.mark.parametrize("raw,expected", [
+    (ipv6(ICMPv6ND_NS()), packet.ND),
+    (ipv6(ICMPv6EchoRequest()), packet.NOT_ND),
+    (ipv6(IPv6ExtHdrHopByHop(), ICMPv6ND_NS()), packet.ND),  # walked past, as the kernel does
+    (ipv6(IPv6ExtHdrFragment(offset=0), ICMPv6ND_NS()), packet.ND),
+    (ipv6(IPv6ExtHdrFragment(offset=1), ICMPv6ND_NS()), packet.NOT_ND),  # not the first fragment
+    (ipv6(IPv6ExtHdrDestOpt(nh=59)), packet.NOT_ND),  # No Next Header
+    (ipv6(IPv6ExtHdrDestOpt(nh=58)), packet.NOT_ND),  # cut before the ICMPv6 type
+    (ipv6(AH(nh=58, payloadlen=4, icv=bytes(12)), ICMPv6ND_NS()), packet.ND),
+    (ipv6(*[IPv6ExtHdrDestOpt()] * 6, ICMPv6ND_NS()), packet.ND),
+    (ipv6(*[IPv6ExtHdrDestOpt()] * 7, ICMPv6ND_NS()), packet.DEEP),
+], ids=["ns", "echo", "hop-by-hop", "first-fragment", "later-fragment", "no-next-header", "cut-short",
+        "ah", "six", "seven"])
+def test_nd_messages_are_found_as_ipv6_skip_exthdr_finds_them(raw, expected):
+    assert packet.ipv6_nd_message(raw, len(raw)) == expected
+
+
+def test_the_slow_path_walks_every_extension_header():
+    """Without a limit (the slow path's proxy check, as the kernel)."""
+    raw = ipv6(*[IPv6ExtHdrDestOpt()] * 40, ICMPv6ND_NS())
+    assert packet.ipv6_nd_message(raw, len(raw), limit=None) == packet.ND
+    assert packet.ipv6_nd_message(raw, len(raw)) == packet.DEEP
+    assert packet.ipv6_nd_message(raw, len(raw) - 24, limit=None) == packet.NOT_ND  # ends before the type
