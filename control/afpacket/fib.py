@@ -265,15 +265,19 @@ class Fib:
         if af == socket.AF_INET:
             route_mtu = self._route_mtu4(route, dst)
         else:
-            # ip6_dst_mtu_maybe_forward(dst, true) reads the route's MTU only
-            # when it is locked, else the port's IPv6 MTU (idev->cnf.mtu6,
-            # net.ipv6.conf.PORT.mtu, which can be set below the link's). A
-            # learnt path MTU is the RTAX_MTU of an exception route
-            # (rt6_do_update_pmtu()), whose metrics are its route's, lock
-            # bit and all: under a lock, which does not stop learning
+            # ip6_forward() checks ip6_dst_mtu_maybe_forward(dst, true): the
+            # route's MTU only when it is locked, else the port's IPv6 MTU
+            # (idev->cnf.mtu6, net.ipv6.conf.PORT.mtu, which can be set
+            # below the link's). A learnt path MTU is the RTAX_MTU of an
+            # exception route (rt6_do_update_pmtu()), whose metrics are its
+            # route's, lock bit and all; a lock does not stop learning
             # (__ip6_rt_update_pmtu(): "IPv6 pmtu discovery isn't
-            # optional"), forwarding goes by the learnt value, and `route
-            # get` (rt6_fill_node() on that exception) says the same, locked.
+            # optional"), and `route get` (rt6_fill_node() on that
+            # exception) reports it, locked. The output path then checks
+            # dst_mtu() too (ip6_mtu(): the RTAX_MTU, locked or not), and
+            # ip6_fragment() answers Packet Too Big over it: not followed
+            # here yet, a Hop carries one MTU and the kernel's answer names
+            # the first of the two the packet exceeds (README, LIMITATIONS).
             route_mtu, locked = netlink.route_mtu(route)
             route_mtu = route_mtu if locked else 0
             link_mtu = mtu6 or link_mtu
