@@ -163,10 +163,11 @@ def stderr_line(proc, words: str, timeout: float) -> str:
             pending += chunk
 
 
-def router_ip(*args):
-    """`ip -n ROUTER ...`, failing the test with ip's own message."""
+def router_ip(*args) -> str:
+    """`ip -n ROUTER ...`, failing the test with ip's own message; its output."""
     proc = subprocess.run(["ip", "-n", lab.ns("router"), *args], capture_output=True, text=True)
     assert proc.returncode == 0, f"ip -n {lab.ns('router')} {' '.join(args)}: {proc.stderr.strip()}"
+    return proc.stdout
 
 
 def mac(host: str, ifname: str = "eth0") -> str:

@@ -6,11 +6,12 @@ packet cannot be forwarded (an outcome label from bpf/counters.h). Answers
 come from rtnetlink and are cached per destination; a second netlink socket
 subscribed to every change that can alter an answer drops the cache, so it
 is never stale for longer than the packet loop takes to call poll_events();
-what changes without a word on rtnetlink (a port's IPv6 MTU) is seen
-within MAX_AGE.
+what changes without a word on rtnetlink (a port's IPv6 MTU, a path MTU
+the router learns or forgets, ip_forward_use_pmtu) is seen within MAX_AGE.
 """
 
 import errno
+import os
 import socket
 import time
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from pyroute2.netlink.rtnl import (
 )
 from pyroute2.netlink.rtnl import ndmsg
 
-from xdpfwd import netlink
+from xdpfwd import netlink, sysctl
 from xdpfwd.netlink import RTN_UNICAST, drain, event_socket
 
 # Not in pyroute2's list. Deleting a nexthop object (ip nexthop del) silently
@@ -74,9 +75,15 @@ RESOLVE_INTERVAL = 1.0  # seconds between two resolve() of one next hop
 # starting over costs one netlink round trip per destination in use.
 MAX_CACHED = 65536
 # The oldest an answer gets: some changes announce nothing on rtnetlink (a
-# port's IPv6 MTU, net.ipv6.conf.PORT.mtu; ip_forward_use_pmtu), and the
-# kernel's own forwarding sees them at once.
+# port's IPv6 MTU, net.ipv6.conf.PORT.mtu; ip_forward_use_pmtu; a path MTU
+# learnt from an ICMP error to the router's own traffic, its expiry, `ip
+# route flush cache`), and the kernel's own forwarding sees them at once.
 MAX_AGE = 1.0
+# uapi/linux/rtnetlink.h: `route get` answers with the FIB entry that
+# matched (fib_dump_info(): its own metrics), not with the route the lookup
+# made (rt_fill_info(): a learnt path MTU in place of the route's MTU).
+RTM_F_FIB_MATCH = 0x2000
+SYSCTL_SECONDS = 0.1  # how long a read of ip_forward_use_pmtu is trusted, as slowpath's
 
 
 @dataclass(frozen=True)
@@ -87,8 +94,10 @@ class Hop:
     ifindex: int = 0   # egress interface (also set for fib_no_neighbour)
     dmac: bytes = b""  # 6 bytes, next hop's MAC (forwarded only)
     smac: bytes = b""  # 6 bytes, egress interface's MAC (forwarded only)
-    mtu: int = 0       # the MTU forwarding uses: the route's (IPv4: if set; IPv6: if locked),
-                       # else the egress link's;
+    mtu: int = 0       # the MTU forwarding uses (ip_dst_mtu_maybe_forward(),
+                       # ip6_dst_mtu_maybe_forward()): IPv4: the route's own if set, or with
+                       # ip_forward_use_pmtu a path MTU learnt below it; IPv6: the route's
+                       # if locked; else the egress link's (IPv6: the port's IPv6 MTU);
                        # also set for fib_no_neighbour: like bpf_fib_lookup(), a packet
                        # too big is fib_frag_needed before any neighbour question
     nexthop: bytes = b""  # gateway address, or the destination itself when on-link (packed, 4 or 16 bytes)
@@ -117,6 +126,10 @@ class Fib:
         self._links: dict[int, tuple[bytes, int, bool, int]] = {}  # ifindex -> (MAC, MTU, IPv6 off, mtu6)
         self._since = time.monotonic()  # when the answers were last dropped
         self._resolved: dict[tuple[bytes, int], float] = {}  # (nexthop, ifindex) -> monotonic time
+        # Opened here, in the namespace the sockets belong to (a /proc/sys/net
+        # file is its opener's namespace's); None: the kernel lacks it (off).
+        self._use_pmtu_fd = sysctl.opened(sysctl.path("ipv4", "ip_forward_use_pmtu"))
+        self._use_pmtu, self._use_pmtu_at = False, -SYSCTL_SECONDS
 
     def lookup(self, family: int, dst: bytes) -> Hop:
         hop = self._hops.get((family, dst))
@@ -217,6 +230,9 @@ class Fib:
     def close(self) -> None:
         self._ipr.close()
         self._events.close()
+        if self._use_pmtu_fd is not None:
+            os.close(self._use_pmtu_fd)
+            self._use_pmtu_fd = None
 
     def __enter__(self):
         return self
@@ -246,18 +262,58 @@ class Fib:
         gateway = via["addr"] if via else route.get_attr("RTA_GATEWAY")
         nexthop = _packed(gateway) if gateway else dst
         smac, link_mtu, _, mtu6 = self._link(ifindex)
-        route_mtu, locked = netlink.route_mtu(route)
-        # ip_dst_mtu_maybe_forward() honours a route's MTU when forwarding;
-        # ip6_dst_mtu_maybe_forward() only a locked one, else the port's
-        # IPv6 MTU (idev->cnf.mtu6, net.ipv6.conf.PORT.mtu), which can be
-        # set below the link's.
-        if af == socket.AF_INET6:
+        if af == socket.AF_INET:
+            route_mtu = self._route_mtu4(route, dst)
+        else:
+            # ip6_forward() checks ip6_dst_mtu_maybe_forward(dst, true): the
+            # route's MTU only when it is locked, else the port's IPv6 MTU
+            # (idev->cnf.mtu6, net.ipv6.conf.PORT.mtu, which can be set
+            # below the link's). A learnt path MTU is the RTAX_MTU of an
+            # exception route (rt6_do_update_pmtu()), whose metrics are its
+            # route's, lock bit and all; a lock does not stop learning
+            # (__ip6_rt_update_pmtu(): "IPv6 pmtu discovery isn't
+            # optional"), and `route get` (rt6_fill_node() on that
+            # exception) reports it, locked. The output path then checks
+            # dst_mtu() too (ip6_mtu(): the RTAX_MTU, locked or not), and
+            # ip6_fragment() answers Packet Too Big over it: not followed
+            # here yet, a Hop carries one MTU and the kernel's answer names
+            # the first of the two the packet exceeds (README, LIMITATIONS).
+            route_mtu, locked = netlink.route_mtu(route)
+            route_mtu = route_mtu if locked else 0
             link_mtu = mtu6 or link_mtu
-        mtu = route_mtu if route_mtu and (af == socket.AF_INET or locked) else link_mtu
+        mtu = route_mtu or link_mtu
         dmac = self._neighbour(nexthop, ifindex)
         if dmac is None:
             return Hop("fib_no_neighbour", ifindex=ifindex, mtu=mtu, nexthop=nexthop)
         return Hop("forwarded", ifindex, dmac, smac, mtu, nexthop)
+
+    def _route_mtu4(self, route, dst: bytes) -> int:
+        """The MTU ip_forward() checks against, 0 for the link's, given the
+        `route get` answer for dst."""
+        mtu, locked = netlink.route_mtu(route)
+        # rt_fill_info() puts a learnt path MTU (rt_pmtu, until it expires)
+        # in place of the route's own RTAX_MTU, locked when it was learnt
+        # below net.ipv4.route.min_pmtu (rt_mtu_locked). When forwarding,
+        # ip_dst_mtu_maybe_forward() takes that value (dst_mtu()) only with
+        # ip_forward_use_pmtu set or the MTU locked (a locked route MTU
+        # learns nothing: __ip_rt_update_pmtu()); otherwise the route's own
+        # RTAX_MTU, else the device's, which only the FIB entry tells. No
+        # MTU in the answer: neither a route MTU nor a learnt one, one
+        # request is enough.
+        if not mtu or locked or self._forward_uses_pmtu():
+            return mtu
+        (entry,) = self._ipr.route("get", family=socket.AF_INET, dst=socket.inet_ntop(socket.AF_INET, dst),
+                                   flags=RTM_F_FIB_MATCH)
+        return netlink.route_mtu(entry)[0]
+
+    def _forward_uses_pmtu(self) -> bool:
+        """net.ipv4.ip_forward_use_pmtu, read again at most every
+        SYSCTL_SECONDS: a change takes effect while the forwarder runs."""
+        now = time.monotonic()
+        if now - self._use_pmtu_at >= SYSCTL_SECONDS:
+            self._use_pmtu_at = now
+            self._use_pmtu = self._use_pmtu_fd is not None and sysctl.pread(self._use_pmtu_fd) != "0"
+        return self._use_pmtu
 
     def _neighbour(self, nexthop: bytes, ifindex: int) -> bytes | None:
         family = socket.AF_INET if len(nexthop) == 4 else socket.AF_INET6

@@ -4,6 +4,7 @@ and counted at recvbox, once with plain kernel forwarding and once through
 xdpfwd, and the two must agree."""
 
 import time
+from contextlib import contextmanager
 
 import pytest
 from scapy.layers.inet import IP, UDP, ICMP
@@ -283,6 +284,67 @@ def test_an_unlocked_route_mtu_is_honoured(mode, pinned):
     errors = [Ether(f)[ICMP] for f in back if Ether(f).haslayer(ICMP)]
     assert [(e.type, e.code, e.nexthopmtu) for e in errors] == [(3, 4, 1000)], f"{mode}: {back}"
     assert got == [], f"{mode}: forwarded whole past the route's MTU"
+
+
+@contextmanager
+def learnt_path_mtu(mtu: int):
+    """The router learns a path MTU towards recvbox as from any router on
+    the way: its own datagram, sent with DF (IP_PMTUDISC_DO) from a socket
+    that stays open (udp_err() hands the ICMP error to a socket, which
+    updates the route: ipv4_sk_update_pmtu()), answered by recvbox with a
+    Frag Needed quoting it. `ip route flush cache` afterwards makes the
+    kernel forget it (fnhe_genid_bump())."""
+    import socket
+    ip_mtu_discover, ip_pmtudisc_do = 10, 2  # linux/in.h
+    with entered(lab.ns("recvbox")):
+        at_recv = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+        at_recv.bind(("eth0", 0))
+        out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        out.bind(("eth0", 0))
+    with entered(lab.ns("router")):
+        own = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        with at_recv, out, own:
+            at_recv.settimeout(2)
+            own.setsockopt(socket.IPPROTO_IP, ip_mtu_discover, ip_pmtudisc_do)
+            own.connect(("10.0.11.20", 9))
+            own.send(MARK + bytes(mtu + 100))
+            while True:  # socket.timeout fails the test
+                frame = Ether(at_recv.recv(65535))
+                if frame.haslayer(UDP) and frame[IP].src == "10.0.11.10" and MARK in bytes(frame[UDP].payload):
+                    break
+            quoted = bytes(frame[IP])[:frame[IP].ihl * 4 + 8]  # icmp_send(): the header and 8 bytes
+            out.send(bytes(Ether(src=frame.dst, dst=frame.src) / IP(src="10.0.11.20", dst="10.0.11.10")
+                           / ICMP(type=3, code=4, nexthopmtu=mtu) / quoted))
+            time.sleep(0.1)
+        assert f"mtu {mtu}" in router_ip("route", "get", "10.0.11.20"), "the router learnt no path MTU"
+        yield
+    finally:
+        router_ip("route", "flush", "cache")
+        assert "mtu" not in router_ip("route", "get", "10.0.11.20")
+
+
+@pytest.mark.parametrize("use_pmtu", ["0", "1"])
+def test_a_learnt_path_mtu_counts_only_with_ip_forward_use_pmtu(mode, pinned, use_pmtu):
+    """When forwarding, ip_dst_mtu_maybe_forward() goes by a path MTU the
+    router has learnt only with ip_forward_use_pmtu set; otherwise by the
+    route's own MTU, else the link's. `route get` reports the learnt one
+    in the route's place (rt_fill_info())."""
+    router, sendbox = pinned
+    df = bytes(Ether(src=sendbox, dst=router) / IP(src="10.0.10.10", dst="10.0.11.20", flags="DF")
+               / UDP(sport=4000, dport=2152) / (MARK + bytes(1300 - 28 - len(MARK))))
+    with learnt_path_mtu(1200), \
+            sysctls_set({"net.ipv4.ip_forward_use_pmtu": use_pmtu, "net.ipv4.icmp_ratelimit": "0"}):
+        time.sleep(1.2)  # nothing is announced: the AF_PACKET forwarder's answers are at most 1 s old
+        got, back = through_router([df])
+    # recvbox answers what reaches it with Port Unreachable: only the router's errors count.
+    errors = [(e[ICMP].type, e[ICMP].code, e[ICMP].nexthopmtu) for e in map(Ether, back)
+              if e.haslayer(ICMP) and e[IP].src != "10.0.11.20"]
+    arrived = [len(Ether(f)[IP]) for f in got]
+    if use_pmtu == "1":
+        assert (errors, arrived) == ([(3, 4, 1200)], []), f"{mode}: errors {errors}, arrived {arrived}"
+    else:
+        assert (errors, arrived) == ([], [1300]), f"{mode}: errors {errors}, arrived {arrived}"
 
 
 def test_the_egress_ports_ipv6_mtu_is_honoured(mode, pinned):
