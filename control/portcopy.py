@@ -34,24 +34,35 @@ EVENT_GROUPS = (netlink.RTNLGRP_LINK, netlink.RTNLGRP_IPV6_IFADDR, netlink.RTNLG
 
 
 def ipv4_route_mtu(use_pmtu: int | None = None) -> tuple[int, frozenset]:
-    """(the smallest MTU set on an IPv4 route without `lock`, 0 for none;
-    the keys of those routes, netlink.route_key()); use_pmtu is
-    ip_forward_use_pmtu, read here when not given. ip_forward() honours such an
-    MTU (ip_dst_mtu_maybe_forward()), bpf_fib_lookup() does not
-    (ip_mtu_from_fib_result() reads it only when locked, or when
-    ip_forward_use_pmtu is set; then both read the route's MTU, and only a
-    learned path MTU below it, which the kernel prefers and the lookup
-    does not, is left: README, LIMITATIONS)."""
+    """(the size above which the program leaves IPv4 to the kernel, 0 for
+    no limit; the keys of the IPv4 routes whose MTU is set without `lock`,
+    netlink.route_key()); use_pmtu is ip_forward_use_pmtu, read here when
+    not given.
+
+    ip_forward() honours such an MTU (ip_dst_mtu_maybe_forward()),
+    bpf_fib_lookup() does not (ip_mtu_from_fib_result() reads it only
+    when locked or with ip_forward_use_pmtu): the smallest of them. With
+    ip_forward_use_pmtu both read the route's MTU, but the kernel prefers
+    a path MTU it has learnt below it (__ip_rt_update_pmtu() learns one
+    under an unlocked route MTU, never at or above it, and none under a
+    locked one), which the lookup never sees for such a route and which
+    the program cannot know: then IPv4 above the smallest path MTU the
+    kernel learns (net.ipv4.route.min_pmtu) goes to the kernel."""
     if use_pmtu is None:
         use_pmtu = _use_pmtu()
-    if use_pmtu:
-        return 0, frozenset()
     routes = netlink.unlocked_ipv4_route_mtus()
-    return min(routes.values(), default=0), frozenset(routes)
+    smallest = min(routes.values(), default=0)
+    if use_pmtu and smallest:
+        smallest = min(smallest, _min_pmtu())
+    return smallest, frozenset(routes)
 
 
 def _use_pmtu() -> int:
     return sysctl.read_int(sysctl.path("ipv4", "ip_forward_use_pmtu"))
+
+
+def _min_pmtu() -> int:
+    return sysctl.read_int(sysctl.path("ipv4", "route", "min_pmtu"), 552)  # ip_rt_min_pmtu's default
 
 
 def entries(slots: dict[int, int], route_mtu: int | None = None) -> dict[int, bytes]:
@@ -85,6 +96,9 @@ def changes(name: str, old: bytes | None, new: bytes) -> list[str]:
 def route_mtu_change(old: int, new: int) -> list[str]:
     if old == new:
         return []
+    if new and _use_pmtu():
+        return [f"IPv4 routes: with ip_forward_use_pmtu and an MTU not locked, IPv4 packets larger "
+                f"than {new} (the smallest path MTU the kernel learns) go to the stack"]
     if new:
         return [f"IPv4 routes: the smallest MTU not locked is now {new}: larger IPv4 packets go "
                 "to the stack"]

@@ -321,7 +321,7 @@ def learnt_path_mtu(mtu: int):
         yield
     finally:
         router_ip("route", "flush", "cache")
-        assert "mtu" not in router_ip("route", "get", "10.0.11.20")
+        assert f"mtu {mtu}" not in router_ip("route", "get", "10.0.11.20")
 
 
 @pytest.mark.parametrize("use_pmtu", ["0", "1"])
@@ -345,6 +345,30 @@ def test_a_learnt_path_mtu_counts_only_with_ip_forward_use_pmtu(mode, pinned, us
         assert (errors, arrived) == ([(3, 4, 1200)], []), f"{mode}: errors {errors}, arrived {arrived}"
     else:
         assert (errors, arrived) == ([], [1300]), f"{mode}: errors {errors}, arrived {arrived}"
+
+
+def test_with_use_pmtu_a_learnt_path_mtu_below_an_unlocked_route_mtu_wins(mode, pinned):
+    """With ip_forward_use_pmtu, ip_dst_mtu_maybe_forward() prefers a path
+    MTU learnt below the route's unlocked MTU; bpf_fib_lookup() reads the
+    route's (ip_mtu_from_fib_result()). The program cannot know what was
+    learnt: it leaves IPv4 above net.ipv4.route.min_pmtu to the kernel."""
+    router, sendbox = pinned
+    df = bytes(Ether(src=sendbox, dst=router) / IP(src="10.0.10.10", dst="10.0.11.20", flags="DF")
+               / UDP(sport=4000, dport=2152) / (MARK + bytes(1300 - 28 - len(MARK))))
+    with sysctls_set({"net.ipv4.ip_forward_use_pmtu": "1", "net.ipv4.icmp_ratelimit": "0"}):
+        router_ip("route", "add", "10.0.11.20/32", "dev", "eth0", "mtu", "1400")
+        try:
+            reattach(mode, "IPv4 packets larger than 552")
+            with learnt_path_mtu(1200):
+                time.sleep(1.2)  # nothing is announced: the AF_PACKET forwarder's answers are at most 1 s old
+                got, back = through_router([df])
+        finally:
+            router_ip("route", "del", "10.0.11.20/32")
+            reattach(mode, "no MTU left unlocked")
+    errors = [(e[ICMP].type, e[ICMP].code, e[ICMP].nexthopmtu) for e in map(Ether, back)
+              if e.haslayer(ICMP) and e[IP].src != "10.0.11.20"]
+    arrived = [len(Ether(f)[IP]) for f in got]
+    assert (errors, arrived) == ([(3, 4, 1200)], []), f"{mode}: errors {errors}, arrived {arrived}"
 
 
 def test_the_egress_ports_ipv6_mtu_is_honoured(mode, pinned):

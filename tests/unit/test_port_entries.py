@@ -41,13 +41,32 @@ def test_each_change_is_one_line():
         "eth1: IPv6 enabled again: its IPv6 is forwarded"]
 
 
-def test_the_route_mtu_is_one_line_for_all_ports():
+def test_the_route_mtu_is_one_line_for_all_ports(monkeypatch):
+    monkeypatch.setattr(portcopy, "_use_pmtu", lambda: 0)
     assert portcopy.changes("eth1", entry(), entry(route_mtu=1400)) == []
     assert portcopy.route_mtu_change(0, 1400) == [
         "IPv4 routes: the smallest MTU not locked is now 1400: larger IPv4 packets go to the stack"]
     assert portcopy.route_mtu_change(1400, 0) == [
         "IPv4 routes: no MTU left unlocked: IPv4 is forwarded up to each route's locked MTU or link's"]
     assert portcopy.route_mtu_change(1400, 1400) == []
+
+
+def test_with_use_pmtu_an_unlocked_route_mtu_lowers_the_limit_to_min_pmtu(monkeypatch):
+    """ip_dst_mtu_maybe_forward() then prefers a path MTU learnt below the
+    route's, which the program cannot see: as low as min_pmtu."""
+    key = netlink.route_key(254, 24, bytes(4))
+    monkeypatch.setattr(portcopy, "_min_pmtu", lambda: 552)
+    monkeypatch.setattr(netlink, "unlocked_ipv4_route_mtus", lambda: {key: 1400})
+    assert portcopy.ipv4_route_mtu(use_pmtu=0) == (1400, frozenset({key}))
+    assert portcopy.ipv4_route_mtu(use_pmtu=1) == (552, frozenset({key}))
+    monkeypatch.setattr(netlink, "unlocked_ipv4_route_mtus", lambda: {key: 500})
+    assert portcopy.ipv4_route_mtu(use_pmtu=1) == (500, frozenset({key}))  # learnt only below it
+    monkeypatch.setattr(netlink, "unlocked_ipv4_route_mtus", lambda: {})
+    assert portcopy.ipv4_route_mtu(use_pmtu=1) == (0, frozenset())  # the lookup sees learnt ones then
+    monkeypatch.setattr(portcopy, "_use_pmtu", lambda: 1)
+    assert portcopy.route_mtu_change(0, 552) == [
+        "IPv4 routes: with ip_forward_use_pmtu and an MTU not locked, IPv4 packets larger than 552 "
+        "(the smallest path MTU the kernel learns) go to the stack"]
 
 
 def test_drift_of_the_route_mtu():
