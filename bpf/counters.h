@@ -96,8 +96,12 @@ struct xdpfwd_port {
 	/* The smallest MTU set on any IPv4 route without `lock`, 0 for none;
 	 * the same in every port's entry. ip_forward() honours such an MTU,
 	 * bpf_fib_lookup() does not see it: larger IPv4 packets are left to
-	 * the kernel. */
+	 * the kernel. (With ip_forward_use_pmtu: at most min_pmtu.) */
 	__u32 ipv4_route_mtu;
+	/* The same for IPv6 routes: ip6_forward() does not honour such an
+	 * MTU, but the output path does (ip6_fragment() answers Packet Too
+	 * Big), and bpf_fib_lookup() sees it only once a path MTU is learnt. */
+	__u32 ipv6_route_mtu;
 };
 
 struct xdpfwd_counters {

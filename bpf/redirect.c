@@ -258,7 +258,7 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 	struct ethhdr *eth = data;
 	struct ipv6hdr *ip6h;
 	struct iphdr *iph;
-	__u32 slot, out_slot;
+	__u32 slot, out_slot, route_mtu;
 	int rc, found, family;
 	__u16 proto;
 
@@ -394,11 +394,15 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 
 	/* ip_forward() checks the route's MTU, locked or not
 	 * (ip_dst_mtu_maybe_forward()); bpf_fib_lookup() only a locked one
-	 * (ip_mtu_from_fib_result()) and otherwise the link's. The program
-	 * cannot tell which route matched, so an IPv4 packet larger than any
-	 * unlocked route MTU goes to the kernel, which fragments it or sends
-	 * Frag Needed where the route says so. */
-	if (family == AF_INET && port->ipv4_route_mtu && l3_len > port->ipv4_route_mtu)
+	 * (ip_mtu_from_fib_result()) and otherwise the link's. IPv6 likewise,
+	 * in the output path (ip6_fragment() by dst_mtu()), against a lookup
+	 * that sees a learnt path MTU but not an unlocked route MTU
+	 * (ip6_mtu_from_fib6()). The program cannot tell which route matched,
+	 * so a packet larger than any unlocked route MTU of its family goes
+	 * to the kernel, which fragments it or sends Frag Needed / Packet Too
+	 * Big where the route says so. */
+	route_mtu = family == AF_INET ? port->ipv4_route_mtu : port->ipv6_route_mtu;
+	if (route_mtu && l3_len > route_mtu)
 		return PASS(PASS_ROUTE_MTU);
 
 	/* Only the ports this program was attached to are redirect targets;

@@ -113,24 +113,25 @@ def route_mtu(route) -> tuple[int, bool]:
     return metrics.get_attr("RTAX_MTU") or 0, bool((metrics.get_attr("RTAX_LOCK") or 0) & (1 << RTAX_MTU))
 
 
-def route_key(table: int, dst_len: int, dst: bytes) -> tuple[int, int, bytes]:
-    """An IPv4 route by what its dump and its notifications both carry:
-    RTA_TABLE, the prefix length, RTA_DST (b"" for a default route)."""
-    return table, dst_len, dst
+def route_key(family: int, table: int, dst_len: int, dst: bytes) -> tuple[int, int, int, bytes]:
+    """A route by what its dump and its notifications both carry: the
+    family, RTA_TABLE, the prefix length, RTA_DST (b"" for a default
+    route)."""
+    return family, table, dst_len, dst
 
 
-def unlocked_ipv4_route_mtus() -> dict[tuple[int, int, bytes], int]:
-    """{route_key(): MTU} of the IPv4 unicast routes, every table, whose
-    MTU is set without `lock`."""
+def unlocked_route_mtus(family: int) -> dict[tuple[int, int, int, bytes], int]:
+    """{route_key(): MTU} of the unicast routes of a family, every table,
+    whose MTU is set without `lock`."""
     with _iproute() as ipr:
-        routes = ipr.get_routes(family=socket.AF_INET)  # a dump: all tables
+        routes = ipr.get_routes(family=family)  # a dump: all tables
     mtus = {}
     for route in routes:
         mtu, locked = route_mtu(route)
         if mtu and not locked and route["type"] == RTN_UNICAST:
             dst = route.get_attr("RTA_DST")
-            key = route_key(route.get_attr("RTA_TABLE") or route["table"], route["dst_len"],
-                            socket.inet_aton(dst) if dst else b"")
+            key = route_key(family, route.get_attr("RTA_TABLE") or route["table"], route["dst_len"],
+                            socket.inet_pton(family, dst) if dst else b"")
             mtus[key] = min(mtu, mtus.get(key, mtu))
     return mtus
 

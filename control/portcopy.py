@@ -1,6 +1,6 @@
 """The XDP program's copy of what it cannot ask the kernel (struct
 xdpfwd_port in bpf/counters.h): each port's MAC address and IPv6 switch,
-and the smallest MTU set on an IPv4 route without `lock`.
+and the smallest MTU set on an IPv4 and on an IPv6 route without `lock`.
 
 attach writes it (entries), attach again refreshes it (refresh), doctor
 compares it with the kernel (stale) and `run` keeps it current (follow).
@@ -18,7 +18,7 @@ from xdpfwd import bpfsys, netlink, sysctl
 from xdpfwd.errors import XdpfwdError
 from xdpfwd.layout import PORT_FORMAT, PORT_SIZE
 
-# What changes the copy: a MAC (RTM_NEWLINK), an IPv4 route's MTU
+# What changes the copy: a MAC (RTM_NEWLINK), a route's MTU
 # (RTM_NEWROUTE/DELROUTE), and disable_ipv6, which announces nothing of its
 # own but takes the port's IPv6 addresses and routes with it (the multicast
 # route ff00::/8 at least, on a port that is up) and brings them back:
@@ -28,16 +28,18 @@ from xdpfwd.layout import PORT_FORMAT, PORT_SIZE
 # no IPv6 address or route, net.ipv6.route.skip_notify_on_dev_down (routes
 # go without a word), and ip_forward_use_pmtu. IPv4 routes the kernel
 # removes without a word (a link down, an address or nexthop object
-# deleted: fib_table_flush()) are read again on those events.
+# deleted: fib_table_flush()) are read again on those events; an IPv6
+# route with an MTU gone without a word leaves a limit lower than it need
+# be (right, only slower) until the next event about routes.
 EVENT_GROUPS = (netlink.RTNLGRP_LINK, netlink.RTNLGRP_IPV6_IFADDR, netlink.RTNLGRP_IPV6_ROUTE,
                 netlink.RTNLGRP_IPV4_ROUTE, netlink.RTNLGRP_IPV4_IFADDR, netlink.RTNLGRP_NEXTHOP)
 
 
-def ipv4_route_mtu(use_pmtu: int | None = None) -> tuple[int, frozenset]:
-    """(the size above which the program leaves IPv4 to the kernel, 0 for
-    no limit; the keys of the IPv4 routes whose MTU is set without `lock`,
-    netlink.route_key()); use_pmtu is ip_forward_use_pmtu, read here when
-    not given.
+def route_mtus(use_pmtu: int | None = None) -> tuple[tuple[int, int], frozenset]:
+    """((IPv4, IPv6): the size above which the program leaves a packet of
+    that family to the kernel, 0 for no limit; the keys of the routes whose
+    MTU is set without `lock`, netlink.route_key()); use_pmtu is
+    ip_forward_use_pmtu, read here when not given.
 
     ip_forward() honours such an MTU (ip_dst_mtu_maybe_forward()),
     bpf_fib_lookup() does not (ip_mtu_from_fib_result() reads it only
@@ -47,14 +49,19 @@ def ipv4_route_mtu(use_pmtu: int | None = None) -> tuple[int, frozenset]:
     under an unlocked route MTU, never at or above it, and none under a
     locked one), which the lookup never sees for such a route and which
     the program cannot know: then IPv4 above the smallest path MTU the
-    kernel learns (net.ipv4.route.min_pmtu) goes to the kernel."""
+    kernel learns (net.ipv4.route.min_pmtu) goes to the kernel.
+    IPv6: ip6_forward() reads only a locked route MTU, but the output
+    path checks dst_mtu(), the route's MTU locked or not (ip6_fragment()
+    answers Packet Too Big), and the lookup reads an unlocked one only
+    once a path MTU has been learnt under it (ip6_mtu_from_fib6())."""
     if use_pmtu is None:
         use_pmtu = _use_pmtu()
-    routes = netlink.unlocked_ipv4_route_mtus()
-    smallest = min(routes.values(), default=0)
-    if use_pmtu and smallest:
-        smallest = min(smallest, _min_pmtu())
-    return smallest, frozenset(routes)
+    v4 = netlink.unlocked_route_mtus(socket.AF_INET)
+    v6 = netlink.unlocked_route_mtus(socket.AF_INET6)
+    smallest4, smallest6 = min(v4.values(), default=0), min(v6.values(), default=0)
+    if use_pmtu and smallest4:
+        smallest4 = min(smallest4, _min_pmtu())
+    return (smallest4, smallest6), frozenset(v4) | frozenset(v6)
 
 
 def _use_pmtu() -> int:
@@ -65,14 +72,15 @@ def _min_pmtu() -> int:
     return sysctl.read_int(sysctl.path("ipv4", "route", "min_pmtu"), 552)  # ip_rt_min_pmtu's default
 
 
-def entries(slots: dict[int, int], route_mtu: int | None = None) -> dict[int, bytes]:
+def entries(slots: dict[int, int], limits: tuple[int, int] | None = None) -> dict[int, bytes]:
     """{slot: struct xdpfwd_port} for the ports in slots ({slot: ifindex})
-    as they are now; a port that no longer exists is left out."""
+    as they are now; a port that no longer exists is left out. limits:
+    route_mtus()'s, read here when not given."""
     links = {l.index: l for l in netlink.links().values()}
-    if route_mtu is None:
-        route_mtu = ipv4_route_mtu()[0]
+    if limits is None:
+        limits = route_mtus()[0]
     return {slot: struct.pack(PORT_FORMAT, ifindex, bytes.fromhex(links[ifindex].mac.replace(":", "")),
-                              int(links[ifindex].ipv6_disabled), 0, route_mtu)
+                              int(links[ifindex].ipv6_disabled), 0, *limits)
             for slot, ifindex in slots.items() if ifindex in links and links[ifindex].mac}
 
 
@@ -81,8 +89,8 @@ def changes(name: str, old: bytes | None, new: bytes) -> list[str]:
     prints. The route MTU, the same in every entry, is route_mtu_change()'s."""
     if old is None or old == new:
         return []
-    _, old_mac, old_off, _, _ = struct.unpack(PORT_FORMAT, old)
-    _, new_mac, new_off, _, _ = struct.unpack(PORT_FORMAT, new)
+    _, old_mac, old_off, *_ = struct.unpack(PORT_FORMAT, old)
+    _, new_mac, new_off, *_ = struct.unpack(PORT_FORMAT, new)
     lines = []
     if old_mac != new_mac:
         lines.append(f"{name}: MAC address now {new_mac.hex(':')}: frames to it are forwarded, "
@@ -93,25 +101,30 @@ def changes(name: str, old: bytes | None, new: bytes) -> list[str]:
     return lines
 
 
-def route_mtu_change(old: int, new: int) -> list[str]:
-    if old == new:
-        return []
-    if new and _use_pmtu():
-        return [f"IPv4 routes: with ip_forward_use_pmtu and an MTU not locked, IPv4 packets larger "
-                f"than {new} (the smallest path MTU the kernel learns) go to the stack"]
-    if new:
-        return [f"IPv4 routes: the smallest MTU not locked is now {new}: larger IPv4 packets go "
-                "to the stack"]
-    return ["IPv4 routes: no MTU left unlocked: IPv4 is forwarded up to each route's locked MTU "
-            "or link's"]
+def route_mtu_change(old: tuple[int, int], new: tuple[int, int]) -> list[str]:
+    """What new (IPv4, IPv6) limits change, a line per family."""
+    lines = []
+    for ip, was, now in (("IPv4", old[0], new[0]), ("IPv6", old[1], new[1])):
+        if was == now:
+            continue
+        if now and ip == "IPv4" and _use_pmtu():
+            lines.append(f"IPv4 routes: with ip_forward_use_pmtu and an MTU not locked, IPv4 packets "
+                         f"larger than {now} (the smallest path MTU the kernel learns) go to the stack")
+        elif now:
+            lines.append(f"{ip} routes: the smallest MTU not locked is now {now}: larger {ip} packets "
+                         "go to the stack")
+        else:
+            lines.append(f"{ip} routes: no MTU left unlocked: {ip} is forwarded up to each route's "
+                         f"locked MTU or {'link' if ip == 'IPv4' else 'port'}'s")
+    return lines
 
 
 def drift(old: bytes, new: bytes, route_mtu: bool = True) -> list[str]:
     """What a program whose copy of a port is `old` does wrong, the port
-    being `new` now (with route_mtu, also the IPv4 route MTU): doctor's
+    being `new` now (with route_mtu, also the route MTUs): doctor's
     words."""
-    _, old_mac, old_off, _, old_mtu = struct.unpack(PORT_FORMAT, old)
-    _, new_mac, new_off, _, new_mtu = struct.unpack(PORT_FORMAT, new)
+    _, old_mac, old_off, _, *old_mtus = struct.unpack(PORT_FORMAT, old)
+    _, new_mac, new_off, _, *new_mtus = struct.unpack(PORT_FORMAT, new)
     lines = []
     if old_mac != new_mac:
         lines.append(f"the program still has MAC {old_mac.hex(':')}, the port's is {new_mac.hex(':')}: "
@@ -121,19 +134,22 @@ def drift(old: bytes, new: bytes, route_mtu: bool = True) -> list[str]:
         lines.append("disable_ipv6 is set (or IPv6 gone), but the program still forwards the port's "
                      "IPv6, which the kernel drops" if new_off else
                      "IPv6 is on again, but the program still passes the port's IPv6 to the stack")
-    if route_mtu and old_mtu != new_mtu:
+    for ip, old_mtu, new_mtu in zip(("IPv4", "IPv6"), old_mtus, new_mtus):
+        if not route_mtu or old_mtu == new_mtu:
+            continue
         if new_mtu and (not old_mtu or new_mtu < old_mtu):
-            lines.append(f"an IPv4 route has MTU {new_mtu}, not locked, which the program does not "
-                         f"know (it has {old_mtu or 'none'}): IPv4 packets larger than the route's "
-                         "MTU may be forwarded whole where the kernel sends Frag Needed or fragments")
+            answer = "Frag Needed or fragments" if ip == "IPv4" else "Packet Too Big"
+            lines.append(f"an {ip} route has MTU {new_mtu}, not locked, which the program does not "
+                         f"know (it has {old_mtu or 'none'}): {ip} packets larger than the route's "
+                         f"MTU may be forwarded whole where the kernel sends {answer}")
         else:
-            lines.append(f"the program still passes IPv4 larger than {old_mtu} to the stack for a "
+            lines.append(f"the program still passes {ip} larger than {old_mtu} to the stack for a "
                          f"route MTU that is now {new_mtu or 'gone'}")
     return lines
 
 
-def _route_mtu(entry: bytes) -> int:
-    return struct.unpack(PORT_FORMAT, entry)[4]
+def _limits(entry: bytes) -> tuple[int, int]:
+    return struct.unpack(PORT_FORMAT, entry)[4:6]
 
 
 def _written(entry: bytes | None) -> bool:
@@ -142,7 +158,7 @@ def _written(entry: bytes | None) -> bool:
 
 
 def _updates(config_fd: int, slots: dict[int, int],
-             route_mtu: int | None = None) -> list[tuple[str, bytes, bytes | None, bytes]]:
+             limits: tuple[int, int] | None = None) -> list[tuple[str, bytes, bytes | None, bytes]]:
     """(port name, slot key, entry in the map, entry now) for each port
     whose entry in the program's config map (open as config_fd) is not
     what it is now."""
@@ -152,7 +168,7 @@ def _updates(config_fd: int, slots: dict[int, int],
                           f"{PORT_SIZE}: it was loaded by another version; detach, then attach")
     names = netlink.link_names_by_index()
     updates = []
-    for slot, entry in entries(slots, route_mtu).items():
+    for slot, entry in entries(slots, limits).items():
         key = struct.pack("=I", slot)
         old = bpfsys.map_lookup(config_fd, key, PORT_SIZE)
         if old != entry:
@@ -160,17 +176,17 @@ def _updates(config_fd: int, slots: dict[int, int],
     return updates
 
 
-def refresh(config_map_id: int, slots: dict[int, int], route_mtu: int | None = None) -> list[str]:
+def refresh(config_map_id: int, slots: dict[int, int], limits: tuple[int, int] | None = None) -> list[str]:
     """Write what changed into the program's config map; say what, in
     changes()' and route_mtu_change()'s words."""
     with bpfsys.map_by_id(config_map_id) as config:
-        updates = _updates(config.fd, slots, route_mtu)
+        updates = _updates(config.fd, slots, limits)
         for _, key, _, entry in updates:
             bpfsys.map_update(config.fd, key, entry)
     lines = [line for name, _, old, new in updates for line in changes(name, old, new)]
     written = [(old, new) for _, _, old, new in updates if _written(old)]
     if written:
-        lines += route_mtu_change(_route_mtu(written[0][0]), _route_mtu(written[0][1]))
+        lines += route_mtu_change(_limits(written[0][0]), _limits(written[0][1]))
     return lines
 
 
@@ -190,8 +206,8 @@ def stale(config_map_id: int, slots: dict[int, int]) -> dict[str, list[str]]:
 
 
 def concerns(datagram: bytes, ports: set[int], mtu_routes: frozenset) -> tuple[bool, bool]:
-    """(whether a port's MAC or IPv6 may have changed, whether the IPv4
-    route MTU may have) by one datagram of rtnetlink notifications."""
+    """(whether a port's MAC or IPv6 may have changed, whether the route
+    MTUs may have) by one datagram of rtnetlink notifications."""
     port, route = False, False
     for kind, body in netlink.messages(datagram):
         if kind in (netlink.RTM_NEWLINK, netlink.RTM_DELLINK) and len(body) >= 16:
@@ -213,11 +229,11 @@ def concerns(datagram: bytes, ports: set[int], mtu_routes: frozenset) -> tuple[b
                 # A route over several next hops, or a nexthop object's,
                 # names no one port: it may be a port's.
                 port |= oif in ports or netlink.RTA_MULTIPATH in attrs or netlink.RTA_NH_ID in attrs
-            elif body[0] == socket.AF_INET:
+            if body[0] in (socket.AF_INET, socket.AF_INET6):
                 metrics = netlink.attributes(attrs.get(netlink.RTA_METRICS, b""))
                 table = (struct.unpack("=I", attrs[netlink.RTA_TABLE])[0]
                          if netlink.RTA_TABLE in attrs else body[4])
-                key = netlink.route_key(table, body[1], attrs.get(netlink.RTA_DST, b""))
+                key = netlink.route_key(body[0], table, body[1], attrs.get(netlink.RTA_DST, b""))
                 # One with an MTU, or one that had (a `replace` that drops it).
                 route |= netlink.RTAX_MTU in metrics or key in mtu_routes
     return port, route
@@ -227,26 +243,26 @@ def follow(config_map_id: int, slots: dict[int, int], log, every: float = 3.0, s
            ready=None) -> None:
     """Keep the copy current until stop() is true or the program is gone,
     logging each change: `run`'s follower. The ports are read again when
-    an event concerns them and every `every` seconds; the IPv4 routes
-    (a dump of every table, which can be large) only when an event
-    concerns a route with an MTU, when events were lost, or when
-    ip_forward_use_pmtu changed. ready() is called after the first read."""
+    an event concerns them and every `every` seconds; the routes (a dump
+    of every table, which can be large) only when an event concerns a
+    route with an MTU, when events were lost, or when ip_forward_use_pmtu
+    changed. ready() is called after the first read."""
     ports = set(slots.values())
-    route_mtu, mtu_routes, use_pmtu = None, frozenset(), None
+    limits, mtu_routes, use_pmtu = None, frozenset(), None
     due, now, last_error = 0.0, True, None
     with netlink.event_socket(EVENT_GROUPS) as sock:
         while not (stop and stop()):
             if now or time.monotonic() >= due:
                 try:
                     pmtu = _use_pmtu()
-                    if route_mtu is None or pmtu != use_pmtu:
-                        (route_mtu, mtu_routes), use_pmtu = ipv4_route_mtu(pmtu), pmtu
+                    if limits is None or pmtu != use_pmtu:
+                        (limits, mtu_routes), use_pmtu = route_mtus(pmtu), pmtu
                 except Exception as e:  # noqa: BLE001 - the ports are still worth keeping
                     last_error = _log_once(log, e, last_error)
                 try:
-                    for line in refresh(config_map_id, slots, route_mtu):
+                    for line in refresh(config_map_id, slots, limits):
                         log(line)
-                    if route_mtu is not None:
+                    if limits is not None:
                         last_error = None
                 except bpfsys.BpfError as e:
                     if e.errno == errno.ENOENT:  # detached under us: nothing left to keep
@@ -266,12 +282,12 @@ def follow(config_map_id: int, slots: dict[int, int], log, every: float = 3.0, s
                     port, route = concerns(datagram, ports, mtu_routes)
                     now |= port or route
                     if route:
-                        route_mtu = None
+                        limits = None
             except Exception as e:  # noqa: BLE001 - counted as lost events
                 last_error = _log_once(log, e, last_error)
                 events = None
             if events is None:  # notifications lost: anything may have changed
-                route_mtu, now = None, True
+                limits, now = None, True
 
 
 def _log_once(log, error: Exception, last: str | None) -> str:

@@ -309,30 +309,48 @@ def test_ipv6_out_of_a_port_with_ipv6_disabled_is_not_forwarded(program):
             xdp.refresh_ports(program["id"])
 
 
-def test_an_unlocked_route_mtu_sends_larger_ipv4_to_the_stack(program):
-    """ip_forward() honours a route's MTU whether locked or not;
-    bpf_fib_lookup() sees only a locked one. The program knows the
-    smallest unlocked one (refresh_ports) and leaves larger IPv4 packets,
-    whatever their route, to the kernel."""
-    big = to_router(program, IP(src="10.0.10.10", dst="10.0.11.20") / UDP() / bytes(1100))
-    router_ip("route", "add", "10.0.95.0/24", "via", "10.0.11.20", "mtu", "1000")
+def refreshed(program) -> list[str]:
+    """Attach again's refresh of the program's copy; its lines."""
+    with inside("router"):
+        return xdp.refresh_ports(program["id"])
+
+
+# Per family: the route added, a destination under it, a packet too big for
+# it to somewhere else, and one of the other family as big.
+ROUTE_MTU_CASES = {
+    "IPv4": (("10.0.95.0/24", "via", "10.0.11.20"), v4(dst="10.0.95.5"), v4() / bytes(1400),
+             v6() / bytes(1400)),
+    "IPv6": (("-6", "fd00:97::/64", "via", "fd00:11::20"), v6(dst="fd00:97::5"), v6() / bytes(1400),
+             v4() / bytes(1400)),
+}
+
+
+@pytest.mark.parametrize("ip", sorted(ROUTE_MTU_CASES))
+def test_an_unlocked_route_mtu_sends_larger_packets_to_the_stack(program, ip):
+    """ip_forward() honours a route's MTU whether locked or not; IPv6's
+    output path too (ip6_fragment() answers Packet Too Big), though
+    ip6_forward() reads only a locked one. bpf_fib_lookup() sees only a
+    locked one (IPv6: or a path MTU learnt under it). The program knows
+    the smallest unlocked one of each family (refresh_ports) and leaves
+    larger packets of that family, whatever their route, to the kernel."""
+    route, under, big, other = ROUTE_MTU_CASES[ip]
+    *family, prefix, via, gateway = route
+    router_ip(*family, "route", "add", prefix, via, gateway, "mtu", "1400")
     try:
-        with inside("router"):
-            assert xdp.refresh_ports(program["id"]) == [
-                "IPv4 routes: the smallest MTU not locked is now 1000: larger IPv4 packets go to the stack"]
-        check(program, big, XDP_PASS, "route_mtu")
-        check(program, to_router(program, v4(dst="10.0.95.5")), XDP_REDIRECT, "forwarded")  # fits
-        check(program, to_router(program, v6() / bytes(1100)), XDP_REDIRECT, "forwarded")  # IPv4 only
-        router_ip("route", "change", "10.0.95.0/24", "via", "10.0.11.20", "mtu", "lock", "1000")
-        with inside("router"):
-            assert xdp.refresh_ports(program["id"]) == [
-                "IPv4 routes: no MTU left unlocked: IPv4 is forwarded up to each route's locked MTU "
-                "or link's"]
-        check(program, big, XDP_REDIRECT, "forwarded")
+        assert refreshed(program) == [
+            f"{ip} routes: the smallest MTU not locked is now 1400: larger {ip} packets go to the stack"]
+        check(program, to_router(program, big), XDP_PASS, "route_mtu")
+        check(program, to_router(program, under), XDP_REDIRECT, "forwarded")  # fits
+        check(program, to_router(program, other), XDP_REDIRECT, "forwarded")  # its family only
+        router_ip(*family, "route", "change", prefix, via, gateway, "mtu", "lock", "1400")
+        assert refreshed(program) == [
+            f"{ip} routes: no MTU left unlocked: {ip} is forwarded up to each route's locked MTU "
+            f"or {'link' if ip == 'IPv4' else 'port'}'s"]
+        check(program, to_router(program, big), XDP_REDIRECT, "forwarded")
+        check(program, to_router(program, under / bytes(1400)), XDP_PASS, "fib_frag_needed")
     finally:
-        router_ip("route", "del", "10.0.95.0/24")
-        with inside("router"):
-            xdp.refresh_ports(program["id"])
+        router_ip(*family, "route", "del", prefix)
+        refreshed(program)
 
 
 def test_follow_ports_acts_on_the_kernels_events(program):
@@ -359,6 +377,12 @@ def test_follow_ports_acts_on_the_kernels_events(program):
         finally:
             router_ip("route", "del", "10.0.95.0/24")
         assert logged.get(timeout=1).startswith("IPv4 routes: no MTU left unlocked")
+        router_ip("-6", "route", "add", "fd00:97::/64", "via", "fd00:11::20", "mtu", "1300")
+        try:
+            assert logged.get(timeout=1).startswith("IPv6 routes: the smallest MTU not locked is now 1300")
+        finally:
+            router_ip("-6", "route", "del", "fd00:97::/64")
+        assert logged.get(timeout=1).startswith("IPv6 routes: no MTU left unlocked")
     finally:
         done.set()
         # An event of its groups wakes it to see done.

@@ -183,8 +183,8 @@ def test_own_program_is_ok(monkeypatch):
 def test_a_stale_copy_of_the_port_warns(monkeypatch):
     state = datapath.PortState("eth1", 7, mode="native", prog_id=9)
     monkeypatch.setattr(doctor.xdp, "inspect", lambda link: state)
-    old = struct.pack(PORT_FORMAT, 7, bytes.fromhex("020000000001"), 0, 0, 0)
-    new = struct.pack(PORT_FORMAT, 7, bytes.fromhex("020000000001"), 1, 0, 0)
+    old = struct.pack(PORT_FORMAT, 7, bytes.fromhex("020000000001"), 0, 0, 0, 0)
+    new = struct.pack(PORT_FORMAT, 7, bytes.fromhex("020000000001"), 1, 0, 0, 0)
     monkeypatch.setattr(doctor.xdp, "stale_ports",
                         lambda prog_id: {"eth1": portcopy.drift(old, new)})
     ok, stale = doctor.check_xdp(_link())

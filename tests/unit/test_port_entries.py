@@ -16,14 +16,15 @@ def test_port_format_is_the_headers_struct():
     body = re.search(r"struct xdpfwd_port \{(.*?)\};", HEADER.read_text(), re.S).group(1)
     body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
     fields = re.findall(r"(__u\d+)\s+(\w+)(?:\[(\d+)\])?;", body)
-    assert [f[1] for f in fields] == ["ifindex", "mac", "ipv6_disabled", "pad", "ipv4_route_mtu"]
+    assert [f[1] for f in fields] == ["ifindex", "mac", "ipv6_disabled", "pad", "ipv4_route_mtu",
+                                      "ipv6_route_mtu"]
     fmt = "=" + "".join(f"{n}s" if n else C_TYPES[t] for t, _, n in fields)  # arrays: of __u8
-    assert fmt == PORT_FORMAT and struct.calcsize(fmt) == PORT_SIZE == 16
+    assert fmt == PORT_FORMAT and struct.calcsize(fmt) == PORT_SIZE == 20
 
 
-def entry(mac="02:00:00:00:00:01", ipv6_disabled=False, route_mtu=0):
+def entry(mac="02:00:00:00:00:01", ipv6_disabled=False, route_mtu=0, route_mtu6=0):
     return struct.pack(PORT_FORMAT, 7, bytes.fromhex(mac.replace(":", "")), int(ipv6_disabled), 0,
-                       route_mtu)
+                       route_mtu, route_mtu6)
 
 
 def test_unchanged_says_nothing():
@@ -44,27 +45,34 @@ def test_each_change_is_one_line():
 def test_the_route_mtu_is_one_line_for_all_ports(monkeypatch):
     monkeypatch.setattr(portcopy, "_use_pmtu", lambda: 0)
     assert portcopy.changes("eth1", entry(), entry(route_mtu=1400)) == []
-    assert portcopy.route_mtu_change(0, 1400) == [
+    assert portcopy.route_mtu_change((0, 0), (1400, 0)) == [
         "IPv4 routes: the smallest MTU not locked is now 1400: larger IPv4 packets go to the stack"]
-    assert portcopy.route_mtu_change(1400, 0) == [
+    assert portcopy.route_mtu_change((1400, 0), (0, 0)) == [
         "IPv4 routes: no MTU left unlocked: IPv4 is forwarded up to each route's locked MTU or link's"]
-    assert portcopy.route_mtu_change(1400, 1400) == []
+    assert portcopy.route_mtu_change((1400, 1300), (1400, 1300)) == []
+    assert portcopy.route_mtu_change((1400, 0), (1400, 1300)) == [
+        "IPv6 routes: the smallest MTU not locked is now 1300: larger IPv6 packets go to the stack"]
+    assert portcopy.route_mtu_change((0, 1300), (1000, 0)) == [
+        "IPv4 routes: the smallest MTU not locked is now 1000: larger IPv4 packets go to the stack",
+        "IPv6 routes: no MTU left unlocked: IPv6 is forwarded up to each route's locked MTU or port's"]
 
 
 def test_with_use_pmtu_an_unlocked_route_mtu_lowers_the_limit_to_min_pmtu(monkeypatch):
     """ip_dst_mtu_maybe_forward() then prefers a path MTU learnt below the
-    route's, which the program cannot see: as low as min_pmtu."""
-    key = netlink.route_key(254, 24, bytes(4))
+    route's, which the program cannot see: as low as min_pmtu. IPv6 is
+    not concerned."""
+    key, key6 = netlink.route_key(2, 254, 24, bytes(4)), netlink.route_key(10, 254, 64, bytes(16))
+    routes = {2: {key: 1400}, 10: {key6: 1400}}
     monkeypatch.setattr(portcopy, "_min_pmtu", lambda: 552)
-    monkeypatch.setattr(netlink, "unlocked_ipv4_route_mtus", lambda: {key: 1400})
-    assert portcopy.ipv4_route_mtu(use_pmtu=0) == (1400, frozenset({key}))
-    assert portcopy.ipv4_route_mtu(use_pmtu=1) == (552, frozenset({key}))
-    monkeypatch.setattr(netlink, "unlocked_ipv4_route_mtus", lambda: {key: 500})
-    assert portcopy.ipv4_route_mtu(use_pmtu=1) == (500, frozenset({key}))  # learnt only below it
-    monkeypatch.setattr(netlink, "unlocked_ipv4_route_mtus", lambda: {})
-    assert portcopy.ipv4_route_mtu(use_pmtu=1) == (0, frozenset())  # the lookup sees learnt ones then
+    monkeypatch.setattr(netlink, "unlocked_route_mtus", lambda family: routes[family])
+    assert portcopy.route_mtus(use_pmtu=0) == ((1400, 1400), frozenset({key, key6}))
+    assert portcopy.route_mtus(use_pmtu=1) == ((552, 1400), frozenset({key, key6}))
+    routes[2] = {key: 500}
+    assert portcopy.route_mtus(use_pmtu=1) == ((500, 1400), frozenset({key, key6}))  # learnt only below it
+    routes[2] = {}
+    assert portcopy.route_mtus(use_pmtu=1) == ((0, 1400), frozenset({key6}))  # the lookup sees learnt ones then
     monkeypatch.setattr(portcopy, "_use_pmtu", lambda: 1)
-    assert portcopy.route_mtu_change(0, 552) == [
+    assert portcopy.route_mtu_change((0, 0), (552, 0)) == [
         "IPv4 routes: with ip_forward_use_pmtu and an MTU not locked, IPv4 packets larger than 552 "
         "(the smallest path MTU the kernel learns) go to the stack"]
 
@@ -77,6 +85,10 @@ def test_drift_of_the_route_mtu():
     assert portcopy.drift(entry(), entry(route_mtu=1400), route_mtu=False) == []
     assert portcopy.drift(entry(route_mtu=1400), entry()) == [
         "the program still passes IPv4 larger than 1400 to the stack for a route MTU that is now gone"]
+    assert portcopy.drift(entry(), entry(route_mtu6=1300)) == [
+        "an IPv6 route has MTU 1300, not locked, which the program does not know (it has none): IPv6 "
+        "packets larger than the route's MTU may be forwarded whole where the kernel sends Packet "
+        "Too Big"]
 
 
 def test_drift_says_what_the_program_still_does():
@@ -131,16 +143,27 @@ def test_ipv4_routes_concern_the_route_mtu_only_with_an_mtu():
     assert portcopy.concerns(route(2, DST, MTU), PORTS, frozenset()) == (False, True)
     assert portcopy.concerns(route(2, DST, attr(4, struct.pack("=I", 7))), PORTS, frozenset()) == (False, False)
     # A `replace` without the MTU of a route that had one.
-    known = frozenset({netlink.route_key(254, 24, bytes([10, 0, 95, 0]))})
+    known = frozenset({netlink.route_key(2, 254, 24, bytes([10, 0, 95, 0]))})
     assert portcopy.concerns(route(2, DST), PORTS, known) == (False, True)
     assert portcopy.concerns(route(2, DST, table=100), PORTS, known) == (False, False)
+
+
+def test_ipv6_routes_concern_the_route_mtu_only_with_an_mtu():
+    dst6 = attr(1, bytes.fromhex("fd000097" + "00" * 12))
+    assert portcopy.concerns(route(10, dst6, MTU, dst_len=64), PORTS, frozenset()) == (False, True)
+    assert portcopy.concerns(route(10, dst6, dst_len=64), PORTS, frozenset()) == (False, False)
+    known = frozenset({netlink.route_key(10, 254, 64, bytes.fromhex("fd000097" + "00" * 12))})
+    assert portcopy.concerns(route(10, dst6, dst_len=64), PORTS, known) == (False, True)
+    # An IPv4 default route is not the IPv6 one.
+    assert portcopy.concerns(route(2, dst_len=0), PORTS, frozenset({netlink.route_key(10, 254, 0, b"")})) \
+        == (False, False)
 
 
 def test_routes_removed_without_a_word_are_read_again():
     """fib_table_flush() deletes a link's, an address's or a nexthop
     object's routes without RTM_DELROUTE: while a route with an MTU exists,
     those events mean a dump."""
-    known = frozenset({netlink.route_key(254, 24, bytes([10, 0, 95, 0]))})
+    known = frozenset({netlink.route_key(2, 254, 24, bytes([10, 0, 95, 0]))})
     assert portcopy.concerns(link(9, kind=17), PORTS, known) == (False, True)
     assert portcopy.concerns(addr(2, 9, kind=21), PORTS, known) == (False, True)
     assert portcopy.concerns(message(105, bytes(8)), PORTS, known) == (False, True)
@@ -157,11 +180,11 @@ def follow_with(monkeypatch, outcomes, rounds):
     """portcopy.follow() with refresh() answering outcomes in turn (a list
     of lines, or an exception to raise) and `rounds` refreshes at most."""
     calls, logged = [], []
-    monkeypatch.setattr(portcopy, "ipv4_route_mtu", lambda use_pmtu=None: (0, frozenset()))
+    monkeypatch.setattr(portcopy, "route_mtus", lambda use_pmtu=None: ((0, 0), frozenset()))
 
-    def refresh(config_map_id, slots, route_mtu):
+    def refresh(config_map_id, slots, limits):
         outcome = outcomes[min(len(calls), len(outcomes) - 1)]
-        calls.append(route_mtu)
+        calls.append(limits)
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
