@@ -228,10 +228,13 @@ static __always_inline int ipv6_nd_message(const struct ipv6hdr *ip6h, const voi
 		}
 		if (i == IPV6_EXT_MAX)
 			return V6_DEEP;
-		if ((const void *)(p + 4) > data_end || (const void *)(p + 2) > l3_end)
+		/* Only what ipv6_skip_exthdr() reads (2 bytes, 4 for a fragment):
+		 * a header cut short ends the walk as there, not one header early. */
+		if ((const void *)(p + 2) > data_end || (const void *)(p + 2) > l3_end)
 			return V6_NOT_ND;
 		if (nexthdr == IPPROTO_FRAGMENT) {
-			if ((const void *)(p + 4) > l3_end || (*(const __be16 *)(p + 2) & bpf_htons(0xFFF8)))
+			if ((const void *)(p + 4) > data_end || (const void *)(p + 4) > l3_end ||
+			    (*(const __be16 *)(p + 2) & bpf_htons(0xFFF8)))
 				return V6_NOT_ND;
 			len = 8;
 		} else if (nexthdr == IPPROTO_AH) {

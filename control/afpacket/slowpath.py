@@ -153,8 +153,9 @@ class SlowPath:
     ICMP error as the kernel would (and within its rate limits);
     fragment(ip_packet, mtu) splits an IPv4 packet as ip_do_fragment()."""
 
-    def __init__(self, fib, icmp, fragment, transmit, hold):
+    def __init__(self, fib, icmp, fragment, transmit, hold, disabled: frozenset = frozenset()):
         self.fib = fib
+        self.disabled = disabled  # worker.kernel_forwarding_off(): (family, ingress) the kernel forwards nothing for
         self.icmp = icmp
         self.fragment = fragment
         self.transmit = transmit
@@ -193,6 +194,12 @@ class SlowPath:
                     return 0
             if dst[0] == 0xFE and dst[1] & 0xC0 == 0x80:
                 return 0  # link-local destination: never routed off the link
+        if (family, ingress) in self.disabled:
+            # ip6_forward() (devconf_all forwarding 0) and ip_route_input_slow()
+            # (!IN_DEV_FORWARD) drop it without an ICMP error; the fast path's
+            # earlier outcomes (ndp, ip_options, ttl...) come here before its
+            # fwd_disabled check.
+            return 0
         hop = self.fib.lookup(family, dst)
         opts = None
 

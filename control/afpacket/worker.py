@@ -109,7 +109,8 @@ class Worker:
             print(f"xdpfwd afpacket worker[{os.getpid()}]: no C fast path ({_FASTPATH_MISSING}); "
                   "every frame takes the Python path", file=sys.stderr, flush=True)
         self.icmp = IcmpErrors()
-        self.slow = slowpath.SlowPath(self.fib, self.icmp, fragment, self.transmit, self._hold)
+        self.slow = slowpath.SlowPath(self.fib, self.icmp, fragment, self.transmit, self._hold,
+                                      self.disabled)
         self.others: dict[int, socket.socket] = {}  # egress interfaces that are not ports
         self.pending: dict[tuple[bytes, int], list] = {}
         self.slow_failures: set[str] = set()

@@ -218,6 +218,25 @@ def test_other_icmpv6_and_extension_chains_are_forwarded(program, l3):
     check(program, to_router(program, l3), XDP_REDIRECT, "forwarded")
 
 
+def test_nd_bytes_past_the_ip_length_are_not_looked_at(program):
+    """ip6_rcv_core() trims the packet to its payload length before
+    ipv6_skip_exthdr() walks it: an ICMPv6 type in the Ethernet padding
+    is no ND message."""
+    frame = bytes(to_router(program, nd6(IPv6ExtHdrDestOpt(nh=58), upper=b""))) + b"\x87"
+    check(program, frame, XDP_REDIRECT, "forwarded")
+
+
+def test_a_sixth_header_cut_short_is_walked_as_the_other_datapaths_walk_it(program):
+    """The sixth header's two bytes are there, the seventh it announces
+    is not. The program reads only what ipv6_skip_exthdr() reads, so it
+    reaches the seventh and leaves the packet to the kernel as
+    packet.py, the C and the model do (it once stopped a header early
+    here and forwarded it itself: the datapaths disagreed)."""
+    body = b"".join(bytes([60, 0]) + bytes(6) for _ in range(5)) + bytes([60, 0])
+    l3 = IPv6(src="fd00:10::10", dst="fd00:11::20", nh=60, plen=len(body)) / body
+    check(program, to_router(program, l3), XDP_PASS, "ip_options")
+
+
 def test_a_chain_longer_than_the_program_walks_goes_to_the_stack(program):
     """Seven extension headers: the kernel would walk on; the program
     leaves the packet to it, counted with the IP options."""
