@@ -247,7 +247,7 @@ NDA_DST = 1
 
 def ipv6_proxies() -> set[tuple[int, bytes]]:
     """The IPv6 proxy entries (`ip -6 neigh show proxy`), as (ifindex,
-    address); ifindex 0 stands for any interface. pyroute2's neighbour
+    address). pyroute2's neighbour
     dump does not ask for them: the kernel dumps its proxy table
     (pneigh_dump_table()) only for a request whose ndm_flags are exactly
     NTF_PROXY."""

@@ -291,11 +291,12 @@ class SlowPath:
 
     def _proxied_nd(self, frame: bytes, total: int, dst: bytes, ingress: int) -> bool:
         """ip6_forward(): proxy_ndp on for the namespace, a proxy entry for
-        the destination on the ingress interface or on any (pneigh_lookup()),
-        and a Neighbour Discovery message past every extension header."""
+        the destination on the ingress interface (pneigh_lookup(); an IPv6
+        entry always names one: pndisc_constructor() refuses none), and a
+        Neighbour Discovery message past every extension header."""
         return (packet.ipv6_nd_message(frame, 14 + total, limit=None) == packet.ND
                 and bool(self.sysctls.conf6(self._name(ingress))["proxy_ndp"])
-                and bool({(ingress, dst), (0, dst)} & self.sysctls.ipv6_proxies()))
+                and (ingress, dst) in self.sysctls.ipv6_proxies())
 
     # -- options ---------------------------------------------------------------
 

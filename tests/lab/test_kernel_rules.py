@@ -209,9 +209,18 @@ def test_proxy_ndp_is_answered_not_forwarded(mode, pinned):
     time.sleep(0.25)
     forwarded, answered = nd_through_router(router, sendbox)
     assert (forwarded, answered) == (1, 0), f"{mode}: not proxied: {forwarded} forwarded, {answered} answered"
+    # Proxied on another port than the one it arrives on: forwarded too.
+    with sysctls_set({"net.ipv6.conf.all.proxy_ndp": "1"}):
+        router_ip("-6", "neigh", "add", "proxy", "fd00:11::20", "dev", "eth0")
+        try:
+            time.sleep(0.25)
+            forwarded, answered = nd_through_router(router, sendbox)
+        finally:
+            router_ip("-6", "neigh", "del", "proxy", "fd00:11::20", "dev", "eth0")
+    assert (forwarded, answered) == (1, 0), f"{mode}: proxied on eth0: {forwarded} forwarded, {answered} answered"
     if mode in ("native", "skb"):
         after = stats()["eth1"]["pass_reasons"]
-        assert after.get("ndp", 0) - before["eth1"]["pass_reasons"].get("ndp", 0) == 2
+        assert after.get("ndp", 0) - before["eth1"]["pass_reasons"].get("ndp", 0) == 3
 
 
 @pytest.mark.parametrize("case", [
