@@ -14,6 +14,7 @@ which the first round searches for and later rounds reuse.
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from bench import chart, cpu, exporter, frames, machine, peer, profile, rate, report, router
 from bench.measure import Sample, measure
-from bench.rows import Row, all_rows
+from bench.rows import PORTS, Row, all_rows
 from bench.testbed import GENERATOR_CPU, ROUTER_CPU, Testbed
 
 RESULTS = Path(__file__).parent / "results"
@@ -32,6 +33,9 @@ STATS_SECONDS = 1.0   # the window that times the XDP programs (first round only
 # kernel beside native XDP shows what both pay that a NIC would not (the
 # wake-up of recvbox's NAPI thread), the ceiling what receiving alone costs.
 PROFILED = ("kernel", "xdp_native", "ceiling")
+# A large routing table for one attach at the end: a full Internet table
+# is about a million IPv4 routes; this many shows how attach scales.
+BIG_TABLE, BIG_TABLE_ROUTES = 200, 100_000
 
 
 def log(msg: str) -> None:
@@ -189,6 +193,12 @@ def run(plan: Plan, command: str) -> int:
                     for row in rows:
                         exp = _row(bed, row, t, rnd, plan, samples, errors, where)
                         exporter_result = exporter_result or exp
+            native = next((r for r in rows if r.key == "xdp_native"), None)
+            if native:
+                try:
+                    _attach_with_routes(bed, native)
+                except (router.RouterError, subprocess.SubprocessError) as e:
+                    errors.append(f"attach with {BIG_TABLE_ROUTES} routes: {e}")
     finally:
         del os.environ["XDPFWD_CACHE_DIR"]
         shutil.rmtree(cache, ignore_errors=True)
@@ -196,15 +206,39 @@ def run(plan: Plan, command: str) -> int:
     return _report(plan, command, rows, samples, errors, exporter_result, elapsed, where, absent)
 
 
+def _attach_with_routes(bed, row: Row) -> None:
+    """A warm native attach, and its detach, on a router holding
+    BIG_TABLE_ROUTES more routes in a table of their own, as a router with
+    a large table does: attach reads every route's MTU (its copy of the
+    unlocked ones)."""
+    batch = "".join(f"route add 100.{i >> 16}.{(i >> 8) & 255}.{i & 255}/32 dev eth0 table {BIG_TABLE}\n"
+                    for i in range(BIG_TABLE_ROUTES))
+    subprocess.run(["ip", "-n", bed.router, "-batch", "-"], input=batch, text=True, check=True,
+                   capture_output=True)
+    try:
+        t = router.xdpfwd(bed.router, "attach", *PORTS, "--mode", "native")
+        row._time("attach_routes", t.seconds)
+        t = router.xdpfwd(bed.router, "detach")
+        row._time("detach_routes", t.seconds)
+    finally:
+        subprocess.run(["ip", "-n", bed.router, "route", "flush", "table", str(BIG_TABLE)],
+                       capture_output=True)
+
+
 def _control_plane(rows: list[Row], exp: dict | None) -> dict:
     t = {r.key: r.timings for r in rows}
     native = t.get("xdp_native", {}).get("attach", [])
+    many = f"{BIG_TABLE_ROUTES:,}".replace(",", " ")
     cp = [
         ("attach, native: cold (the run's first: bcc import + compile)", native[:1], "s->ms"),
         ("attach, native: warm (later ones, after a detach: from the compile cache)", native[1:],
          "s->ms"),
         ("attach, native: again while attached (no change)", t.get("xdp_native", {}).get("attach_again", []),
          "s->ms"),
+        (f"attach, native: warm, {many} more routes in another table",
+         t.get("xdp_native", {}).get("attach_routes", []), "s->ms"),
+        (f"detach, native: {many} more routes in another table",
+         t.get("xdp_native", {}).get("detach_routes", []), "s->ms"),
         ("attach, skb", t.get("xdp_skb", {}).get("attach", []), "s->ms"),
         ("attach, afpacket", t.get("afpacket", {}).get("attach", []), "s->ms"),
         ("detach, native", t.get("xdp_native", {}).get("detach", []), "s->ms"),
