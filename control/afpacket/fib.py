@@ -84,6 +84,7 @@ MAX_AGE = 1.0
 # made (rt_fill_info(): a learnt path MTU in place of the route's MTU).
 RTM_F_FIB_MATCH = 0x2000
 SYSCTL_SECONDS = 0.1  # how long a read of ip_forward_use_pmtu is trusted, as slowpath's
+IPV6_MIN_MTU = 1280
 
 
 @dataclass(frozen=True)
@@ -94,14 +95,41 @@ class Hop:
     ifindex: int = 0   # egress interface (also set for fib_no_neighbour)
     dmac: bytes = b""  # 6 bytes, next hop's MAC (forwarded only)
     smac: bytes = b""  # 6 bytes, egress interface's MAC (forwarded only)
-    mtu: int = 0       # the MTU forwarding uses (ip_dst_mtu_maybe_forward(),
-                       # ip6_dst_mtu_maybe_forward()): IPv4: the route's own if set, or with
-                       # ip_forward_use_pmtu a path MTU learnt below it; IPv6: the route's
-                       # if locked; else the egress link's (IPv6: the port's IPv6 MTU);
-                       # also set for fib_no_neighbour: like bpf_fib_lookup(), a packet
-                       # too big is fib_frag_needed before any neighbour question
+    mtu: int = 0       # the largest packet that goes out whole: IPv4: what ip_forward() checks
+                       # (ip_dst_mtu_maybe_forward(): the route's own if set, or with
+                       # ip_forward_use_pmtu a path MTU learnt below it, else the link's);
+                       # IPv6: the smaller of forward_mtu and what the output path checks
+                       # (ip6_mtu(): the route's or a learnt path MTU, locked or not, else
+                       # the port's IPv6 MTU; not raised to 1280); also set for
+                       # fib_no_neighbour: like bpf_fib_lookup(), a packet too big is
+                       # fib_frag_needed before any neighbour question
     nexthop: bytes = b""  # gateway address, or the destination itself when on-link (packed, 4 or 16 bytes)
     no_route: bool = False  # fib_not_forwarded because nothing matched (the kernel's ENETUNREACH)
+    forward_mtu: int = 0  # IPv6 only: what ip6_forward() checks first (ip6_dst_mtu_maybe_forward(dst,
+                          # true): a locked route MTU, else the port's IPv6 MTU; at least 1280)
+
+
+def _ipv6_mtus(route_mtu: int, locked: bool, port_mtu6: int) -> tuple[int, int]:
+    """(forward_mtu, mtu) of an IPv6 Hop, from the RTAX_MTU `route get`
+    reports (0 for none) and the egress port's IPv6 MTU (idev->cnf.mtu6,
+    net.ipv6.conf.PORT.mtu, which can be set below the link's).
+
+    A forwarded IPv6 packet is checked twice. ip6_forward() checks
+    ip6_dst_mtu_maybe_forward(dst, true): the route's MTU only when it is
+    locked, else the port's IPv6 MTU, raised to IPV6_MIN_MTU, and answers
+    Packet Too Big with it before `hdr->hop_limit--`. Then the output path,
+    __ip6_finish_output(), checks ip6_skb_dst_mtu() = dst_mtu() = ip6_mtu()
+    (ip6_dst_mtu_maybe_forward(dst, false)): the RTAX_MTU whether locked or
+    not, else the port's IPv6 MTU, with no floor; ip6_fragment() answers a
+    forwarded packet over it (no socket, !ignore_df) with Packet Too Big
+    carrying that MTU, below 1280 too, quoting the packet with its hop limit
+    already decremented. A learnt path MTU is the RTAX_MTU of an exception
+    route (rt6_do_update_pmtu()), whose metrics, lock bit included, are its
+    route's; a lock does not stop learning (__ip6_rt_update_pmtu(): "IPv6
+    pmtu discovery isn't optional"); `route get` reports the exception's
+    (rt6_fill_node()), so both checks see it as the kernel does."""
+    forward_mtu = max(route_mtu if locked and route_mtu else port_mtu6, IPV6_MIN_MTU)
+    return forward_mtu, min(forward_mtu, route_mtu or port_mtu6)
 
 
 def _mac(text: str | None) -> bytes:
@@ -262,30 +290,15 @@ class Fib:
         gateway = via["addr"] if via else route.get_attr("RTA_GATEWAY")
         nexthop = _packed(gateway) if gateway else dst
         smac, link_mtu, _, mtu6 = self._link(ifindex)
+        forward_mtu = 0
         if af == socket.AF_INET:
-            route_mtu = self._route_mtu4(route, dst)
+            mtu = self._route_mtu4(route, dst) or link_mtu
         else:
-            # ip6_forward() checks ip6_dst_mtu_maybe_forward(dst, true): the
-            # route's MTU only when it is locked, else the port's IPv6 MTU
-            # (idev->cnf.mtu6, net.ipv6.conf.PORT.mtu, which can be set
-            # below the link's). A learnt path MTU is the RTAX_MTU of an
-            # exception route (rt6_do_update_pmtu()), whose metrics are its
-            # route's, lock bit and all; a lock does not stop learning
-            # (__ip6_rt_update_pmtu(): "IPv6 pmtu discovery isn't
-            # optional"), and `route get` (rt6_fill_node() on that
-            # exception) reports it, locked. The output path then checks
-            # dst_mtu() too (ip6_mtu(): the RTAX_MTU, locked or not), and
-            # ip6_fragment() answers Packet Too Big over it: not followed
-            # here yet, a Hop carries one MTU and the kernel's answer names
-            # the first of the two the packet exceeds (README, LIMITATIONS).
-            route_mtu, locked = netlink.route_mtu(route)
-            route_mtu = route_mtu if locked else 0
-            link_mtu = mtu6 or link_mtu
-        mtu = route_mtu or link_mtu
+            forward_mtu, mtu = _ipv6_mtus(*netlink.route_mtu(route), mtu6 or link_mtu)
         dmac = self._neighbour(nexthop, ifindex)
         if dmac is None:
-            return Hop("fib_no_neighbour", ifindex=ifindex, mtu=mtu, nexthop=nexthop)
-        return Hop("forwarded", ifindex, dmac, smac, mtu, nexthop)
+            return Hop("fib_no_neighbour", ifindex=ifindex, mtu=mtu, nexthop=nexthop, forward_mtu=forward_mtu)
+        return Hop("forwarded", ifindex, dmac, smac, mtu, nexthop, forward_mtu=forward_mtu)
 
     def _route_mtu4(self, route, dst: bytes) -> int:
         """The MTU ip_forward() checks against, 0 for the link's, given the

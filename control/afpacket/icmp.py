@@ -28,7 +28,12 @@ Interface
     prohibit           a route of type prohibit, or `ip rule ... prohibit` (EACCES)
     blackhole          a blackhole route: never an error (returns False)
     frag_needed        IPv4 with DF, or any IPv6 packet, larger than `mtu`,
-                       the route's MTU (fib.Hop.mtu); see fragment.decision()
+                       the route's MTU (fib.Hop.mtu; IPv6: Hop.forward_mtu,
+                       ip6_forward()'s); see fragment.decision()
+    output_too_big     IPv6 only: within ip6_forward()'s MTU but larger than
+                       `mtu`, the output path's (dst_mtu(): fib.Hop.mtu);
+                       ip6_fragment() answers it after the hop limit went
+                       down, with that MTU even below 1280
     neighbour_failed   the next hop never answered ARP / ND
     source_link_local  an IPv6 packet with a link-local source that would be
                        forwarded (ip6_forward(): ICMPV6_NOT_NEIGHBOUR)
@@ -67,8 +72,11 @@ from xdpfwd.netlink import drain, event_socket
 from xdpfwd.afpacket.packet import checksum
 
 CAUSES = frozenset({"time_exceeded", "no_route", "unreachable", "prohibit", "blackhole",
-                    "frag_needed", "neighbour_failed", "source_link_local",
+                    "frag_needed", "output_too_big", "neighbour_failed", "source_link_local",
                     "param_problem", "sr_failed"})
+# Errors sent once ip_forward() / ip6_forward() has decremented the TTL /
+# hop limit: they quote the packet so.
+AFTER_FORWARD = frozenset({"neighbour_failed", "output_too_big"})
 
 # include/uapi/linux/icmp.h, include/uapi/linux/icmpv6.h
 ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, ICMP_PARAMETERPROB = 3, 11, 12
@@ -108,6 +116,7 @@ V6_ERRORS = {
     "unreachable": (ICMPV6_DEST_UNREACH, ICMPV6_NOROUTE),
     "prohibit": (ICMPV6_DEST_UNREACH, ICMPV6_ADM_PROHIBITED),
     "frag_needed": (ICMPV6_PKT_TOOBIG, 0),               # ip6_forward(): ip6_pkt_too_big()
+    "output_too_big": (ICMPV6_PKT_TOOBIG, 0),            # ip6_fragment(): fail_toobig
     "neighbour_failed": (ICMPV6_DEST_UNREACH, ICMPV6_ADDR_UNREACH),
     "source_link_local": (ICMPV6_DEST_UNREACH, ICMPV6_NOT_NEIGHBOUR),
 }
@@ -211,9 +220,9 @@ def parse(frame: bytes, cause: str, mtu: int = 0, pointer: int = 0) -> Error | s
             return martian
         if cause == "blackhole":
             return "blackhole route: ip_error() sends nothing for EINVAL"
-        if cause == "source_link_local":
-            raise ValueError("source_link_local is an IPv6 cause")
-        if cause == "neighbour_failed":
+        if cause not in V4_ERRORS:
+            raise ValueError(f"{cause} is an IPv6 cause")
+        if cause in AFTER_FORWARD:
             # ip_forward() decrements the TTL before the packet waits for
             # its neighbour; ipv4_link_failure() quotes it so.
             packet = _decrease_ttl(packet)
@@ -240,11 +249,14 @@ def parse(frame: bytes, cause: str, mtu: int = 0, pointer: int = 0) -> Error | s
             return "blackhole route: dst_discard() sends nothing"
         if cause not in V6_ERRORS:
             raise ValueError(f"{cause} is an IPv4 cause")
-        if cause == "neighbour_failed":
-            # ip6_forward() decrements hop_limit before ip6_forward_finish().
+        if cause in AFTER_FORWARD:
+            # ip6_forward() decrements hop_limit before ip6_forward_finish():
+            # the neighbour's queue and ip6_fragment() hold it so.
             packet = packet[:7] + bytes((packet[7] - 1,)) + packet[8:]
         type_, code = V6_ERRORS[cause]
-        info = max(mtu, IPV6_MIN_MTU) if cause == "frag_needed" else 0
+        # ip6_forward() raises its MTU to IPV6_MIN_MTU; ip6_fragment() sends
+        # ip6_skb_dst_mtu() as it is (a route's MTU may be set below 1280).
+        info = {"frag_needed": max(mtu, IPV6_MIN_MTU), "output_too_big": mtu}.get(cause, 0)
         return Error(6, type_, code, info, packet, src, dst, cause)
     return "not IPv4 or IPv6"
 

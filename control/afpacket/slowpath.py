@@ -21,7 +21,9 @@ frames only, what the forward path would have done, in the kernel's order:
   IPv6 source     link-local -> Unreachable, not a neighbour (ip6_forward())
   MTU             too big with DF, or IPv6 -> Frag Needed / Packet Too Big;
                   IPv4 without DF -> fragmented (ip_forward(),
-                  ip_do_fragment())
+                  ip_do_fragment()); IPv6 within ip6_forward()'s MTU but
+                  over the output path's -> Packet Too Big quoting it as
+                  forwarded (ip6_fragment())
   neighbour       not resolved -> held until it is (the worker's queue)
   transmit        out of any interface, a port or not, and back out of the
                   ingress port (hairpin) too
@@ -70,7 +72,6 @@ SLOW = frozenset({
 RTN_UNICAST, RTN_LOCAL, RTN_BROADCAST, RTN_MULTICAST = 1, 2, 3, 5  # rtnetlink route types
 ROUTE_ICMP = {"fib_unreachable": "unreachable", "fib_prohibit": "prohibit"}
 IP_DF = 0x4000
-IPV6_MIN_MTU = 1280
 SYSCTL_SECONDS = 0.1  # how long a read of the ingress port's sysctls is trusted
 
 
@@ -265,10 +266,20 @@ class SlowPath:
         if opts and opts.is_strictroute and hop.nexthop != dst:
             reply("sr_failed")  # ip_forward(): rt_uses_gateway
             return 0
-        mtu = hop.mtu if family == 4 else max(hop.mtu, IPV6_MIN_MTU)
-        too_big = total > mtu
-        if too_big and (family == 6 or (frame[20] << 8 | frame[21]) & IP_DF):
-            reply("frag_needed", mtu)
+        too_big = total > hop.mtu
+        if too_big and family == 6:
+            # ip6_forward() checks its MTU on the packet as received; one
+            # within it goes on (hop limit down, the FORWARD hook) to the
+            # output path, whose ip6_fragment() answers it over dst_mtu()
+            # (fib._ipv6_mtus()). Both raise Packet Too Big: IPv6 routers
+            # never fragment.
+            if total > hop.forward_mtu:
+                reply("frag_needed", hop.forward_mtu)
+            else:
+                reply("output_too_big", hop.mtu)
+            return 0
+        if too_big and (frame[20] << 8 | frame[21]) & IP_DF:
+            reply("frag_needed", hop.mtu)
             return 0
         if hop.outcome == "fib_no_neighbour":
             # Held as received: it comes back here whole once resolved.
@@ -285,7 +296,7 @@ class SlowPath:
         ip = decremented(frame[14:14 + total], family)
         if opts:
             ip = ipoptions.forward_v4(opts, ip, lambda d: self._rt_source(d, hop.ifindex))
-        pieces = self.fragment(ip, mtu) if too_big else [ip]
+        pieces = self.fragment(ip, hop.mtu) if too_big else [ip]
         ethertype = packet.ETH_IPV4 if family == 4 else packet.ETH_IPV6
         return sum(self.transmit(hop.ifindex, hop.dmac + hop.smac + ethertype + p) for p in pieces)
 

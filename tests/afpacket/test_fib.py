@@ -160,17 +160,20 @@ def test_resolve_makes_it_forwarded(fib, pair, dst, nexthop):
     assert neighbour(nexthop) == ""
     hop = resolved(fib, dst)
     assert "REACHABLE" in neighbour(nexthop)
-    assert hop == Hop("forwarded", pair["ifindex"], pair["dmac"], pair["smac"], 1500, packed(nexthop))
+    assert hop == Hop("forwarded", pair["ifindex"], pair["dmac"], pair["smac"], 1500, packed(nexthop),
+                      forward_mtu=1500 if ":" in dst else 0)
 
 
-@pytest.mark.parametrize("dst,mtu", [
-    ("10.9.5.1", 1000), ("10.9.8.1", 1100),  # IPv4 forwarding honours any route MTU
-    ("10.9.1.1", 1500), ("fd09:1::1", 1500),
-    ("fd09:5::1", 1300), ("fd09:7::1", 1500),  # IPv6 only a locked one (ip6_dst_mtu_maybe_forward)
+@pytest.mark.parametrize("dst,mtu,forward_mtu", [
+    ("10.9.5.1", 1000, 0), ("10.9.8.1", 1100, 0),  # IPv4 forwarding honours any route MTU
+    ("10.9.1.1", 1500, 0), ("fd09:1::1", 1500, 1500),
+    # IPv6: ip6_forward() only a locked one (ip6_dst_mtu_maybe_forward()),
+    # the output path any (ip6_mtu())
+    ("fd09:5::1", 1300, 1300), ("fd09:7::1", 1400, 1500),
 ])
-def test_mtu_from_route_else_link(fib, dst, mtu):
+def test_mtu_from_route_else_link(fib, dst, mtu, forward_mtu):
     hop = resolved(fib, dst)
-    assert (hop.outcome, hop.mtu) == ("forwarded", mtu)
+    assert (hop.outcome, hop.mtu, hop.forward_mtu) == ("forwarded", mtu, forward_mtu)
 
 
 def test_link_mtu_change_is_seen(fib):

@@ -36,7 +36,7 @@ def verdict(raw, cause, mtu=0, pkt_type=icmp.PACKET_HOST):
     ("prohibit", 4, (3, 13)), ("frag_needed", 4, (3, 4)), ("neighbour_failed", 4, (3, 1)),
     ("time_exceeded", 6, (3, 0)), ("no_route", 6, (1, 0)), ("unreachable", 6, (1, 0)),
     ("prohibit", 6, (1, 1)), ("frag_needed", 6, (2, 0)), ("neighbour_failed", 6, (1, 3)),
-    ("source_link_local", 6, (1, 2))])
+    ("source_link_local", 6, (1, 2)), ("output_too_big", 6, (2, 0))])
 def test_type_and_code(cause, family, type_code):
     err = verdict(v4() if family == 4 else v6(), cause, 1000)
     assert (err.type, err.code) == type_code
@@ -108,6 +108,17 @@ def test_neighbour_failure_quotes_the_decremented_ttl():
     err = verdict(v4(ttl=64), "neighbour_failed")
     assert err.packet[8] == 63 and icmp.checksum(err.packet[:20]) == 0
     assert verdict(v6(hlim=64), "neighbour_failed").packet[7] == 63
+
+
+def test_the_output_paths_packet_too_big_quotes_it_as_forwarded():
+    # ip6_fragment(): after ip6_forward()'s hop_limit--, with
+    # ip6_skb_dst_mtu() as it is, below 1280 too (seen in the lab: a route
+    # `mtu 1000` gets Packet Too Big 1000, quoting hop limit 63 of 64).
+    err = verdict(v6(hlim=64), "output_too_big", 1000)
+    assert (err.type, err.code, err.info, err.packet[7]) == (2, 0, 1000, 63)
+    assert verdict(v6(hlim=64), "frag_needed", 1400).packet[7] == 64
+    with pytest.raises(ValueError):
+        icmp.parse(v4(), "output_too_big", 1000)
 
 
 def test_global_bucket():

@@ -1,12 +1,16 @@
-"""fib_validate_source() as the AF_PACKET slow path reproduces it, on a
-fake FIB: pure logic. The lab test (tests/lab/test_kernel_rules.py) holds
-it against the kernel itself."""
+"""fib_validate_source() and the IPv6 MTU checks as the AF_PACKET slow
+path reproduces them, on a fake FIB: pure logic. The lab test
+(tests/lab/test_kernel_rules.py) holds them against the kernel itself."""
 
 import socket
 
 import pytest
+from scapy.layers.inet import UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
 
-from xdpfwd.afpacket.slowpath import RTN_LOCAL, RTN_UNICAST, source_valid
+from xdpfwd.afpacket.fib import Hop, _ipv6_mtus
+from xdpfwd.afpacket.slowpath import RTN_LOCAL, RTN_UNICAST, SlowPath, source_valid
 
 ETH1, ETH0 = 2, 3
 A = socket.inet_aton
@@ -59,3 +63,58 @@ def test_hairpin_with_redirects_on_takes_the_full_check():
     # dev->ifindex == oif and send_redirects: the fast accept does not apply
     assert not source_valid(Fib(BACK), conf(0), A("10.0.11.10"), ETH1, ETH1)
     assert source_valid(Fib(BACK), conf(0, send_redirects=0), A("10.0.11.99"), ETH1, ETH1)
+
+
+# -- IPv6: ip6_forward()'s MTU, then the output path's ---------------------
+
+@pytest.mark.parametrize("route_mtu,locked,mtu6,mtus", [
+    (0, False, 1500, (1500, 1500)),
+    (1400, False, 1500, (1500, 1400)),   # only the output path sees it
+    (1400, True, 1500, (1400, 1400)),
+    (1000, False, 1500, (1500, 1000)),   # dst_mtu() has no floor...
+    (1000, True, 1500, (1280, 1000)),    # ... ip6_forward()'s has
+    (1450, False, 1400, (1400, 1400)),   # the port's IPv6 MTU first
+    (1300, False, 1400, (1400, 1300)),
+])
+def test_ipv6_mtus(route_mtu, locked, mtu6, mtus):
+    assert _ipv6_mtus(route_mtu, locked, mtu6) == mtus
+
+
+class Fib6:
+    def __init__(self, hop):
+        self.hop = hop
+
+    def lookup(self, family, dst):
+        return self.hop
+
+
+class Icmp:
+    def __init__(self):
+        self.sent = []
+
+    def reply(self, frame, ingress, cause, mtu=0, pkt_type=None, pointer=0):
+        self.sent.append((cause, mtu))
+
+
+@pytest.mark.parametrize("forward_mtu,mtu,size,outcome", [
+    (1500, 1400, 1450, ("output_too_big", 1400)),  # ip6_fragment(): quoted as forwarded
+    (1500, 1400, 1400, "sent"),
+    (1400, 1400, 1450, ("frag_needed", 1400)),     # ip6_forward(): quoted as received
+    (1280, 1000, 1100, ("output_too_big", 1000)),
+    (1280, 1000, 1300, ("frag_needed", 1280)),
+    (1400, 1300, 1350, ("output_too_big", 1300)),
+])
+def test_ipv6_too_big(forward_mtu, mtu, size, outcome):
+    hop = Hop("forwarded", ETH0, bytes(6), bytes(6), mtu, bytes(16), forward_mtu=forward_mtu)
+    sent, icmp = [], Icmp()
+    s = SlowPath(Fib6(hop), icmp, None, lambda ifindex, frame: sent.append(frame) or True, None)
+    try:
+        frame = bytes(Ether() / IPv6(src="fd00:10::10", dst="fd00:97::5", hlim=64) / UDP()
+                      / bytes(size - 48))
+        assert s.handle(frame, ETH1, False, None) == (1 if outcome == "sent" else 0)
+    finally:
+        s.close()
+    if outcome == "sent":
+        assert icmp.sent == [] and len(sent) == 1 and Ether(sent[0])[IPv6].hlim == 63
+    else:
+        assert icmp.sent == [outcome] and sent == []
