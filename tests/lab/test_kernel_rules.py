@@ -8,7 +8,8 @@ from contextlib import contextmanager
 
 import pytest
 from scapy.layers.inet import IP, UDP, ICMP
-from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, ICMPv6PacketTooBig, IPv6
+from scapy.layers.inet6 import (ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, ICMPv6PacketTooBig, IPerror6,
+                                IPv6)
 from scapy.layers.l2 import Ether
 
 from helpers import (ipv6_disabled, mac, pin_neighbours, router_ip, stats, sysctl, sysctls_set,
@@ -393,6 +394,37 @@ def test_the_egress_ports_ipv6_mtu_is_honoured(mode, pinned):
     errors = [Ether(f)[ICMPv6PacketTooBig] for f in back if Ether(f).haslayer(ICMPv6PacketTooBig)]
     assert [e.mtu for e in errors] == [1400], f"{mode}: {back}"
     assert got == [], f"{mode}: forwarded past the port's IPv6 MTU"
+
+
+def test_an_unlocked_ipv6_route_mtu_is_honoured(mode, pinned):
+    """ip6_forward() checks a route's MTU only when locked, else the port's
+    IPv6 MTU (ip6_dst_mtu_maybe_forward(dst, true)); the output path then
+    checks it locked or not (__ip6_finish_output(): ip6_mtu()), and
+    ip6_fragment() answers Packet Too Big with it, quoting the packet with
+    its hop limit already decremented (ip6_forward()'s answer quotes it as
+    received)."""
+    router, sendbox = pinned
+
+    def udp(size: int) -> bytes:
+        return bytes(Ether(src=sendbox, dst=router) / IPv6(src="fd00:10::10", dst="fd00:97::5", hlim=64)
+                     / UDP(sport=4000, dport=2152) / (MARK + bytes(size - 48 - len(MARK))))
+
+    router_ip("-6", "route", "add", "fd00:97::/64", "via", "fd00:11::20", "mtu", "1400")
+    try:
+        route = router_ip("-6", "route", "get", "fd00:97::5")
+        assert "mtu 1400" in route and "lock" not in route, route
+        with sysctls_set({"net.ipv6.icmp.ratelimit": "0"}):
+            got, back = through_router([udp(1450)])
+            fits, _ = through_router([udp(1400)])
+    finally:
+        router_ip("-6", "route", "del", "fd00:97::/64")
+    # recvbox answers what reaches it (Address Unreachable): only the router's errors count.
+    errors = [(e[ICMPv6PacketTooBig].mtu, e[IPv6].src, e[IPerror6].hlim) for e in map(Ether, back)
+              if e.haslayer(ICMPv6PacketTooBig)]
+    assert errors == [(1400, "fd00:10::20", 63)], f"{mode}: {[Ether(f).summary() for f in back]}"
+    assert got == [], f"{mode}: forwarded whole past the route's MTU"
+    crossed = [(len(p), p.hlim) for p in (Ether(f)[IPv6] for f in fits)]
+    assert crossed == [(1400, 63)], f"{mode}: {crossed}"
 
 
 def test_too_big_without_df_is_fragmented(mode, pinned):
