@@ -413,11 +413,13 @@ def test_an_unlocked_ipv6_route_mtu_is_honoured(mode, pinned):
     try:
         route = router_ip("-6", "route", "get", "fd00:97::5")
         assert "mtu 1400" in route and "lock" not in route, route
+        reattach(mode, "IPv6 routes: the smallest MTU not locked is now 1400")
         with sysctls_set({"net.ipv6.icmp.ratelimit": "0"}):
             got, back = through_router([udp(1450)])
             fits, _ = through_router([udp(1400)])
     finally:
         router_ip("-6", "route", "del", "fd00:97::/64")
+        reattach(mode, "IPv6 routes: no MTU left unlocked")
     # recvbox answers what reaches it (Address Unreachable): only the router's errors count.
     errors = [(e[ICMPv6PacketTooBig].mtu, e[IPv6].src, e[IPerror6].hlim) for e in map(Ether, back)
               if e.haslayer(ICMPv6PacketTooBig)]
