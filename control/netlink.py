@@ -127,14 +127,16 @@ RTAX_LOCK = 1
 def _unlocked_mtu(body: bytes):
     """(route_key(), MTU) of one route message (struct rtmsg, then its
     attributes) whose MTU is set without `lock`, else None."""
-    if len(body) < 12 or body[7] != RTN_UNICAST or not (metrics := attributes(body, 12).get(RTA_METRICS)):
+    if len(body) < 12 or body[7] != RTN_UNICAST:
         return None
-    values = attributes(metrics)
+    attrs = attributes(body, 12)
+    if RTA_METRICS not in attrs:
+        return None
+    values = attributes(attrs[RTA_METRICS])
     mtu = struct.unpack("=I", values[RTAX_MTU][:4])[0] if RTAX_MTU in values else 0
     lock = struct.unpack("=I", values[RTAX_LOCK][:4])[0] if RTAX_LOCK in values else 0
     if not mtu or lock & (1 << RTAX_MTU):
         return None
-    attrs = attributes(body, 12)
     table = struct.unpack("=I", attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else body[4]
     return route_key(body[0], table, body[1], attrs.get(RTA_DST, b"")), mtu
 
@@ -146,13 +148,7 @@ def unlocked_route_mtus(family: int) -> dict[tuple[int, int, int, bytes], int]:
     Internet table holds a million routes (pyroute2 took 6 s and 420 MB
     for 100 000 of them)."""
     request = struct.pack("=BBBBBBBBI", family, 0, 0, 0, 0, 0, 0, 0, 0)  # struct rtmsg: all tables
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        sock.bind((0, 0))
-        for seq in range(1, 4):  # routes that keep changing: the third answer stands
-            found, interrupted = dump(sock, RTM_GETROUTE, request, seq, _unlocked_mtu)
-            if not interrupted:
-                break
+    found = _rtnl_dump(RTM_GETROUTE, request, _unlocked_mtu)
     mtus = {}
     for key, mtu in found:
         mtus[key] = min(mtu, mtus.get(key, mtu))
@@ -267,6 +263,19 @@ def dump(sock: socket.socket, kind: int, request: bytes, seq: int,
                 out.append(kept)
 
 
+def _rtnl_dump(kind: int, request: bytes, keep=lambda body: body) -> list:
+    """dump() on a socket of its own in the calling thread's namespace;
+    a table that keeps changing during the dump: the third answer stands."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.bind((0, 0))
+        for seq in range(1, 4):
+            found, interrupted = dump(sock, kind, request, seq, keep)
+            if not interrupted:
+                break
+    return found
+
+
 RTM_GETNEIGH = 30
 NTF_PROXY = 0x08
 NDA_DST = 1
@@ -279,14 +288,8 @@ def ipv6_proxies() -> set[tuple[int, bytes]]:
     (pneigh_dump_table()) only for a request whose ndm_flags are exactly
     NTF_PROXY."""
     request = struct.pack("=BBHiHBB", socket.AF_INET6, 0, 0, 0, 0, NTF_PROXY, 0)  # struct ndmsg
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE) as sock:
-        sock.bind((0, 0))
-        for seq in range(1, 4):  # a table that keeps changing: the third answer stands
-            bodies, interrupted = dump(sock, RTM_GETNEIGH, request, seq)
-            if not interrupted:
-                break
     proxies = set()
-    for body in bodies:
+    for body in _rtnl_dump(RTM_GETNEIGH, request):
         dst = attributes(body, 12).get(NDA_DST)
         if dst is not None and len(dst) == 16:
             proxies.add((struct.unpack_from("=i", body, 4)[0], dst))
