@@ -29,13 +29,18 @@ async def main():
         request += "Authorization: Basic " + base64.b64encode(":".join(auth).encode()).decode() + "\r\n"
     request = (request + "\r\n").encode()
     latencies, failures = [], []
-    stop_at = time.monotonic() + seconds
+    began = time.monotonic()
+    stop_at = began + seconds
 
-    async def scrape():
+    async def scrape(stage):
+        # stage[0] names the step a failure stopped in (a timeout says
+        # nothing else): connecting, sending, or waiting for the answer.
         reader, writer = await asyncio.open_connection(u.hostname, u.port, ssl=ctx)
         try:
+            stage[0] = "send"
             writer.write(request)
             await writer.drain()
+            stage[0] = "answer"
             data = await reader.read()
         finally:
             writer.close()
@@ -44,12 +49,13 @@ async def main():
 
     async def scraper():
         while time.monotonic() < stop_at:
-            start = time.monotonic()
+            start, stage = time.monotonic(), ["connect"]
             try:
-                await asyncio.wait_for(scrape(), 10)
+                await asyncio.wait_for(scrape(stage), 10)
                 latencies.append(time.monotonic() - start)
             except Exception as e:  # noqa: BLE001 - counted and reported
-                failures.append(f"{type(e).__name__}: {e}")
+                failures.append(f"{type(e).__name__} in {stage[0]}, started at "
+                                f"{start - began:.2f} s: {e}")
 
     await asyncio.gather(*(scraper() for _ in range(clients)))
     latencies.sort()
