@@ -18,6 +18,7 @@ from xdpfwd import lab
 from xdpfwd.netns import entered
 
 MARK = b"xdpfwd-kernel-rules"
+SO_RCVBUFFORCE = 33  # socket(7); Python's socket module does not name it
 
 
 def macs():
@@ -32,6 +33,10 @@ class Capture:
         import socket
         with entered(lab.ns(host)):
             self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+            # Read only once everything is sent: room for hundreds of
+            # frames, whatever memory each skb carries (a frame that came
+            # through XDP holds a whole page).
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
             self.sock.bind(("eth0", 0))
         self.sock.setblocking(False)
 
