@@ -58,7 +58,8 @@
 	X(PASS_REVERSE_PATH,    passed,    "reverse_path")                   \
 	X(PASS_IPV6_DISABLED,   passed,    "ipv6_disabled")                  \
 	X(PASS_ROUTE_MTU,       passed,    "route_mtu")                      \
-	X(PASS_NDP,             passed,    "ndp")
+	X(PASS_NDP,             passed,    "ndp")                            \
+	X(PASS_ICMP_ERROR,      passed,    "icmp_error")
 
 enum xdpfwd_outcome {
 #define XDPFWD_ENUM(name, kind, label) XDPFWD_##name,

@@ -195,6 +195,20 @@ static __always_inline int ipv6_any_or_loopback(const struct in6_addr *a)
 	       (a->s6_addr32[3] == 0 || a->s6_addr32[3] == bpf_htonl(1));
 }
 
+/* icmp_is_err() and icmpv6_is_err() in the kernel: Destination
+ * Unreachable, Source Quench, Redirect, Time Exceeded, Parameter Problem;
+ * for ICMPv6 Destination Unreachable, Packet Too Big, Time Exceeded,
+ * Parameter Problem. */
+static __always_inline int icmp_is_err(__u8 type)
+{
+	return type == 3 || type == 4 || type == 5 || type == 11 || type == 12;
+}
+
+static __always_inline int icmpv6_is_err(__u8 type)
+{
+	return type >= 1 && type <= 4;
+}
+
 /* What ip6_forward_proxy_check() looks for: a Neighbour Discovery message
  * (Router or Neighbour Solicitation or Advertisement, Redirect) as the
  * upper-layer header, found past the extension headers as
@@ -314,6 +328,16 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 		/* TTL 1 expires here: the kernel sends Time Exceeded. */
 		if (iph->ttl <= 1)
 			return PASS(PASS_TTL);
+		/* An ICMP error takes the path of the packet it quotes: over a
+		 * multipath route the kernel hashes the quoted header's
+		 * addresses (ip_multipath_l3_keys()), bpf_fib_lookup() only
+		 * the outer ones. The program cannot tell a multipath route
+		 * from another, so every ICMP error goes to the kernel (they
+		 * are few). A later fragment carries no ICMP header. */
+		if (iph->protocol == IPPROTO_ICMP && !(iph->frag_off & bpf_htons(0x1FFF)) &&
+		    l3_len > sizeof(*iph) && (void *)(iph + 1) + 1 <= data_end &&
+		    icmp_is_err(*(__u8 *)(iph + 1)))
+			return PASS(PASS_ICMP_ERROR);
 
 		fib.family = family = AF_INET;
 		fib.tos = iph->tos;
@@ -367,6 +391,11 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 		case V6_DEEP:	/* the kernel walks on; leave it to it */
 			return PASS(PASS_IP_OPTIONS);
 		}
+		/* The same for ICMPv6 errors (ip6_multipath_l3_keys(), which
+		 * looks only right behind the fixed header). */
+		if (ip6h->nexthdr == IPPROTO_ICMPV6 && l3_len > sizeof(*ip6h) &&
+		    (void *)(ip6h + 1) + 1 <= data_end && icmpv6_is_err(*(__u8 *)(ip6h + 1)))
+			return PASS(PASS_ICMP_ERROR);
 
 		fib.family = family = AF_INET6;
 		fib.flowinfo = *(__be32 *)ip6h & IPV6_FLOWINFO_MASK;

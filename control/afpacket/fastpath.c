@@ -54,7 +54,7 @@ struct outcomes {
 	int forwarded, not_ip, vlan, malformed, multicast, bad_checksum,
 	    ip_options, link_local, ttl, frag_needed, not_a_port, same_port,
 	    no_neigh, redirect_failed, other_host, reverse_path, fwd_disabled,
-	    martian_source, martian_dest, ipv6_disabled, ndp;
+	    martian_source, martian_dest, ipv6_disabled, ndp, icmp_error;
 };
 
 static const struct {
@@ -82,6 +82,7 @@ static const struct {
 	{"martian_destination", offsetof(struct outcomes, martian_dest)},
 	{"ipv6_disabled", offsetof(struct outcomes, ipv6_disabled)},
 	{"ndp", offsetof(struct outcomes, ndp)},
+	{"icmp_error", offsetof(struct outcomes, icmp_error)},
 };
 
 /* fib.Fib.lookup()'s answer for one destination (a Hop). */
@@ -293,6 +294,13 @@ static int miss(struct verdict *v, enum miss_kind kind)
 	return out(v, MISS, 0);
 }
 
+/* icmp_is_err(): the ICMP errors the kernel's multipath hash takes from the
+ * quoted header (bpf/redirect.c). */
+static int icmp_is_err(uint8_t type)
+{
+	return type == 3 || type == 4 || type == 5 || type == 11 || type == 12;
+}
+
 /* packet.ipv6_nd_message() with its default limit (bpf/redirect.c's):
  * a Neighbour Discovery message past the extension headers, walked as
  * ipv6_skip_exthdr() walks them. f is the frame, end the IP packet's end. */
@@ -384,6 +392,11 @@ static int decide(FastPath *fp, const uint8_t *f, size_t n, int slot, int vlan,
 			return out(v, o->martian_dest, 0);
 		if (f[22] <= 1)
 			return out(v, o->ttl, 0);
+		/* An ICMP error takes the path of the packet it quotes (the
+		 * kernel's multipath hash): the slow path's to route. */
+		if (f[23] == 1 && !((f[20] << 8 | f[21]) & 0x1fff) && total > 20 &&
+		    icmp_is_err(f[34]))
+			return out(v, o->icmp_error, 0);
 		if (fp->disabled4[slot])
 			return out(v, o->fwd_disabled, 0);
 		v->family = 4;
@@ -421,6 +434,8 @@ static int decide(FastPath *fp, const uint8_t *f, size_t n, int slot, int vlan,
 		case V6_DEEP:
 			return out(v, o->ip_options, 0);
 		}
+		if (f[20] == 58 && total > 40 && f[54] >= 1 && f[54] <= 4)	/* icmpv6_is_err() */
+			return out(v, o->icmp_error, 0);
 		if (fp->disabled6[slot])
 			return out(v, o->fwd_disabled, 0);
 		v->family = 6;

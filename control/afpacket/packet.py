@@ -23,6 +23,7 @@ OTHER_HOST, REVERSE_PATH = _IDX["other_host"], _IDX["reverse_path"]
 FWD_DISABLED = _IDX["fib_forwarding_disabled"]
 MARTIAN_SOURCE, MARTIAN_DEST = _IDX["martian_source"], _IDX["martian_destination"]
 IPV6_DISABLED, NDP = _IDX["ipv6_disabled"], _IDX["ndp"]
+ICMP_ERROR = _IDX["icmp_error"]
 OUTCOME_INDEX = _IDX
 
 ETH_IPV4, ETH_IPV6 = b"\x08\x00", b"\x86\xdd"
@@ -33,6 +34,9 @@ IPPROTO_HOPOPTS = 0
 IPV6_EXT_HEADERS = frozenset({0, 43, 44, 51, 60})
 IPV6_EXT_MAX = 6  # bpf/redirect.c's: how many the fast paths walk
 NOT_ND, ND, DEEP = 0, 1, 2
+# icmp_is_err() and icmpv6_is_err(): the ICMP errors the kernel's multipath
+# hash takes from the quoted header (bpf/redirect.c).
+ICMP_ERRORS, ICMPV6_ERRORS = frozenset({3, 4, 5, 11, 12}), frozenset({1, 2, 3, 4})
 _WORDS = struct.Struct("!10H")
 
 
@@ -138,6 +142,11 @@ def decide(frame: bytes, ingress: int, vlan_tagged: bool, fib, ports,
         ttl = frame[22]
         if ttl <= 1:
             return TTL, 0, None
+        # An ICMP error takes the path of the packet it quotes (the
+        # kernel's multipath hash): bpf/redirect.c leaves it to the kernel.
+        if frame[23] == 1 and not ((frame[20] << 8) | frame[21]) & 0x1FFF and total > 20 \
+                and frame[34] in ICMP_ERRORS:
+            return ICMP_ERROR, 0, None
         if (4, ingress) in disabled:
             return FWD_DISABLED, 0, None
         hop = fib.lookup(4, dst)
@@ -170,6 +179,8 @@ def decide(frame: bytes, ingress: int, vlan_tagged: bool, fib, ports,
         nd = ipv6_nd_message(frame, 14 + total)
         if nd != NOT_ND:
             return (NDP if nd == ND else IP_OPTIONS), 0, None
+        if frame[20] == 58 and total > 40 and frame[54] in ICMPV6_ERRORS:
+            return ICMP_ERROR, 0, None
         if (6, ingress) in disabled:
             return FWD_DISABLED, 0, None
         hop = fib.lookup(6, frame[38:54])

@@ -66,7 +66,7 @@ SLOW = frozenset({
     packet.TTL, packet.LINK_LOCAL, packet.OUTCOME_INDEX["fib_unreachable"],
     packet.OUTCOME_INDEX["fib_prohibit"], packet.OUTCOME_INDEX["fib_not_forwarded"],
     packet.FRAG_NEEDED, packet.NOT_A_PORT, packet.SAME_PORT, packet.REVERSE_PATH,
-    packet.NO_NEIGH, packet.IP_OPTIONS, packet.NDP,
+    packet.NO_NEIGH, packet.IP_OPTIONS, packet.NDP, packet.ICMP_ERROR,
 })
 
 RTN_UNICAST, RTN_LOCAL, RTN_BROADCAST, RTN_MULTICAST = 1, 2, 3, 5  # rtnetlink route types

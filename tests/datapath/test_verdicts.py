@@ -10,8 +10,9 @@ import threading
 import time
 
 import pytest
-from scapy.layers.inet import IP, UDP, IPOption_RR
-from scapy.layers.inet6 import (ICMPv6EchoRequest, ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6ND_RA, ICMPv6ND_Redirect,
+from scapy.layers.inet import ICMP, IP, UDP, IPOption_RR
+from scapy.layers.inet6 import (ICMPv6DestUnreach, ICMPv6EchoRequest, ICMPv6PacketTooBig, ICMPv6ParamProblem,
+                                ICMPv6TimeExceeded, ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6ND_RA, ICMPv6ND_Redirect,
                                 ICMPv6ND_RS, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment,
                                 IPv6ExtHdrHopByHop, IPv6ExtHdrRouting)
 from scapy.layers.ipsec import AH
@@ -243,6 +244,46 @@ def test_a_chain_longer_than_the_program_walks_goes_to_the_stack(program):
     check(program, to_router(program, nd6(*[IPv6ExtHdrDestOpt()] * 7, upper=UDP() / PAYLOAD)),
           XDP_PASS, "ip_options")
     check(program, to_router(program, nd6(*[IPv6ExtHdrDestOpt()] * 7)), XDP_PASS, "ip_options")
+
+
+QUOTED4 = IP(src="10.0.11.20", dst="192.0.2.7") / UDP(sport=53, dport=40000)
+QUOTED6 = IPv6(src="fd00:11::20", dst="2001:db8::7") / UDP(sport=53, dport=40000)
+
+
+@pytest.mark.parametrize("l3", [
+    *[IP(src="10.0.10.10", dst="10.0.11.20") / ICMP(type=t) / QUOTED4 for t in (3, 4, 5, 11, 12)],
+    IP(src="10.0.10.10", dst="10.0.11.20", flags="MF") / ICMP(type=11) / QUOTED4,  # a first fragment
+    IP(src="10.0.10.10", dst="10.0.11.20") / ICMP(type=3),  # quoting nothing: the kernel's still
+    *[IPv6(src="fd00:10::10", dst="fd00:11::20") / kind() / QUOTED6
+      for kind in (ICMPv6DestUnreach, ICMPv6PacketTooBig, ICMPv6TimeExceeded, ICMPv6ParamProblem)],
+], ids=["unreachable", "source-quench", "redirect", "time-exceeded", "parameter-problem",
+        "first-fragment", "empty", "v6-unreachable", "v6-too-big", "v6-time-exceeded",
+        "v6-parameter-problem"])
+def test_icmp_errors_go_to_the_stack(program, l3):
+    """Over a multipath route the kernel sends an ICMP error the way of
+    the packet it quotes (ip_multipath_l3_keys(), ip6_multipath_l3_keys()
+    hash the quoted addresses); bpf_fib_lookup() hashes the outer ones,
+    and the program cannot tell a multipath route from another."""
+    check(program, to_router(program, l3), XDP_PASS, "icmp_error")
+
+
+@pytest.mark.parametrize("l3", [
+    IP(src="10.0.10.10", dst="10.0.11.20") / ICMP(type=8) / PAYLOAD,
+    IP(src="10.0.10.10", dst="10.0.11.20", frag=8, proto=1) / (bytes([3]) + bytes(31)),  # a later fragment
+    IP(src="10.0.10.10", dst="10.0.11.20", proto=1),  # no ICMP header at all
+    IPv6(src="fd00:10::10", dst="fd00:11::20") / IPv6ExtHdrDestOpt() / ICMPv6DestUnreach() / QUOTED6,
+], ids=["echo", "later-fragment", "no-header", "v6-behind-an-extension-header"])
+def test_other_icmp_is_forwarded(program, l3):
+    """What the kernel's multipath hash reads by its outer header, as
+    bpf_fib_lookup() does: forwarded here. (ip6_multipath_l3_keys() looks
+    for ICMPv6 only right behind the fixed header.)"""
+    check(program, to_router(program, l3), XDP_REDIRECT, "forwarded")
+
+
+def test_icmp_error_bytes_past_the_ip_length_are_not_looked_at(program):
+    """ip_rcv_core() trims the packet first: a type in the padding is none."""
+    frame = bytes(to_router(program, IP(src="10.0.10.10", dst="10.0.11.20", proto=1))) + b"\x03"
+    check(program, frame, XDP_REDIRECT, "forwarded")
 
 
 def test_ipv6_link_local_never_crosses(program):

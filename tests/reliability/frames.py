@@ -76,6 +76,8 @@ class FrameGenerator:
         flags_frag = r.choice([0, 0, 0x4000, 0x2000, r.randrange(0, 0x10000)])
         ttl = r.choice(TTLS) if r.random() < 0.5 else r.randrange(0, 256)
         proto = r.choice([17, 6, 1, r.randrange(0, 256)])
+        if proto == 1 and payload and r.random() < 0.7:  # ICMP: errors often, echo, others
+            payload = bytes([r.choice([3, 4, 5, 11, 12, 0, 8, r.randrange(256)])]) + payload[1:]
         src = ipaddress.IPv4Address(r.choice(V4_SOURCES)).packed
         dst = (ipaddress.IPv4Address(r.choice(V4_DESTINATIONS)).packed if r.random() < 0.95
                else r.randbytes(4))
@@ -92,7 +94,8 @@ class FrameGenerator:
         often, behind up to 8 extension headers of the kinds
         ipv6_skip_exthdr() walks (the datapaths walk 6)."""
         r = self.r
-        nexthdr, body = 58, bytes([r.choice([133, 134, 135, 136, 137, 128, r.randrange(256)])]) + payload
+        nexthdr, body = 58, bytes([r.choice([133, 134, 135, 136, 137, 128, 1, 2, 3, 4,
+                                             r.randrange(256)])]) + payload
         for _ in range(r.choice([0, 1, 2, 5, 6, 7, 8])):
             kind = r.choice([0, 43, 44, 51, 60])
             if kind == 44:  # fragment offset 0 or not, M flag or not
@@ -111,6 +114,8 @@ class FrameGenerator:
         r = self.r
         payload = self._payload()
         nexthdr = r.choice([17, 17, 6, 58, 0, 43, 44, 60, 59, r.randrange(0, 256)])
+        if nexthdr == 58 and payload and r.random() < 0.7:  # ICMPv6: errors often, echo, ND
+            payload = bytes([r.choice([1, 2, 3, 4, 128, 135, r.randrange(256)])]) + payload[1:]
         if r.random() < 0.2:
             nexthdr, payload = self._ipv6_chain(payload)
         plen = len(payload)

@@ -159,6 +159,11 @@ def decide(frame: bytes, ingress: int, t: Tables) -> Verdict:
         ttl = frame[22]
         if ttl <= 1:
             return passed("ttl_exceeded")
+        # ip_multipath_l3_keys(): an ICMP error (not a later fragment)
+        # hashes by the header it quotes; the kernel's to route.
+        offset = int.from_bytes(frame[20:22], "big") & 0x1FFF
+        if frame[23] == 1 and offset == 0 and total > 20 and frame[34] in ICMP_ERRORS:
+            return passed("icmp_error")
         family, dst, l3_len = 4, frame[30:34], total
     elif ethertype == 0x86DD:
         if ingress in t.ipv6_disabled:  # ip6_rcv_core(), first of all
@@ -188,6 +193,8 @@ def decide(frame: bytes, ingress: int, t: Tables) -> Verdict:
             return passed("ip_options")
         if upper[0] == 58 and len(upper[1]) >= 1 and upper[1][0] in ND_TYPES:
             return passed("ndp")  # ip6_forward_proxy_check(): the kernel's to answer if proxied
+        if frame[20] == 58 and payload > 0 and frame[54] in ICMPV6_ERRORS:
+            return passed("icmp_error")  # ip6_multipath_l3_keys(), right behind the fixed header
         family, dst, l3_len = 6, frame[38:54], 40 + payload
     else:
         return passed("not_ip")
@@ -211,6 +218,8 @@ def decide(frame: bytes, ingress: int, t: Tables) -> Verdict:
 
 
 ND_TYPES = {133, 134, 135, 136, 137}  # RS, RA, NS, NA, Redirect
+ICMP_ERRORS = {3, 4, 5, 11, 12}  # icmp_is_err()
+ICMPV6_ERRORS = {1, 2, 3, 4}  # icmpv6_is_err()
 WALKED = 6  # extension headers the datapaths walk; a longer chain is left to the kernel
 
 

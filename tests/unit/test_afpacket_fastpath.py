@@ -68,6 +68,7 @@ FORWARDED = [
     table.frame(IP(bytes(IP(src="10.0.10.10", dst="10.0.11.20", ttl=64, id=ident) / UDP())))
     for ident in range(0, 0x10000, 0x0FFF)
 ]
+FORWARDED += table.ICMP_FORWARDED
 FRAMES = FORWARDED + [raw for raw, _ in table.TO_THE_STACK]
 
 

@@ -2,8 +2,9 @@
 against a fixed routing answer (pure logic: the fib is a stand-in)."""
 
 import pytest
-from scapy.layers.inet import IP, UDP, IPOption_RR
-from scapy.layers.inet6 import (ICMPv6EchoRequest, ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6ND_Redirect, IPv6,
+from scapy.layers.inet import ICMP, IP, UDP, IPOption_RR
+from scapy.layers.inet6 import (ICMPv6DestUnreach, ICMPv6EchoRequest, ICMPv6ND_NA, ICMPv6PacketTooBig,
+                                ICMPv6ParamProblem, ICMPv6TimeExceeded, ICMPv6ND_NS, ICMPv6ND_Redirect, IPv6,
                                 IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting)
 from scapy.layers.ipsec import AH
 from scapy.layers.l2 import ARP, Dot1Q, Ether
@@ -159,7 +160,28 @@ TO_THE_STACK = [
     (frame(IPv6(src="fd00:10::10", dst="fd00:11::20") / (IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt()
            / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt()
            / IPv6ExtHdrDestOpt()) / UDP()), "ip_options"),  # seven: past what the fast paths walk
+    *[(frame(IP(src="10.0.10.10", dst="10.0.11.20") / ICMP(type=t) / v4(dst="192.0.2.7")), "icmp_error")
+      for t in (3, 4, 5, 11, 12)],
+    (frame(IP(src="10.0.10.10", dst="10.0.11.20", flags="MF") / ICMP(type=3) / v4()), "icmp_error"),
+    *[(frame(IPv6(src="fd00:10::10", dst="fd00:11::20") / kind() / v6(dst="2001:db8::7")), "icmp_error")
+      for kind in (ICMPv6DestUnreach, ICMPv6PacketTooBig, ICMPv6TimeExceeded, ICMPv6ParamProblem)],
 ]
+
+# ICMP that is no error, or whose header the kernel's multipath hash does
+# not read (a later fragment; ICMPv6 behind an extension header): forwarded.
+ICMP_FORWARDED = [
+    frame(IP(src="10.0.10.10", dst="10.0.11.20") / ICMP(type=8) / b"ping"),
+    frame(IP(src="10.0.10.10", dst="10.0.11.20") / ICMP(type=0) / b"pong"),
+    frame(IP(src="10.0.10.10", dst="10.0.11.20", frag=8, proto=1) / (bytes([3]) + bytes(20))),
+    frame(IP(src="10.0.10.10", dst="10.0.11.20", proto=1)),  # no ICMP header at all
+    frame(IPv6(src="fd00:10::10", dst="fd00:11::20") / ICMPv6EchoRequest()),
+    frame(IPv6(src="fd00:10::10", dst="fd00:11::20") / IPv6ExtHdrDestOpt() / ICMPv6DestUnreach() / v6()),
+]
+
+
+@pytest.mark.parametrize("raw", ICMP_FORWARDED, ids=range(len(ICMP_FORWARDED)))
+def test_icmp_that_is_no_error_is_forwarded(raw):
+    assert decide(raw)[0] == "forwarded"
 
 
 @pytest.mark.parametrize("raw,expected", TO_THE_STACK, ids=lambda v: v if isinstance(v, str) else "")
