@@ -59,7 +59,8 @@
 	X(PASS_IPV6_DISABLED,   passed,    "ipv6_disabled")                  \
 	X(PASS_ROUTE_MTU,       passed,    "route_mtu")                      \
 	X(PASS_NDP,             passed,    "ndp")                            \
-	X(PASS_ICMP_ERROR,      passed,    "icmp_error")
+	X(PASS_ICMP_ERROR,      passed,    "icmp_error")                     \
+	X(PASS_MULTIPATH_HASH,  passed,    "multipath_hash")
 
 enum xdpfwd_outcome {
 #define XDPFWD_ENUM(name, kind, label) XDPFWD_##name,
@@ -93,7 +94,12 @@ struct xdpfwd_port {
 	__u8  mac[6];	/* the port's own address: frames to any other are not ours */
 	__u8  ipv6_disabled;	/* net.ipv6.conf.PORT.disable_ipv6, or no IPv6 on it:
 				 * ip6_rcv_core() drops the port's IPv6 */
-	__u8  pad;
+	/* net.ipv{4,6}.fib_multipath_hash_policy, IPv4's in the low four
+	 * bits, IPv6's in the high four; the same in every port's entry.
+	 * Some policies hash what bpf_fib_lookup() is not given (the
+	 * packet itself): IPv4 under 3 and its tunnels under 2, IPv6 under
+	 * 2 and 3 go to the kernel. */
+	__u8  hash_policy;
 	/* The smallest MTU set on any IPv4 route without `lock`, 0 for none;
 	 * the same in every port's entry. ip_forward() honours such an MTU,
 	 * bpf_fib_lookup() does not see it: larger IPv4 packets are left to

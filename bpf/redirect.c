@@ -156,8 +156,10 @@ static __always_inline int ipv4_martian_destination(__be32 a)
 
 /* The ports the kernel's flow dissector gives to policy rules and the
  * multipath hash (fib4_rules_early_flow_dissect(), proto_ports_offset()):
- * from the first bytes of the transport header, none for a fragment. */
-static __always_inline void l4_ports(struct bpf_fib_lookup *fib, void *l4,
+ * from the first bytes of the transport header, none for a fragment, and
+ * none when they are cut off: the kernel has trimmed the packet to its IP
+ * length by then, so bytes in the Ethernet padding are no ports. */
+static __always_inline void l4_ports(struct bpf_fib_lookup *fib, void *l4, void *l3_end,
 				     void *data_end, __u8 proto)
 {
 	int off;
@@ -173,7 +175,7 @@ static __always_inline void l4_ports(struct bpf_fib_lookup *fib, void *l4,
 	default:
 		return;
 	}
-	if (l4 + off + 4 > data_end)
+	if (l4 + off + 4 > data_end || l4 + off + 4 > l3_end)
 		return;
 	fib->sport = *(__be16 *)(l4 + off);
 	fib->dport = *(__be16 *)(l4 + off + 2);
@@ -338,13 +340,26 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 		    l3_len > sizeof(*iph) && (void *)(iph + 1) + 1 <= data_end &&
 		    icmp_is_err(*(__u8 *)(iph + 1)))
 			return PASS(PASS_ICMP_ERROR);
+		/* fib_multipath_hash_policy 3 hashes the packet's own fields
+		 * and then once more (fib_multipath_custom_hash_skb()); 2
+		 * hashes a tunnelled packet by its inner addresses (the flow
+		 * dissector goes through IPIP, IPv6-in-IPv4, GRE, MPLS).
+		 * bpf_fib_lookup() has only the outer header. */
+		switch (port->hash_policy & 0xF) {
+		case 3:
+			return PASS(PASS_MULTIPATH_HASH);
+		case 2:
+			if (iph->protocol == IPPROTO_IPIP || iph->protocol == IPPROTO_IPV6 ||
+			    iph->protocol == IPPROTO_GRE || iph->protocol == IPPROTO_MPLS)
+				return PASS(PASS_MULTIPATH_HASH);
+		}
 
 		fib.family = family = AF_INET;
 		fib.tos = iph->tos;
 		fib.l4_protocol = iph->protocol;
 		fib.tot_len = l3_len;
 		if (!(iph->frag_off & bpf_htons(0x3FFF)))	/* MF or an offset: a fragment */
-			l4_ports(&fib, iph + 1, data_end, iph->protocol);
+			l4_ports(&fib, iph + 1, (void *)iph + l3_len, data_end, iph->protocol);
 		fib.ipv4_src = iph->saddr;
 		fib.ipv4_dst = iph->daddr;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
@@ -396,12 +411,27 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 		if (ip6h->nexthdr == IPPROTO_ICMPV6 && l3_len > sizeof(*ip6h) &&
 		    (void *)(ip6h + 1) + 1 <= data_end && icmpv6_is_err(*(__u8 *)(ip6h + 1)))
 			return PASS(PASS_ICMP_ERROR);
+		/* Policy rules on the protocol or ports, and the multipath hash
+		 * by ports (fib_multipath_hash_policy 1), take the transport
+		 * header past routing, destination options and fragment headers
+		 * (the flow dissector walks them, and makes a fragment's
+		 * protocol the one it carries); bpf_fib_lookup() is given the
+		 * first next header. Left to the kernel, with the options. */
+		if (ip6h->nexthdr == IPPROTO_ROUTING || ip6h->nexthdr == IPPROTO_FRAGMENT ||
+		    ip6h->nexthdr == IPPROTO_DSTOPTS)
+			return PASS(PASS_IP_OPTIONS);
+		/* IPv6 under fib_multipath_hash_policy 2 and 3: the kernel's
+		 * hash takes the flow dissector's keys, its flow label in host
+		 * order where bpf_fib_lookup()'s is in network order, and 3
+		 * hashes once more; every IPv6 packet, not only tunnels. */
+		if ((port->hash_policy >> 4) >= 2)
+			return PASS(PASS_MULTIPATH_HASH);
 
 		fib.family = family = AF_INET6;
 		fib.flowinfo = *(__be32 *)ip6h & IPV6_FLOWINFO_MASK;
 		fib.l4_protocol = ip6h->nexthdr;
 		fib.tot_len = l3_len;
-		l4_ports(&fib, ip6h + 1, data_end, ip6h->nexthdr);
+		l4_ports(&fib, ip6h + 1, (void *)ip6h + l3_len, data_end, ip6h->nexthdr);
 		__builtin_memcpy(fib.ipv6_src, &ip6h->saddr, sizeof(fib.ipv6_src));
 		__builtin_memcpy(fib.ipv6_dst, &ip6h->daddr, sizeof(fib.ipv6_dst));
 	} else {

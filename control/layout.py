@@ -24,7 +24,7 @@ RECEIVED = "received"  # not an outcome: every frame a port received, counted ap
 TRANSMITTED = "transmitted"  # not an outcome: the egress count of a port
 COUNT_FORMAT = "=QQ"  # struct xdpfwd_count: packets, bytes
 COUNT_SIZE = struct.calcsize(COUNT_FORMAT)
-PORT_FORMAT = "=I6sBBII"  # struct xdpfwd_port: ifindex, mac, ipv6_disabled, pad, ipv4_route_mtu, ipv6_route_mtu
+PORT_FORMAT = "=I6sBBII"  # struct xdpfwd_port: ifindex, mac, ipv6_disabled, hash_policy, ipv4_route_mtu, ipv6_route_mtu
 PORT_SIZE = struct.calcsize(PORT_FORMAT)
 
 

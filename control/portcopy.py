@@ -72,6 +72,43 @@ def _min_pmtu() -> int:
     return sysctl.read_int(sysctl.path("ipv4", "route", "min_pmtu"), 552)  # ip_rt_min_pmtu's default
 
 
+def hash_policies() -> int:
+    """net.ipv4 and net.ipv6 fib_multipath_hash_policy as struct
+    xdpfwd_port's hash_policy holds them: IPv4's in the low four bits."""
+    v4 = sysctl.read_int(sysctl.path("ipv4", "fib_multipath_hash_policy"), 0)
+    v6 = sysctl.read_int(sysctl.path("ipv6", "fib_multipath_hash_policy"), 0)
+    return (v4 & 0xF) | (v6 & 0xF) << 4
+
+
+def _hash_policy_effect(ip: str, policy: int) -> str | None:
+    """What the program leaves to the kernel under that policy (the
+    kernel's multipath hash reads the packet, bpf_fib_lookup() is not
+    given it), or None: bpf/redirect.c's rule."""
+    if policy == 3:
+        return f"every {ip} packet"
+    if policy == 2:
+        return "every IPv6 packet" if ip == "IPv6" else "tunnelled IPv4 (IPIP, IPv6 in IPv4, GRE, MPLS)"
+    return None
+
+
+def hash_policy_lines(old: int | None, new: int) -> list[str]:
+    """What a change of the hash_policy byte (None: none before, a first
+    attach) changes, a line per family."""
+    lines = []
+    for ip, shift in (("IPv4", 0), ("IPv6", 4)):
+        was = None if old is None else (old >> shift) & 0xF
+        now = (new >> shift) & 0xF
+        effect, before = _hash_policy_effect(ip, now), _hash_policy_effect(ip, was or 0)
+        if was == now or effect == before:
+            continue
+        if effect:
+            lines.append(f"{ip}: fib_multipath_hash_policy {now} hashes what bpf_fib_lookup() is not "
+                         f"given: {effect} goes to the stack, which picks the next hop")
+        else:
+            lines.append(f"{ip}: fib_multipath_hash_policy {now}: {ip} is forwarded in XDP again")
+    return lines
+
+
 def entries(slots: dict[int, int], limits: tuple[int, int] | None = None) -> dict[int, bytes]:
     """{slot: struct xdpfwd_port} for the ports in slots ({slot: ifindex})
     as they are now; a port that no longer exists is left out. limits:
@@ -79,8 +116,9 @@ def entries(slots: dict[int, int], limits: tuple[int, int] | None = None) -> dic
     links = {l.index: l for l in netlink.links().values()}
     if limits is None:
         limits = route_mtus()[0]
+    policy = hash_policies()
     return {slot: struct.pack(PORT_FORMAT, ifindex, bytes.fromhex(links[ifindex].mac.replace(":", "")),
-                              int(links[ifindex].ipv6_disabled), 0, *limits)
+                              int(links[ifindex].ipv6_disabled), policy, *limits)
             for slot, ifindex in slots.items() if ifindex in links and links[ifindex].mac}
 
 
@@ -123,8 +161,8 @@ def drift(old: bytes, new: bytes, route_mtu: bool = True) -> list[str]:
     """What a program whose copy of a port is `old` does wrong, the port
     being `new` now (with route_mtu, also the route MTUs): doctor's
     words."""
-    _, old_mac, old_off, _, *old_mtus = struct.unpack(PORT_FORMAT, old)
-    _, new_mac, new_off, _, *new_mtus = struct.unpack(PORT_FORMAT, new)
+    _, old_mac, old_off, old_policy, *old_mtus = struct.unpack(PORT_FORMAT, old)
+    _, new_mac, new_off, new_policy, *new_mtus = struct.unpack(PORT_FORMAT, new)
     lines = []
     if old_mac != new_mac:
         lines.append(f"the program still has MAC {old_mac.hex(':')}, the port's is {new_mac.hex(':')}: "
@@ -134,6 +172,17 @@ def drift(old: bytes, new: bytes, route_mtu: bool = True) -> list[str]:
         lines.append("disable_ipv6 is set (or IPv6 gone), but the program still forwards the port's "
                      "IPv6, which the kernel drops" if new_off else
                      "IPv6 is on again, but the program still passes the port's IPv6 to the stack")
+    for ip, shift in (("IPv4", 0), ("IPv6", 4)):
+        was, now = (old_policy >> shift) & 0xF, (new_policy >> shift) & 0xF
+        if not route_mtu or _hash_policy_effect(ip, was) == _hash_policy_effect(ip, now):
+            continue
+        if _hash_policy_effect(ip, now):
+            lines.append(f"fib_multipath_hash_policy for {ip} is now {now}, which the program does not "
+                         f"know (it has {was}): over a multipath route it may send "
+                         f"{_hash_policy_effect(ip, now)} by another next hop than the kernel")
+        else:
+            lines.append(f"fib_multipath_hash_policy for {ip} is now {now}, but the program still "
+                         f"passes {_hash_policy_effect(ip, was)} to the stack")
     for ip, old_mtu, new_mtu in zip(("IPv4", "IPv6"), old_mtus, new_mtus):
         if not route_mtu or old_mtu == new_mtu:
             continue
@@ -187,6 +236,7 @@ def refresh(config_map_id: int, slots: dict[int, int], limits: tuple[int, int] |
     written = [(old, new) for _, _, old, new in updates if _written(old)]
     if written:
         lines += route_mtu_change(_limits(written[0][0]), _limits(written[0][1]))
+        lines += hash_policy_lines(written[0][0][11], written[0][1][11])
     return lines
 
 

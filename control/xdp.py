@@ -218,6 +218,9 @@ def _load_and_attach(links, mode, verbose, notes) -> AttachResult:
             bpfsys.xdp_detach(link.index, modes[name], program.prog_fd)
         raise
     failpoints.hit("attach:after")
+    # What the program leaves to the kernel for the namespace's multipath
+    # hash (its entries hold the policies, portcopy.entries()).
+    notes += portcopy.hash_policy_lines(None, portcopy.hash_policies())
     return AttachResult(prog_id, modes, notes)
 
 

@@ -436,6 +436,10 @@ static int decide(FastPath *fp, const uint8_t *f, size_t n, int slot, int vlan,
 		}
 		if (f[20] == 58 && total > 40 && f[54] >= 1 && f[54] <= 4)	/* icmpv6_is_err() */
 			return out(v, o->icmp_error, 0);
+		/* Routing, fragment, destination options: policy rules and the
+		 * multipath hash by ports look past them (bpf/redirect.c). */
+		if (f[20] == 43 || f[20] == 44 || f[20] == 60)
+			return out(v, o->ip_options, 0);
 		if (fp->disabled6[slot])
 			return out(v, o->fwd_disabled, 0);
 		v->family = 6;

@@ -33,6 +33,9 @@ IPPROTO_HOPOPTS = 0
 # routing, fragment, AH, destination options (at No Next Header it gives up).
 IPV6_EXT_HEADERS = frozenset({0, 43, 44, 51, 60})
 IPV6_EXT_MAX = 6  # bpf/redirect.c's: how many the fast paths walk
+# Routing, fragment, destination options: the headers the kernel's flow
+# dissector walks past to the transport header (hop-by-hop goes earlier).
+IPV6_DISSECTED_HEADERS = frozenset({43, 44, 60})
 NOT_ND, ND, DEEP = 0, 1, 2
 # icmp_is_err() and icmpv6_is_err(): the ICMP errors the kernel's multipath
 # hash takes from the quoted header (bpf/redirect.c).
@@ -181,6 +184,10 @@ def decide(frame: bytes, ingress: int, vlan_tagged: bool, fib, ports,
             return (NDP if nd == ND else IP_OPTIONS), 0, None
         if frame[20] == 58 and total > 40 and frame[54] in ICMPV6_ERRORS:
             return ICMP_ERROR, 0, None
+        # Policy rules and the multipath hash by ports look past these
+        # (the flow dissector): bpf/redirect.c leaves them to the kernel.
+        if frame[20] in IPV6_DISSECTED_HEADERS:
+            return IP_OPTIONS, 0, None
         if (6, ingress) in disabled:
             return FWD_DISABLED, 0, None
         hop = fib.lookup(6, frame[38:54])

@@ -18,7 +18,7 @@ from scapy.layers.inet6 import (ICMPv6DestUnreach, ICMPv6EchoRequest, ICMPv6Pack
 from scapy.layers.ipsec import AH
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
-from helpers import inside, ipv6_disabled, router_ip, router_mac_changed, router_with_every_route
+from helpers import inside, ipv6_disabled, router_ip, router_mac_changed, router_with_every_route, sysctls_set
 from xdpfwd import bpfsys, sysctl, xdp
 
 XDP_PASS, XDP_REDIRECT = 2, 4
@@ -209,21 +209,38 @@ def test_neighbour_discovery_is_found_past_extension_headers(program, ext):
 
 @pytest.mark.parametrize("l3", [
     nd6(upper=ICMPv6EchoRequest()),
+    nd6(ah(60), IPv6ExtHdrDestOpt(nh=59), upper=b""),  # No Next Header
+    nd6(ah(58), upper=b""),  # the ICMPv6 type cut off
+    nd6(ah(60), *[IPv6ExtHdrDestOpt()] * 5, upper=UDP() / PAYLOAD),
+], ids=["echo", "no-next-header", "cut-short", "six-then-udp"])
+def test_other_icmpv6_and_extension_chains_are_forwarded(program, l3):
+    """Behind AH, the one extension header the flow dissector does not
+    walk past (its SPI is the ports, as bpf_fib_lookup() is given them)."""
+    check(program, to_router(program, l3), XDP_REDIRECT, "forwarded")
+
+
+@pytest.mark.parametrize("l3", [
     nd6(IPv6ExtHdrFragment(offset=8), upper=UDP() / PAYLOAD),  # a later fragment: not walked on
     nd6(IPv6ExtHdrFragment(offset=1, nh=58), upper=b"\x87" + bytes(23)),
-    nd6(IPv6ExtHdrDestOpt(nh=59), upper=b""),  # No Next Header
-    nd6(IPv6ExtHdrDestOpt(nh=58), upper=b""),  # the ICMPv6 type cut off
+    nd6(IPv6ExtHdrFragment(m=1), upper=UDP() / PAYLOAD),
+    nd6(IPv6ExtHdrDestOpt(nh=59), upper=b""),
+    nd6(IPv6ExtHdrRouting(), upper=UDP() / PAYLOAD),
     nd6(*[IPv6ExtHdrDestOpt()] * 6, upper=UDP() / PAYLOAD),
-], ids=["echo", "later-fragment", "later-fragment-nd-bytes", "no-next-header", "cut-short", "six-then-udp"])
-def test_other_icmpv6_and_extension_chains_are_forwarded(program, l3):
-    check(program, to_router(program, l3), XDP_REDIRECT, "forwarded")
+], ids=["later-fragment", "later-fragment-nd-bytes", "first-fragment", "destopts", "routing", "six"])
+def test_routing_fragment_and_destination_options_go_to_the_stack(program, l3):
+    """Policy rules on the protocol or ports and the multipath hash by
+    ports (fib_multipath_hash_policy 1) read the transport header past
+    them (the flow dissector); bpf_fib_lookup() is given the first next
+    header and no ports (tests/lab/test_ecmp.py shows the next hops
+    differ)."""
+    check(program, to_router(program, l3), XDP_PASS, "ip_options")
 
 
 def test_nd_bytes_past_the_ip_length_are_not_looked_at(program):
     """ip6_rcv_core() trims the packet to its payload length before
     ipv6_skip_exthdr() walks it: an ICMPv6 type in the Ethernet padding
     is no ND message."""
-    frame = bytes(to_router(program, nd6(IPv6ExtHdrDestOpt(nh=58), upper=b""))) + b"\x87"
+    frame = bytes(to_router(program, nd6(ah(58), upper=b""))) + b"\x87"
     check(program, frame, XDP_REDIRECT, "forwarded")
 
 
@@ -271,13 +288,43 @@ def test_icmp_errors_go_to_the_stack(program, l3):
     IP(src="10.0.10.10", dst="10.0.11.20") / ICMP(type=8) / PAYLOAD,
     IP(src="10.0.10.10", dst="10.0.11.20", frag=8, proto=1) / (bytes([3]) + bytes(31)),  # a later fragment
     IP(src="10.0.10.10", dst="10.0.11.20", proto=1),  # no ICMP header at all
-    IPv6(src="fd00:10::10", dst="fd00:11::20") / IPv6ExtHdrDestOpt() / ICMPv6DestUnreach() / QUOTED6,
+    IPv6(src="fd00:10::10", dst="fd00:11::20") / ah(58) / ICMPv6DestUnreach() / QUOTED6,
 ], ids=["echo", "later-fragment", "no-header", "v6-behind-an-extension-header"])
 def test_other_icmp_is_forwarded(program, l3):
     """What the kernel's multipath hash reads by its outer header, as
     bpf_fib_lookup() does: forwarded here. (ip6_multipath_l3_keys() looks
     for ICMPv6 only right behind the fixed header.)"""
     check(program, to_router(program, l3), XDP_REDIRECT, "forwarded")
+
+
+@pytest.mark.parametrize("policy4,policy6,passed", [
+    (3, 0, {"v4", "ipip", "gre"}), (2, 0, {"ipip", "gre"}), (1, 0, set()),
+    (0, 2, {"v6"}), (0, 3, {"v6"}), (0, 1, set()),
+], ids=["v4-custom", "v4-inner", "v4-l4", "v6-inner", "v6-custom", "v6-l4"])
+def test_hash_policies_the_lookup_cannot_follow_go_to_the_stack(program, policy4, policy6, passed):
+    """fib_multipath_hash_policy 3 hashes the packet's fields and then
+    once more, 2 a tunnel's inner addresses and (IPv6) the flow label as
+    the flow dissector holds it: bpf_fib_lookup() has only the outer
+    header. The program goes by the policies user space copies in
+    (refresh_ports, as attach again and `run` do)."""
+    frames = {"v4": v4(), "v6": v6(), "ipip": IP(src="10.0.10.10", dst="10.0.11.20") / v4(dst="192.0.2.7"),
+              "gre": IP(src="10.0.10.10", dst="10.0.11.20", proto=47) / bytes(24)}
+    names = {"net.ipv4.fib_multipath_hash_policy": str(policy4),
+             "net.ipv6.fib_multipath_hash_policy": str(policy6)}
+    try:
+        with sysctls_set(names):
+            with inside("router"):
+                changed = xdp.refresh_ports(program["id"])
+            assert bool(changed) == bool(passed), changed
+            for name, l3 in frames.items():
+                if name in passed:
+                    check(program, to_router(program, l3), XDP_PASS, "multipath_hash")
+                else:
+                    check(program, to_router(program, l3), XDP_REDIRECT, "forwarded")
+    finally:  # the module's program must not keep the copy for later tests
+        with inside("router"):
+            xdp.refresh_ports(program["id"])
+    check(program, to_router(program, frames["v4"]), XDP_REDIRECT, "forwarded")
 
 
 def test_icmp_error_bytes_past_the_ip_length_are_not_looked_at(program):

@@ -6,24 +6,28 @@ forwarding, then through xdpfwd, and the next hop each frame reached
 (its destination MAC, seen by a packet socket on recvbox's end of the
 link) must be the same.
 
-ICMP errors are the case the kernel hashes differently: by the addresses
-of the packet they quote (ip_multipath_l3_keys(), ip6_multipath_l3_keys()),
-so that an error takes its flow's path; bpf_fib_lookup() hashes the outer
-header. Native and skb mode only: the AF_PACKET forwarder routes by
+The kernel hashes with the packet in hand, bpf_fib_lookup() without it;
+the frames are the cases where that differs (docs/kernel-facts.md): ICMP
+errors (hashed by the packet they quote), IPv6 behind extension headers
+the flow dissector walks, ports cut off by the IP length, tunnels and
+flow labels under policy 2, everything under policy 3. The program
+leaves those to the kernel. Native and skb mode only: the AF_PACKET forwarder routes by
 destination alone and picks a next hop by the router's own hash (README,
 LIMITATIONS)."""
 
+import struct
 from contextlib import contextmanager
 
 import pytest
 from scapy.layers.inet import ICMP, IP, UDP
-from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6TimeExceeded, IPv6
+from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6TimeExceeded, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment
 from scapy.layers.l2 import Ether
 
 from helpers import pin_neighbours, router_ip, sysctls_set, xdpfwd
 from test_kernel_rules import MARK, Capture, macs, send
 
 SECOND_HOP = "02:00:00:00:99:21"
+CUT_SHORT_ID = 0xEC00
 FLOWS = 48
 
 
@@ -57,11 +61,15 @@ def frames(router: str, sendbox: str) -> dict[str, list[bytes]]:
     def eth(l3, n):
         return bytes(Ether(src=sendbox, dst=router) / l3 / (MARK + bytes([n])))
 
-    out = {"udp": [], "icmp errors": [], "udp6": [], "icmpv6 errors": []}
+    out = {"udp": [], "icmp errors": [], "udp6": [], "icmpv6 errors": [],
+           "udp6 behind a destination options header": [], "udp6 fragments": [],
+           "udp cut short, ports in the padding": [], "ipip": []}
     for i in range(FLOWS):
         out["udp"].append(eth(IP(src=f"10.0.10.{10 + i % 4}", dst=f"10.0.99.{1 + i // 4}")
                               / UDP(sport=40000 + i, dport=2152), len(out["udp"])))
-        out["udp6"].append(eth(IPv6(src=f"fd00:10::{10 + i % 4:x}", dst=f"fd00:99::{1 + i // 4:x}")
+        # Flow labels set, as Linux senders set them (part of the L3 hash).
+        out["udp6"].append(eth(IPv6(src=f"fd00:10::{10 + i % 4:x}", dst=f"fd00:99::{1 + i // 4:x}",
+                                    fl=0x9A000 + 7 * i)
                                / UDP(sport=40000 + i, dport=2152), 64 + i))
         # An error a router on sendbox's side sends back about a packet
         # 10.0.99.x sent to somewhere else: the quoted addresses are not
@@ -73,6 +81,27 @@ def frames(router: str, sendbox: str) -> dict[str, list[bytes]]:
         out["icmpv6 errors"].append(eth(IPv6(src="fd00:10::10", dst=f"fd00:99::{1 + i:x}") / kind
                                         / IPv6(src=f"fd00:99::{1 + i:x}", dst=f"2001:db8::{1 + i:x}")
                                         / UDP(sport=53, dport=40000), 192 + i))
+    for i in range(16):
+        # The kernel's flow dissector walks past these headers to the
+        # protocol and ports (policy rules, hash policy 1).
+        src, dst = f"fd00:10::{10 + i % 4:x}", f"fd00:99::{1 + i // 4:x}"
+        out["udp6 behind a destination options header"].append(
+            eth(IPv6(src=src, dst=dst) / IPv6ExtHdrDestOpt() / UDP(sport=41000 + i, dport=2152), 48 + i))
+        out["udp6 fragments"].append(
+            eth(IPv6(src=src, dst=dst) / IPv6ExtHdrFragment(m=1, id=i) / UDP(sport=41000 + i, dport=2152),
+                112 + i))
+        # A UDP header cut short by the IP length, what looks like ports
+        # in the Ethernet padding after it: the kernel trims the packet
+        # before it hashes, so it has no ports. Known by the IP id: the
+        # trimmed frame carries no MARK.
+        ip = IP(src=f"10.0.10.{10 + i % 4}", dst=f"10.0.99.{1 + i}", proto=17, len=22,
+                id=CUT_SHORT_ID + i) / struct.pack("!H", 40000)
+        # IPv4 in IPv4: policy 2 hashes the inner addresses.
+        out["ipip"].append(eth(IP(src="10.0.10.10", dst=f"10.0.99.{1 + i}")
+                               / IP(src=f"192.0.2.{1 + 3 * i}", dst=f"198.51.100.{1 + 5 * i}")
+                               / UDP(sport=53, dport=53), 240 + i))
+        out["udp cut short, ports in the padding"].append(
+            bytes(Ether(src=sendbox, dst=router) / ip) + struct.pack("!HH", 41000 + 97 * i, 2152))
     return out
 
 
@@ -86,13 +115,24 @@ def next_hops(sent: list[bytes]) -> dict[int, str]:
         capture.close()
     hops = {}
     for f in got:
-        at = f.find(MARK)
-        if at >= 0:
-            hops[f[at + len(MARK)]] = f[:6].hex(":")
+        n = number(f)
+        if n is not None:
+            hops[n] = f[:6].hex(":")
     return hops
 
 
-@pytest.mark.parametrize("policy", ["0", "1"], ids=["l3-hash", "l4-hash"])
+def number(f: bytes) -> int | None:
+    """The number a frame was sent with: the byte after MARK, or for the
+    cut-short ones 176 and up by their IP id."""
+    at = f.find(MARK)
+    if at >= 0:
+        return f[at + len(MARK)]
+    if f[12:14] == b"\x08\x00" and len(f) >= 20 and f[18] == CUT_SHORT_ID >> 8:
+        return 176 + f[19]
+    return None
+
+
+@pytest.mark.parametrize("policy", ["0", "1", "2", "3"], ids=["l3-hash", "l4-hash", "inner-l3", "custom"])
 @pytest.mark.parametrize("mode", ["native", "skb"])
 def test_each_packet_takes_the_kernels_next_hop(ecmp, mode, policy):
     router, sendbox = ecmp
@@ -105,11 +145,13 @@ def test_each_packet_takes_the_kernels_next_hop(ecmp, mode, policy):
         try:
             ours = next_hops(sent)
         finally:
-            assert xdpfwd("detach").returncode == 0
+            detached = xdpfwd("detach")
+        assert detached.returncode == 0, detached.stderr
     assert len(kernel) == len(sent), "the kernel did not forward every frame"
     assert len(set(kernel.values())) == 2, "the kernel used one next hop only: nothing was tested"
     for kind, fs in kinds.items():
-        numbers = [f[f.find(MARK) + len(MARK)] for f in fs]
+        numbers = [number(f) for f in fs]
+        assert len({kernel[n] for n in numbers}) == 2, f"{kind}: the kernel used one next hop only"
         other = [n for n in numbers if ours.get(n) != kernel[n]]
         assert not other, (f"{kind}: {len(other)} of {len(fs)} left by another next hop than the kernel's",
                            {n: (kernel[n], ours.get(n)) for n in other})

@@ -195,6 +195,8 @@ def decide(frame: bytes, ingress: int, t: Tables) -> Verdict:
             return passed("ndp")  # ip6_forward_proxy_check(): the kernel's to answer if proxied
         if frame[20] == 58 and payload > 0 and frame[54] in ICMPV6_ERRORS:
             return passed("icmp_error")  # ip6_multipath_l3_keys(), right behind the fixed header
+        if frame[20] in (43, 44, 60):  # the flow dissector walks past these to the ports
+            return passed("ip_options")
         family, dst, l3_len = 6, frame[38:54], 40 + payload
     else:
         return passed("not_ip")

@@ -121,6 +121,8 @@ def test_datapaths_agree_with_the_model(datapaths):
         # XDP only, and only with an unlocked route MTU (the lab's are locked; AF_PACKET
         # and the model check each route's own): test_verdicts and test_kernel_rules
         "route_mtu",
+        # XDP only, with fib_multipath_hash_policy 2 or 3: test_verdicts and test_ecmp
+        "multipath_hash",
         "fib_unsupported_lwt", "fib_other", "redirect_failed",  # not producible here
     }
     if FRAMES >= 2000:

@@ -13,6 +13,7 @@ import pytest
 import test_afpacket_packet as table
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, ICMPv6ND_NA, ICMPv6ND_NS, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment
+from scapy.layers.ipsec import AH
 
 from xdpfwd.afpacket import _fastpath, packet, rings, worker
 from xdpfwd.layout import layout
@@ -61,8 +62,7 @@ FORWARDED = [
     table.frame(table.v6()) + bytes(7),
     table.frame(IP(src="10.0.10.10", dst="10.0.93.5") / UDP() / bytes(972)),  # the MTU exactly
     table.ipv6(ICMPv6EchoRequest()),
-    table.ipv6(IPv6ExtHdrFragment(offset=1), ICMPv6ND_NS()),  # a later fragment is not ND
-    table.ipv6(*[IPv6ExtHdrDestOpt()] * 6, UDP()),
+    table.ipv6(AH(nh=17, payloadlen=4, icv=bytes(12)), UDP()),  # AH: no header the flow dissector walks
 ] + [
     # Checksums across the range, as test_checksum_update_matches_a_full_recomputation
     table.frame(IP(bytes(IP(src="10.0.10.10", dst="10.0.11.20", ttl=64, id=ident) / UDP())))

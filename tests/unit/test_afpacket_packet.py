@@ -165,6 +165,15 @@ TO_THE_STACK = [
     (frame(IP(src="10.0.10.10", dst="10.0.11.20", flags="MF") / ICMP(type=3) / v4()), "icmp_error"),
     *[(frame(IPv6(src="fd00:10::10", dst="fd00:11::20") / kind() / v6(dst="2001:db8::7")), "icmp_error")
       for kind in (ICMPv6DestUnreach, ICMPv6PacketTooBig, ICMPv6TimeExceeded, ICMPv6ParamProblem)],
+    # Routing, fragment, destination options: the flow dissector walks past
+    # them to the protocol and ports that policy rules and the multipath
+    # hash read.
+    (frame(IPv6(src="fd00:10::10", dst="fd00:11::20") / IPv6ExtHdrDestOpt() / ICMPv6DestUnreach() / v6()),
+     "ip_options"),
+    (frame(IPv6(src="fd00:10::10", dst="fd00:11::20") / IPv6ExtHdrRouting() / UDP()), "ip_options"),
+    (frame(IPv6(src="fd00:10::10", dst="fd00:11::20") / IPv6ExtHdrFragment(offset=1) / ICMPv6ND_NS()),
+     "ip_options"),
+    (frame(IPv6(src="fd00:10::10", dst="fd00:11::20") / IPv6ExtHdrFragment(m=1) / UDP()), "ip_options"),
 ]
 
 # ICMP that is no error, or whose header the kernel's multipath hash does
@@ -175,7 +184,6 @@ ICMP_FORWARDED = [
     frame(IP(src="10.0.10.10", dst="10.0.11.20", frag=8, proto=1) / (bytes([3]) + bytes(20))),
     frame(IP(src="10.0.10.10", dst="10.0.11.20", proto=1)),  # no ICMP header at all
     frame(IPv6(src="fd00:10::10", dst="fd00:11::20") / ICMPv6EchoRequest()),
-    frame(IPv6(src="fd00:10::10", dst="fd00:11::20") / IPv6ExtHdrDestOpt() / ICMPv6DestUnreach() / v6()),
 ]
 
 

@@ -16,15 +16,15 @@ def test_port_format_is_the_headers_struct():
     body = re.search(r"struct xdpfwd_port \{(.*?)\};", HEADER.read_text(), re.S).group(1)
     body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
     fields = re.findall(r"(__u\d+)\s+(\w+)(?:\[(\d+)\])?;", body)
-    assert [f[1] for f in fields] == ["ifindex", "mac", "ipv6_disabled", "pad", "ipv4_route_mtu",
+    assert [f[1] for f in fields] == ["ifindex", "mac", "ipv6_disabled", "hash_policy", "ipv4_route_mtu",
                                       "ipv6_route_mtu"]
     fmt = "=" + "".join(f"{n}s" if n else C_TYPES[t] for t, _, n in fields)  # arrays: of __u8
     assert fmt == PORT_FORMAT and struct.calcsize(fmt) == PORT_SIZE == 20
 
 
-def entry(mac="02:00:00:00:00:01", ipv6_disabled=False, route_mtu=0, route_mtu6=0):
-    return struct.pack(PORT_FORMAT, 7, bytes.fromhex(mac.replace(":", "")), int(ipv6_disabled), 0,
-                       route_mtu, route_mtu6)
+def entry(mac="02:00:00:00:00:01", ipv6_disabled=False, route_mtu=0, route_mtu6=0, policy4=0, policy6=0):
+    return struct.pack(PORT_FORMAT, 7, bytes.fromhex(mac.replace(":", "")), int(ipv6_disabled),
+                       policy4 | policy6 << 4, route_mtu, route_mtu6)
 
 
 def test_unchanged_says_nothing():
@@ -98,6 +98,36 @@ def test_drift_says_what_the_program_still_does():
         "02:00:00:00:00:01 are still forwarded, frames to the new one go to the stack"]
     assert portcopy.drift(entry(ipv6_disabled=True), entry()) == [
         "IPv6 is on again, but the program still passes the port's IPv6 to the stack"]
+
+
+def test_hash_policies_the_program_cannot_follow_are_said_once_per_family():
+    """bpf/redirect.c leaves to the kernel IPv4 under policy 3 and its
+    tunnels under 2, IPv6 under 2 and 3; 0 and 1 it follows."""
+    assert portcopy.hash_policy_lines(None, 0) == []
+    assert portcopy.hash_policy_lines(None, 1 | 1 << 4) == []
+    assert portcopy.hash_policy_lines(None, 3 | 2 << 4) == [
+        "IPv4: fib_multipath_hash_policy 3 hashes what bpf_fib_lookup() is not given: every IPv4 "
+        "packet goes to the stack, which picks the next hop",
+        "IPv6: fib_multipath_hash_policy 2 hashes what bpf_fib_lookup() is not given: every IPv6 "
+        "packet goes to the stack, which picks the next hop"]
+    assert portcopy.hash_policy_lines(0, 2) == [
+        "IPv4: fib_multipath_hash_policy 2 hashes what bpf_fib_lookup() is not given: tunnelled IPv4 "
+        "(IPIP, IPv6 in IPv4, GRE, MPLS) goes to the stack, which picks the next hop"]
+    assert portcopy.hash_policy_lines(3 << 4, 0) == [
+        "IPv6: fib_multipath_hash_policy 0: IPv6 is forwarded in XDP again"]
+    assert portcopy.hash_policy_lines(2 << 4, 3 << 4) == []  # every IPv6 packet either way
+    assert portcopy.hash_policy_lines(0, 1) == []  # the program follows both
+
+
+def test_drift_of_the_hash_policy():
+    assert portcopy.drift(entry(), entry(policy6=2)) == [
+        "fib_multipath_hash_policy for IPv6 is now 2, which the program does not know (it has 0): "
+        "over a multipath route it may send every IPv6 packet by another next hop than the kernel"]
+    assert portcopy.drift(entry(), entry(policy6=2), route_mtu=False) == []  # said under one port
+    assert portcopy.drift(entry(policy4=3), entry(policy4=1)) == [
+        "fib_multipath_hash_policy for IPv4 is now 1, but the program still passes every IPv4 "
+        "packet to the stack"]
+    assert portcopy.drift(entry(), entry(policy4=1)) == []
 
 
 # -- which notifications make `run`'s follower read again (pure logic) ------

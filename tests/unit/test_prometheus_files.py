@@ -35,6 +35,7 @@ PASS_REASONS = {
     "fib_unsupported_lwt", "fib_no_neighbour", "fib_frag_needed", "fib_other",
     "egress_not_a_port", "egress_is_ingress", "other_host", "martian_source",
     "martian_destination", "reverse_path", "ipv6_disabled", "route_mtu", "ndp", "icmp_error",
+    "multipath_hash",
 }
 DROP_REASONS = {"redirect_failed"}
 
