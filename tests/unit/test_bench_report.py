@@ -425,3 +425,15 @@ def test_no_line_without_the_wake_ups_when_a_profile_is_missing(summary):
     from bench import profile, run
     where = {("64B-1flow", "xdp_native"): {profile.WAKE: 20.0, "other": 80.0}}
     assert not [line for line in run._where([summary], where) if "without each one's" in line]
+
+
+def test_the_machine_line_names_a_return_mitigation():
+    """Safe RET makes each bpf_fib_lookup() several times dearer: a run on
+    such a host says so, next to the CPU."""
+    from bench.machine import one_line
+
+    m = {"nproc": 2, "cpu": "AMD EPYC", "kernel": "6.18", "os": "Debian"}
+    assert one_line(m) == "2 CPUs (AMD EPYC), kernel 6.18, Debian"
+    assert one_line({**m, "srso": None}) == "2 CPUs (AMD EPYC), kernel 6.18, Debian"
+    assert one_line({**m, "srso": "Mitigation: Safe RET"}) == \
+        "2 CPUs (AMD EPYC), kernel 6.18, Debian; spec_rstack_overflow: Mitigation: Safe RET"
