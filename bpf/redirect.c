@@ -278,6 +278,7 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 	struct ipv6hdr *ip6h;
 	struct iphdr *iph;
 	__u32 slot, out_slot, route_mtu;
+	__u8 policy;
 	int rc, found, family;
 	__u16 proto;
 
@@ -343,16 +344,14 @@ int XDPFWD_PROG_NAME(struct xdp_md *ctx)
 		/* fib_multipath_hash_policy 3 hashes the packet's own fields
 		 * and then once more (fib_multipath_custom_hash_skb()); 2
 		 * hashes a tunnelled packet by its inner addresses (the flow
-		 * dissector goes through IPIP, IPv6-in-IPv4, GRE, MPLS).
-		 * bpf_fib_lookup() has only the outer header. */
-		switch (port->hash_policy & 0xF) {
-		case 3:
+		 * dissector goes through IPIP, IPv6 in IPv4 and GRE).
+		 * bpf_fib_lookup() hashes the outer header once. A policy this
+		 * program does not know yet is left to the kernel too. */
+		policy = port->hash_policy & 0xF;
+		if (policy >= 3 ||
+		    (policy == 2 && (iph->protocol == IPPROTO_IPIP || iph->protocol == IPPROTO_IPV6 ||
+				     iph->protocol == IPPROTO_GRE)))
 			return PASS(PASS_MULTIPATH_HASH);
-		case 2:
-			if (iph->protocol == IPPROTO_IPIP || iph->protocol == IPPROTO_IPV6 ||
-			    iph->protocol == IPPROTO_GRE || iph->protocol == IPPROTO_MPLS)
-				return PASS(PASS_MULTIPATH_HASH);
-		}
 
 		fib.family = family = AF_INET;
 		fib.tos = iph->tos;

@@ -1,6 +1,7 @@
 """The XDP program's copy of what it cannot ask the kernel (struct
 xdpfwd_port in bpf/counters.h): each port's MAC address and IPv6 switch,
-and the smallest MTU set on an IPv4 and on an IPv6 route without `lock`.
+the smallest MTU set on an IPv4 and on an IPv6 route without `lock`, and
+both families' fib_multipath_hash_policy.
 
 attach writes it (entries), attach again refreshes it (refresh), doctor
 compares it with the kernel (stale) and `run` keeps it current (follow).
@@ -26,7 +27,7 @@ from xdpfwd.layout import PORT_FORMAT, PORT_SIZE
 # no such routes, and its coming up is an RTM_NEWLINK. What is left is
 # caught by the re-read every `every` seconds: disable_ipv6 on a port with
 # no IPv6 address or route, net.ipv6.route.skip_notify_on_dev_down (routes
-# go without a word), and ip_forward_use_pmtu. IPv4 routes the kernel
+# go without a word), ip_forward_use_pmtu and fib_multipath_hash_policy. IPv4 routes the kernel
 # removes without a word (a link down, an address or nexthop object
 # deleted: fib_table_flush()) are read again on those events; an IPv6
 # route with an MTU gone without a word leaves a limit lower than it need
@@ -82,12 +83,13 @@ def hash_policies() -> int:
 
 def _hash_policy_effect(ip: str, policy: int) -> str | None:
     """What the program leaves to the kernel under that policy (the
-    kernel's multipath hash reads the packet, bpf_fib_lookup() is not
-    given it), or None: bpf/redirect.c's rule."""
-    if policy == 3:
+    kernel's multipath hash, with the packet in hand, comes out otherwise
+    than bpf_fib_lookup()'s), or None: bpf/redirect.c's rule. A policy
+    newer than 3 is taken as one that hashes every packet otherwise."""
+    if policy >= 3:
         return f"every {ip} packet"
     if policy == 2:
-        return "every IPv6 packet" if ip == "IPv6" else "tunnelled IPv4 (IPIP, IPv6 in IPv4, GRE, MPLS)"
+        return "every IPv6 packet" if ip == "IPv6" else "tunnelled IPv4 (IPIP, IPv6 in IPv4, GRE)"
     return None
 
 
@@ -102,10 +104,10 @@ def hash_policy_lines(old: int | None, new: int) -> list[str]:
         if was == now or effect == before:
             continue
         if effect:
-            lines.append(f"{ip}: fib_multipath_hash_policy {now} hashes what bpf_fib_lookup() is not "
-                         f"given: {effect} goes to the stack, which picks the next hop")
+            lines.append(f"{ip}: fib_multipath_hash_policy {now} hashes otherwise than "
+                         f"bpf_fib_lookup(): {effect} goes to the stack, which picks the next hop")
         else:
-            lines.append(f"{ip}: fib_multipath_hash_policy {now}: {ip} is forwarded in XDP again")
+            lines.append(f"{ip}: fib_multipath_hash_policy {now}: {before} is forwarded in XDP again")
     return lines
 
 
@@ -159,8 +161,8 @@ def route_mtu_change(old: tuple[int, int], new: tuple[int, int]) -> list[str]:
 
 def drift(old: bytes, new: bytes, route_mtu: bool = True) -> list[str]:
     """What a program whose copy of a port is `old` does wrong, the port
-    being `new` now (with route_mtu, also the route MTUs): doctor's
-    words."""
+    being `new` now (with route_mtu, also what every entry holds alike:
+    the route MTUs and the hash policies): doctor's words."""
     _, old_mac, old_off, old_policy, *old_mtus = struct.unpack(PORT_FORMAT, old)
     _, new_mac, new_off, new_policy, *new_mtus = struct.unpack(PORT_FORMAT, new)
     lines = []
@@ -195,6 +197,10 @@ def drift(old: bytes, new: bytes, route_mtu: bool = True) -> list[str]:
             lines.append(f"the program still passes {ip} larger than {old_mtu} to the stack for a "
                          f"route MTU that is now {new_mtu or 'gone'}")
     return lines
+
+
+def _policy(entry: bytes) -> int:
+    return struct.unpack(PORT_FORMAT, entry)[3]
 
 
 def _limits(entry: bytes) -> tuple[int, int]:
@@ -236,7 +242,7 @@ def refresh(config_map_id: int, slots: dict[int, int], limits: tuple[int, int] |
     written = [(old, new) for _, _, old, new in updates if _written(old)]
     if written:
         lines += route_mtu_change(_limits(written[0][0]), _limits(written[0][1]))
-        lines += hash_policy_lines(written[0][0][11], written[0][1][11])
+        lines += hash_policy_lines(_policy(written[0][0]), _policy(written[0][1]))
     return lines
 
 

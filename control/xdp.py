@@ -167,9 +167,19 @@ def _port_slots(prog: OurProgram) -> dict[int, int]:
 
 def _copy_of_ports(prog_id: int) -> tuple[int, dict[int, int]] | None:
     """(config map id, {slot: ifindex}) of xdpfwd's program prog_id: what
-    portcopy works on; None for another tool's program."""
+    portcopy works on; None for another tool's program. A program another
+    version loaded may keep its ports alike and still read them otherwise
+    (a byte it ignored): its counters, which grow with each outcome, tell."""
     prog = identify(prog_id)
-    return (prog.config_map_id, _port_slots(prog)) if isinstance(prog, OurProgram) else None
+    if not isinstance(prog, OurProgram):
+        return None
+    with bpfsys.map_by_id(prog.stats_map_id) as stats:
+        size = bpfsys.map_info(stats.fd).value_size
+    if size != layout().value_size:
+        raise XdpfwdError(f"program {prog_id} was loaded by another version of xdpfwd (it counts "
+                          f"{size} bytes per interface, this one {layout().value_size}): detach, "
+                          "then attach")
+    return prog.config_map_id, _port_slots(prog)
 
 
 def refresh_ports(prog_id: int) -> list[str]:

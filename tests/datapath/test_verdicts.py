@@ -378,6 +378,26 @@ def test_forwarding_disabled_on_ingress(program):
     check(program, to_router(program, v4()), XDP_REDIRECT, "forwarded")
 
 
+def test_a_program_another_version_loaded_is_not_refreshed(program, monkeypatch):
+    """Its port entries may be the same size and still be read otherwise
+    (the byte that became hash_policy was padding): attach again and
+    `run` must not write a copy it would misread, nor say it does. Its
+    counters' size, which grows with each outcome, tells."""
+    import dataclasses
+
+    from xdpfwd.errors import XdpfwdError
+
+    real = xdp.layout()
+    # As this version sees a program whose counters have one more outcome
+    # than its own: the view of the version before, one outcome short.
+    monkeypatch.setattr(xdp, "layout", lambda: dataclasses.replace(real, outcomes=real.outcomes[:-1]))
+    with inside("router"):
+        with pytest.raises(XdpfwdError, match="loaded by another version of xdpfwd"):
+            xdp.refresh_ports(program["id"])
+        with pytest.raises(XdpfwdError, match="loaded by another version of xdpfwd"):
+            xdp.stale_ports(program["id"])
+
+
 def test_ipv6_disabled_on_ingress(program):
     """ip6_rcv_core() drops IPv6 from a port with disable_ipv6, which
     bpf_fib_lookup() does not ask: the program goes by the switch user

@@ -106,15 +106,22 @@ def test_hash_policies_the_program_cannot_follow_are_said_once_per_family():
     assert portcopy.hash_policy_lines(None, 0) == []
     assert portcopy.hash_policy_lines(None, 1 | 1 << 4) == []
     assert portcopy.hash_policy_lines(None, 3 | 2 << 4) == [
-        "IPv4: fib_multipath_hash_policy 3 hashes what bpf_fib_lookup() is not given: every IPv4 "
+        "IPv4: fib_multipath_hash_policy 3 hashes otherwise than bpf_fib_lookup(): every IPv4 "
         "packet goes to the stack, which picks the next hop",
-        "IPv6: fib_multipath_hash_policy 2 hashes what bpf_fib_lookup() is not given: every IPv6 "
+        "IPv6: fib_multipath_hash_policy 2 hashes otherwise than bpf_fib_lookup(): every IPv6 "
         "packet goes to the stack, which picks the next hop"]
     assert portcopy.hash_policy_lines(0, 2) == [
-        "IPv4: fib_multipath_hash_policy 2 hashes what bpf_fib_lookup() is not given: tunnelled IPv4 "
-        "(IPIP, IPv6 in IPv4, GRE, MPLS) goes to the stack, which picks the next hop"]
+        "IPv4: fib_multipath_hash_policy 2 hashes otherwise than bpf_fib_lookup(): tunnelled IPv4 "
+        "(IPIP, IPv6 in IPv4, GRE) goes to the stack, which picks the next hop"]
+    assert portcopy.hash_policy_lines(2, 0) == [
+        "IPv4: fib_multipath_hash_policy 0: tunnelled IPv4 (IPIP, IPv6 in IPv4, GRE) is forwarded "
+        "in XDP again"]
     assert portcopy.hash_policy_lines(3 << 4, 0) == [
-        "IPv6: fib_multipath_hash_policy 0: IPv6 is forwarded in XDP again"]
+        "IPv6: fib_multipath_hash_policy 0: every IPv6 packet is forwarded in XDP again"]
+    # A policy newer than this version knows: left to the kernel, as 3.
+    assert portcopy.hash_policy_lines(None, 4) == [
+        "IPv4: fib_multipath_hash_policy 4 hashes otherwise than bpf_fib_lookup(): every IPv4 "
+        "packet goes to the stack, which picks the next hop"]
     assert portcopy.hash_policy_lines(2 << 4, 3 << 4) == []  # every IPv6 packet either way
     assert portcopy.hash_policy_lines(0, 1) == []  # the program follows both
 
