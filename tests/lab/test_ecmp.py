@@ -23,7 +23,7 @@ from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6TimeExceeded, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment
 from scapy.layers.l2 import Ether
 
-from helpers import pin_neighbours, router_ip, sysctls_set, xdpfwd
+from helpers import XDPFWD, pin_neighbours, router_ip, started, stderr_line, sysctl, sysctls_set, xdpfwd
 from test_kernel_rules import MARK, Capture, macs, send
 
 SECOND_HOP = "02:00:00:00:99:21"
@@ -155,3 +155,29 @@ def test_each_packet_takes_the_kernels_next_hop(ecmp, mode, policy):
         other = [n for n in numbers if ours.get(n) != kernel[n]]
         assert not other, (f"{kind}: {len(other)} of {len(fs)} left by another next hop than the kernel's",
                            {n: (kernel[n], ours.get(n)) for n in other})
+
+
+def test_attach_doctor_and_run_say_what_the_policy_leaves_to_the_kernel(ecmp):
+    """The program goes by the policies user space copies in: attach says
+    what it leaves to the kernel, doctor warns when the policy changed
+    after a plain attach, `run` follows a change (its re-read, every 3 s)."""
+    names = ("net.ipv4.fib_multipath_hash_policy", "net.ipv6.fib_multipath_hash_policy")
+    with sysctls_set({names[0]: "3", names[1]: "0"}):
+        attached = xdpfwd("attach", "eth1", "eth0")
+        try:
+            assert attached.returncode == 0, attached.stderr
+            assert ("IPv4: fib_multipath_hash_policy 3 hashes otherwise than bpf_fib_lookup(): every "
+                    "IPv4 packet goes to the stack, which picks the next hop") in attached.stderr
+            assert "IPv6: fib_multipath_hash_policy" not in attached.stderr
+            sysctl(names[0], "0")
+            doctor = xdpfwd("doctor")
+            assert ("fib_multipath_hash_policy for IPv4 is now 0, but the program still passes every "
+                    "IPv4 packet to the stack") in doctor.stdout, doctor.stdout
+        finally:
+            detached = xdpfwd("detach")
+        assert detached.returncode == 0, detached.stderr
+        with started([XDPFWD, "run", "eth1", "eth0"], "attached", 20) as proc:
+            sysctl(names[1], "2")
+            assert stderr_line(proc, "IPv6: fib_multipath_hash_policy", 8) == (
+                "xdpfwd: IPv6: fib_multipath_hash_policy 2 hashes otherwise than bpf_fib_lookup(): every IPv6 "
+                "packet goes to the stack, which picks the next hop")
