@@ -93,16 +93,21 @@ def _hash_policy_effect(ip: str, policy: int) -> str | None:
     return None
 
 
+def _families(old: int, new: int):
+    """(family, policy then, policy now, effect then, effect now) for each
+    family of two hash_policy bytes whose effect differs."""
+    for ip, shift in (("IPv4", 0), ("IPv6", 4)):
+        was, now = (old >> shift) & 0xF, (new >> shift) & 0xF
+        before, effect = _hash_policy_effect(ip, was), _hash_policy_effect(ip, now)
+        if before != effect:
+            yield ip, was, now, before, effect
+
+
 def hash_policy_lines(old: int | None, new: int) -> list[str]:
     """What a change of the hash_policy byte (None: none before, a first
     attach) changes, a line per family."""
     lines = []
-    for ip, shift in (("IPv4", 0), ("IPv6", 4)):
-        was = None if old is None else (old >> shift) & 0xF
-        now = (new >> shift) & 0xF
-        effect, before = _hash_policy_effect(ip, now), _hash_policy_effect(ip, was or 0)
-        if was == now or effect == before:
-            continue
+    for ip, _, now, before, effect in _families(old or 0, new):
         if effect:
             lines.append(f"{ip}: fib_multipath_hash_policy {now} hashes otherwise than "
                          f"bpf_fib_lookup(): {effect} goes to the stack, which picks the next hop")
@@ -174,17 +179,14 @@ def drift(old: bytes, new: bytes, route_mtu: bool = True) -> list[str]:
         lines.append("disable_ipv6 is set (or IPv6 gone), but the program still forwards the port's "
                      "IPv6, which the kernel drops" if new_off else
                      "IPv6 is on again, but the program still passes the port's IPv6 to the stack")
-    for ip, shift in (("IPv4", 0), ("IPv6", 4)):
-        was, now = (old_policy >> shift) & 0xF, (new_policy >> shift) & 0xF
-        if not route_mtu or _hash_policy_effect(ip, was) == _hash_policy_effect(ip, now):
-            continue
-        if _hash_policy_effect(ip, now):
+    for ip, was, now, before, effect in (_families(old_policy, new_policy) if route_mtu else ()):
+        if effect:
             lines.append(f"fib_multipath_hash_policy for {ip} is now {now}, which the program does not "
-                         f"know (it has {was}): over a multipath route it may send "
-                         f"{_hash_policy_effect(ip, now)} by another next hop than the kernel")
+                         f"know (it has {was}): over a multipath route it may send {effect} by "
+                         "another next hop than the kernel")
         else:
             lines.append(f"fib_multipath_hash_policy for {ip} is now {now}, but the program still "
-                         f"passes {_hash_policy_effect(ip, was)} to the stack")
+                         f"passes {before} to the stack")
     for ip, old_mtu, new_mtu in zip(("IPv4", "IPv6"), old_mtus, new_mtus):
         if not route_mtu or old_mtu == new_mtu:
             continue

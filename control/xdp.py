@@ -174,12 +174,19 @@ def _copy_of_ports(prog_id: int) -> tuple[int, dict[int, int]] | None:
     if not isinstance(prog, OurProgram):
         return None
     with bpfsys.map_by_id(prog.stats_map_id) as stats:
-        size = bpfsys.map_info(stats.fd).value_size
-    if size != layout().value_size:
-        raise XdpfwdError(f"program {prog_id} was loaded by another version of xdpfwd (it counts "
-                          f"{size} bytes per interface, this one {layout().value_size}): detach, "
-                          "then attach")
+        _check_counters(prog_id, stats.fd)
     return prog.config_map_id, _port_slots(prog)
+
+
+def _check_counters(prog_id: int, stats_fd: int) -> int:
+    """The size of the program's counters per port, when it is this
+    version's; another version's program (counters of another size) is
+    refused, whatever the caller wanted of it."""
+    size, expected = bpfsys.map_info(stats_fd).value_size, layout().value_size
+    if size != expected:
+        raise XdpfwdError(f"program {prog_id} was loaded by another version of xdpfwd (it counts "
+                          f"{size} bytes per interface, this one {expected}): detach, then attach")
+    return size
 
 
 def refresh_ports(prog_id: int) -> list[str]:
@@ -268,20 +275,14 @@ def detach(states: list[PortState]) -> list[str]:
 
 def program_counters(prog_id: int) -> dict[int, PortCounters]:
     """{port ifindex: its counters} of one program."""
-    lay = layout()
     prog = identify(prog_id)
     if not isinstance(prog, OurProgram):
         raise XdpfwdError(f"program {prog_id} is not xdpfwd's")
     result = {}
     with bpfsys.map_by_id(prog.stats_map_id) as stats:
-        info = bpfsys.map_info(stats.fd)
-        if info.value_size != lay.value_size:
-            raise XdpfwdError(
-                f"program {prog_id} counts {info.value_size} bytes per interface, this "
-                f"xdpfwd expects {lay.value_size}: detach and attach with this version"
-            )
+        size = _check_counters(prog_id, stats.fd)
         for slot, ifindex in sorted(_port_slots(prog).items()):
-            values = bpfsys.percpu_values(stats.fd, struct.pack("=I", slot), info.value_size)
+            values = bpfsys.percpu_values(stats.fd, struct.pack("=I", slot), size)
             if values is not None:
                 result[ifindex] = PortCounters.decode(values)
     return result
